@@ -1,0 +1,30 @@
+"""metarec: meta-learning for cold-start recommendation.
+
+The package is layered the way data flows through a benchmark::
+
+    data (loaders, protocol)  ->  tasks (Task, TaskSet, TaskBatch)
+    ->  learners (Learner, engine, nn, methods)  ->  metrics  ->  bench (runner, report)
+
+Importing :mod:`metarec` stays cheap: heavy modules are imported on first use.
+"""
+
+from importlib import metadata as _metadata
+
+try:
+    __version__ = _metadata.version("metarec")
+except _metadata.PackageNotFoundError:  # running from a source tree that is not installed
+    __version__ = "0.0.0+unknown"
+
+from metarec.schema import Feature, FeatureSchema, SCENARIOS
+from metarec.tasks import FeatureTable, Task, TaskBatch, TaskSet
+
+__all__ = [
+    "Feature",
+    "FeatureSchema",
+    "FeatureTable",
+    "SCENARIOS",
+    "Task",
+    "TaskBatch",
+    "TaskSet",
+    "__version__",
+]

@@ -1,0 +1,130 @@
+"""Safe, pickle-free state files: tensors in ``.npz``, everything else in JSON.
+
+A state is any nesting of dicts/lists holding tensors, numpy arrays and JSON scalars (a
+learner's ``state_dict()``, an optimizer's ``state_dict()``, counters). :func:`save_state`
+writes ``<path>.npz`` + ``<path>.json`` atomically; :func:`load_state` rebuilds the nesting.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+_TENSOR = "__tensor__"
+_ARRAY = "__ndarray__"
+
+
+def flatten_state(state: Any) -> tuple[Any, dict[str, np.ndarray]]:
+    """Split a nested state into a JSON skeleton and a flat dict of arrays."""
+    arrays: dict[str, np.ndarray] = {}
+
+    def walk(node: Any, path: str) -> Any:
+        if isinstance(node, torch.Tensor):
+            key = f"a{len(arrays)}"
+            arrays[key] = node.detach().cpu().numpy()
+            return {_TENSOR: key, "dtype": str(node.dtype).replace("torch.", "")}
+        if isinstance(node, np.ndarray):
+            key = f"a{len(arrays)}"
+            arrays[key] = node
+            return {_ARRAY: key}
+        if isinstance(node, dict):
+            return {"__dict__": [[_key(k), walk(v, f"{path}.{k}")] for k, v in node.items()]}
+        if isinstance(node, (list, tuple)):
+            return {"__list__": [walk(v, f"{path}[{i}]") for i, v in enumerate(node)]}
+        if isinstance(node, (np.integer, np.floating)):
+            return node.item()
+        if node is None or isinstance(node, (bool, int, float, str)):
+            return node
+        raise TypeError(f"cannot store {type(node).__name__} at {path or '<root>'} in a state file")
+
+    return walk(state, ""), arrays
+
+
+def unflatten_state(skeleton: Any, arrays: dict[str, np.ndarray]) -> Any:
+    """Inverse of :func:`flatten_state`."""
+    if isinstance(skeleton, dict):
+        if _TENSOR in skeleton:
+            arr = arrays[skeleton[_TENSOR]]
+            dtype = getattr(torch, skeleton.get("dtype", "float32"))
+            return torch.from_numpy(np.array(arr)).to(dtype)
+        if _ARRAY in skeleton:
+            return np.array(arrays[skeleton[_ARRAY]])
+        if "__dict__" in skeleton:
+            return {_unkey(k): unflatten_state(v, arrays) for k, v in skeleton["__dict__"]}
+        if "__list__" in skeleton:
+            return [unflatten_state(v, arrays) for v in skeleton["__list__"]]
+    return skeleton
+
+
+def _key(k: Any) -> Any:
+    # Optimizer state dicts use integer keys; keep them integers through JSON.
+    return {"int": k} if isinstance(k, int) else k
+
+
+def _unkey(k: Any) -> Any:
+    return k["int"] if isinstance(k, dict) and "int" in k else k
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that readers see the old file or the new one, never half."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def save_state(path: str | Path, state: Any) -> None:
+    """Write ``state`` as ``<path>.npz`` (arrays) and ``<path>.json`` (structure), atomically.
+
+    The JSON is written last and names the array file's checksum-free key set, so a reader that
+    finds the JSON also finds a complete array file.
+    """
+    path = Path(path)
+    skeleton, arrays = flatten_state(state)
+    import io
+
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    atomic_write_bytes(path.with_suffix(".npz"), buf.getvalue())
+    atomic_write_text(
+        path.with_suffix(".json"),
+        json.dumps({"format": "metarec-state-1", "keys": sorted(arrays), "state": skeleton}),
+    )
+
+
+def load_state(path: str | Path) -> Any:
+    """Read a state written by :func:`save_state` (no pickle: ``allow_pickle=False``)."""
+    path = Path(path)
+    meta = json.loads(path.with_suffix(".json").read_text("utf-8"))
+    if meta.get("format") != "metarec-state-1":
+        raise ValueError(f"{path.with_suffix('.json')}: not a metarec state file")
+    with np.load(path.with_suffix(".npz"), allow_pickle=False) as npz:
+        arrays = {k: npz[k] for k in npz.files}
+    missing = set(meta["keys"]) - set(arrays)
+    if missing:
+        raise ValueError(f"{path.with_suffix('.npz')}: incomplete state file, missing {sorted(missing)[:5]}")
+    return unflatten_state(meta["state"], arrays)
+
+
+def state_exists(path: str | Path) -> bool:
+    path = Path(path)
+    return path.with_suffix(".json").exists() and path.with_suffix(".npz").exists()

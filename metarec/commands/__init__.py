@@ -1,0 +1,1 @@
+"""metarec's own sub-commands, registered in the ``metarec.cli`` entry-point group."""

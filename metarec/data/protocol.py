@@ -1,0 +1,207 @@
+"""The MAMO paper's cold-start protocol (§3.1.3-3.1.4, appendix A.1), every choice a config key.
+
+Defaults are the paper's: per user the first 20 ratings by time (ties broken by file position,
+a stable rule), support = the first 15, query = the last 5; users split 80:20 into training and
+test users with a seed; warm/cold users by the dataset's rule (MovieLens: first rating before
+the 80th-percentile time of all ratings; Book-Crossing: the first 90 % of users in id order);
+warm/cold items counted on the trimmed table (warm iff more than 10 ratings on MovieLens, more
+than 5 on Book-Crossing); a scenario label for every query rating.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from metarec.data.base import InteractionData
+from metarec.runtime import numpy_generator
+from metarec.schema import SCENARIOS
+from metarec.tasks import TaskSet
+
+
+class ProtocolError(ValueError):
+    """The data cannot satisfy the protocol as configured (the message says what to change)."""
+
+
+@dataclass(frozen=True)
+class ProtocolConfig:
+    """Every choice of the protocol. ``None`` means "the dataset's own default"."""
+
+    #: Ratings kept per user (the earliest by time); users with fewer are dropped (and counted).
+    ratings_per_user: int = 20
+    #: Support ratings per user (paper: 15; §3.2.1 varies 5-15 with the query fixed).
+    n_support: int = 15
+    #: Query ratings per user: always the LAST ``n_query`` of the kept ratings.
+    n_query: int = 5
+    #: When ``n_support + n_query < ratings_per_user``: take the support from the ``first``
+    #: kept ratings or from the ones ``last`` before the query.
+    support_position: Literal["first", "last"] = "first"
+    #: Fraction of users that are training users.
+    train_fraction: float = 0.8
+    #: Fraction of the training users held out for validation (0 = none, as in the paper).
+    validation_fraction: float = 0.0
+    #: ``time_quantile`` (warm iff first rating before the quantile time of all ratings) or
+    #: ``id_order`` (the first ``user_warm_fraction`` of users in table order are warm).
+    user_state_rule: Literal["time_quantile", "id_order"] | None = None
+    user_time_quantile: float = 0.8
+    user_warm_fraction: float = 0.9
+    #: An item is warm iff it has MORE than this many ratings in the trimmed table.
+    item_cold_max_ratings: int | None = None
+    #: What to do with users with fewer than ``ratings_per_user`` ratings: drop and count, or fail.
+    short_users: Literal["drop", "error"] = "drop"
+
+    def __post_init__(self) -> None:
+        if self.n_query < 1 or self.n_support < 1:
+            raise ValueError(f"n_support and n_query must be >= 1, got {self.n_support}, {self.n_query}")
+        if self.n_support + self.n_query > self.ratings_per_user:
+            raise ValueError(
+                f"n_support + n_query ({self.n_support} + {self.n_query}) exceeds "
+                f"ratings_per_user ({self.ratings_per_user})"
+            )
+        for name in ("train_fraction", "user_time_quantile", "user_warm_fraction"):
+            v = getattr(self, name)
+            if not 0.0 < v < 1.0:
+                raise ValueError(f"{name} must lie strictly between 0 and 1, got {v}")
+        if not 0.0 <= self.validation_fraction < 1.0:
+            raise ValueError(f"validation_fraction must be in [0, 1), got {self.validation_fraction}")
+
+    def resolved(self, data: InteractionData) -> "ProtocolConfig":
+        """This config with the dataset's defaults filled in for every ``None``."""
+        d = asdict(self)
+        defaults = {"user_state_rule": "time_quantile", "item_cold_max_ratings": 10, **data.protocol_defaults}
+        for key, value in d.items():
+            if value is None:
+                if key not in defaults:
+                    raise ProtocolError(f"protocol key {key!r} has no value and dataset {data.name!r} gives no default")
+                d[key] = defaults[key]
+        return ProtocolConfig(**d)
+
+
+@dataclass
+class Split:
+    """Training, test (and optional validation) tasks with a report of how they were made."""
+
+    train: TaskSet
+    test: TaskSet
+    validation: TaskSet | None
+    info: dict[str, Any]
+
+
+def trim_per_user(data: InteractionData, ratings_per_user: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Rows of each user's first ``ratings_per_user`` ratings by (time, file position).
+
+    Returns ``(kept_users, rows [U, R], short_users)``: ``rows[k]`` are the rating indices of
+    ``kept_users[k]`` in time order; users with fewer ratings are listed in ``short_users``.
+    """
+    order = np.lexsort((data.order, data.time, data.user))  # by user, then time, then file position
+    users_sorted = data.user[order]
+    uniq, start, counts = np.unique(users_sorted, return_index=True, return_counts=True)
+    enough = counts >= ratings_per_user
+    rows = start[enough, None] + np.arange(ratings_per_user)[None, :]
+    return uniq[enough], order[rows], uniq[~enough]
+
+
+def user_cold_flags(data: InteractionData, users: np.ndarray, cfg: ProtocolConfig) -> tuple[np.ndarray, dict[str, Any]]:
+    """Cold flag per user in ``users`` under ``cfg.user_state_rule``, plus what was used."""
+    if cfg.user_state_rule == "time_quantile":
+        times = np.sort(data.time, kind="stable")
+        pos = min(int(round(cfg.user_time_quantile * len(times))), len(times) - 1)
+        split_time = float(times[pos])
+        first = np.full(len(data.users), np.inf)
+        np.minimum.at(first, data.user, data.time)
+        cold = ~(first[users] < split_time)
+        return cold, {"split_time": split_time}
+    if cfg.user_state_rule == "id_order":
+        n_warm = int(cfg.user_warm_fraction * len(users))
+        ranks = np.argsort(np.argsort(users, kind="stable"), kind="stable")
+        return ranks >= n_warm, {"n_warm_by_id_order": n_warm}
+    raise ProtocolError(f"unknown user_state_rule {cfg.user_state_rule!r}; use time_quantile or id_order")
+
+
+def build_split(data: InteractionData, config: ProtocolConfig | None = None, *, seed: int = 0) -> Split:
+    """Apply the protocol to ``data``; the user split depends only on ``seed``."""
+    cfg = (config or ProtocolConfig()).resolved(data)
+    users, rows, short = trim_per_user(data, cfg.ratings_per_user)
+    if len(short) and cfg.short_users == "error":
+        raise ProtocolError(
+            f"{data.name}: {len(short)} users have fewer than {cfg.ratings_per_user} ratings "
+            f"(first: user {data.users.ids[short[0]]}); set short_users='drop' to drop them"
+        )
+    if len(users) < 2:
+        raise ProtocolError(
+            f"{data.name}: only {len(users)} users have at least {cfg.ratings_per_user} ratings; "
+            "lower ratings_per_user or use more data"
+        )
+
+    user_cold, user_rule_info = user_cold_flags(data, users, cfg)
+    kept_items = data.item[rows].ravel()
+    item_counts = np.bincount(kept_items, minlength=len(data.items))
+    item_cold = item_counts <= cfg.item_cold_max_ratings  # over all items; only rated ones matter
+    scen = (2 * user_cold[:, None].astype(np.int64) + item_cold[data.item[rows]].astype(np.int64))
+
+    r = cfg.ratings_per_user
+    q_cols = np.arange(r - cfg.n_query, r)
+    if cfg.support_position == "first":
+        s_cols = np.arange(cfg.n_support)
+    else:
+        s_cols = np.arange(r - cfg.n_query - cfg.n_support, r - cfg.n_query)
+
+    perm = numpy_generator(seed, "user-split").permutation(len(users))
+    n_train = int(cfg.train_fraction * len(users))
+    train_pos, test_pos = perm[:n_train], perm[n_train:]
+    n_val = int(round(cfg.validation_fraction * len(train_pos)))
+    val_pos = train_pos[len(train_pos) - n_val :] if n_val else train_pos[:0]
+    train_pos = train_pos[: len(train_pos) - n_val]
+    if len(train_pos) == 0 or len(test_pos) == 0:
+        raise ProtocolError(f"{data.name}: the split leaves no training or no test users; check train_fraction")
+
+    def taskset(pos: np.ndarray, part: str) -> TaskSet:
+        pos = np.sort(pos)  # tasks in user-table order: a stable, documented test-user order
+        sel_rows = rows[pos]
+        t = lambda a, dt: torch.as_tensor(np.ascontiguousarray(a), dtype=dt)  # noqa: E731
+        ts = TaskSet(
+            schema=data.schema,
+            users=data.users,
+            items=data.items,
+            user_index=t(users[pos], torch.long),
+            support_items=t(data.item[sel_rows[:, s_cols]], torch.long),
+            support_ratings=t(data.rating[sel_rows[:, s_cols]], torch.float32),
+            query_items=t(data.item[sel_rows[:, q_cols]], torch.long),
+            query_ratings=t(data.rating[sel_rows[:, q_cols]], torch.float32),
+            query_scenario=t(scen[pos][:, q_cols], torch.long),
+            info={"part": part, "dataset": data.name},
+        )
+        return ts
+
+    train, test = taskset(train_pos, "train"), taskset(test_pos, "test")
+    validation = taskset(val_pos, "validation") if n_val else None
+    rated = item_counts > 0
+    info: dict[str, Any] = {
+        "dataset": data.name,
+        "seed": seed,
+        "protocol": asdict(cfg),
+        "users_total": len(data.users),
+        "users_kept": int(len(users)),
+        "users_dropped_too_few_ratings": int(len(short)),
+        "users_warm": int((~user_cold).sum()),
+        "users_cold": int(user_cold.sum()),
+        "items_in_trimmed_table": int(rated.sum()),
+        "items_warm": int((rated & ~item_cold).sum()),
+        "items_cold": int((rated & item_cold).sum()),
+        "train_users": len(train),
+        "test_users": len(test),
+        "validation_users": 0 if validation is None else len(validation),
+        "query_scenarios_train": train.scenario_counts(),
+        "query_scenarios_test": test.scenario_counts(),
+        "load_drops": dict(data.drops),
+        "checksum": data.checksum,
+        "canonical": data.canonical,
+        **user_rule_info,
+    }
+    return Split(train=train, test=test, validation=validation, info=info)
+
+
+__all__ = ["ProtocolConfig", "ProtocolError", "Split", "build_split", "trim_per_user", "SCENARIOS"]

@@ -1,0 +1,114 @@
+"""A generic MAML learner: a model, a set of locally adapted parameters, and the engine.
+
+MeLU and MetaCS-DNN are this class with a different network or a different local set; the
+docs tutorial's "add your own method" learner is one too. Subclasses override
+:meth:`MAMLLearner.build_model` and/or :meth:`MAMLLearner.local_parameter_names`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar, Literal
+
+import torch
+from torch import Tensor, nn
+
+from metarec import engine
+from metarec.learner import EpisodicConfig, EpisodicLearner
+from metarec.nn import RatingMLP
+from metarec.tasks import TaskBatch
+
+
+@dataclass
+class MAMLConfig(EpisodicConfig):
+    """Settings of a MAML-trained rating model (defaults: MeLU's published values)."""
+
+    embedding_dim: int = 32
+    hidden: tuple[int, ...] = (64, 64)
+    activation: str = "relu"
+    #: How a multi-valued feature (genres, directors) is pooled: mean (MeLU), sum, sigmoid (MAMO).
+    multi_pooling: Literal["mean", "sum", "sigmoid"] = "mean"
+    #: Local (inner) learning rate and number of plain gradient steps on the support set.
+    inner_lr: float = 5e-6
+    inner_steps: int = 1
+    #: Inner steps at evaluation (None = same as training).
+    eval_inner_steps: int | None = None
+    #: Drop second-order terms (FOMAML). False = true MAML, differentiating through the inner steps.
+    first_order: bool = False
+    meta_lr: float = 5e-5
+    meta_optimizer: Literal["adam", "sgd"] = "adam"
+    weight_decay: float = 0.0
+    #: Clip the meta-gradient's global norm (None = no clipping).
+    grad_clip: float | None = None
+    #: Users adapted at once inside vmap (None = the whole batch); bounds memory.
+    chunk_size: int | None = None
+    #: ``torch.func`` (batched over users) or ``loop`` (one user at a time; same numbers, slower).
+    backend: Literal["torch.func", "loop"] = "torch.func"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.inner_steps < 0:
+            raise ValueError(f"inner_steps must be >= 0, got {self.inner_steps}")
+        if self.inner_lr < 0 or self.meta_lr <= 0:
+            raise ValueError(f"learning rates must be positive, got inner_lr={self.inner_lr}, meta_lr={self.meta_lr}")
+
+
+class MAMLLearner(EpisodicLearner):
+    """MAML over users on a profile-feature rating MLP; local update of the MLP head only."""
+
+    name: ClassVar[str] = "maml"
+    description: ClassVar[str] = "MAML on a profile-feature rating MLP (head adapted locally)"
+    Config: ClassVar[type] = MAMLConfig
+
+    # -- what a subclass changes -------------------------------------------------
+    def build_model(self) -> nn.Module:
+        c = self.config
+        return RatingMLP(
+            self.schema.user_features,
+            self.schema.item_features,
+            embedding_dim=c.embedding_dim,
+            hidden=c.hidden,
+            activation=c.activation,
+            multi_pooling=c.multi_pooling,
+        )
+
+    def local_parameter_names(self) -> list[str]:
+        """Parameters adapted on each user's support set (the rest are global-only)."""
+        return [n for n, _ in self.model.named_parameters() if n.startswith("head.")]
+
+    # -- machinery ----------------------------------------------------------------
+    def build(self) -> None:
+        c = self.config
+        self.model = self.build_model().to(self.device)
+        self.local_names = self.local_parameter_names()
+        if not self.local_names:
+            raise ValueError(f"{type(self).__name__}: no locally adapted parameters were declared")
+        self.forward = engine.module_forward(self.model)
+        self.optimizer = engine.make_optimizer(c.meta_optimizer, self.model.parameters(), c.meta_lr, c.weight_decay)
+
+    def params(self) -> dict[str, Tensor]:
+        return dict(self.model.named_parameters())
+
+    def meta_loss(self, batch: TaskBatch) -> Tensor:
+        """Mean query loss over the batch's users after local adaptation."""
+        c = self.config
+        fn = engine.query_losses if c.backend == "torch.func" else engine.query_losses_looped
+        kwargs = {"chunk_size": c.chunk_size} if c.backend == "torch.func" else {}
+        losses = fn(
+            self.forward, self.params(), self.local_names, batch,
+            lr=c.inner_lr, steps=c.inner_steps, first_order=c.first_order, **kwargs,
+        )
+        return losses.mean()
+
+    def meta_step(self, batch: TaskBatch) -> float:
+        self.model.train()
+        return engine.outer_step(self.optimizer, self.meta_loss(batch), grad_clip=self.config.grad_clip)
+
+    def adapt_and_predict(self, batch: TaskBatch) -> Tensor:
+        c = self.config
+        self.model.eval()
+        steps = c.inner_steps if c.eval_inner_steps is None else c.eval_inner_steps
+        return engine.adapt_and_predict_batch(
+            self.forward, self.params(), self.local_names, batch,
+            lr=c.inner_lr, steps=steps, chunk_size=c.chunk_size,
+        )
