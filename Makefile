@@ -1,0 +1,56 @@
+# One command sets everything up and runs the main job (`make bench`), one runs the tests
+# (`make test`). Both create the virtual environment on first use.
+#
+# torch: `torch==2.13.0` is the CPU build on our machines (a local wheel); elsewhere pass the
+# CPU index, e.g. `make test TORCH_INDEX=https://download.pytorch.org/whl/cpu`, or a plain
+# PyPI install pulls a multi-GB CUDA build.
+
+PYTHON      ?= python3
+VENV        ?= .venv
+BIN         := $(VENV)/bin
+TORCH_SPEC  ?= torch==2.13.0
+TORCH_INDEX ?=
+DATA_DIR    ?= $(firstword $(wildcard ../shared/data) $(METAREC_DATA_DIR) data)
+METHODS     ?= mamo,melu
+SEEDS       ?= 0
+L2L_VENV    ?= .venv-l2l
+
+TORCH_INDEX_ARG := $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX) --extra-index-url https://pypi.org/simple,)
+
+.PHONY: help venv bench test test-fast docs serve-docs l2l clean
+
+help:
+	@echo "make bench   - set up .venv and run: metarec bench --methods $(METHODS) --dataset ml-1m --data-dir $(DATA_DIR)"
+	@echo "make test    - set up .venv (and the learn2learn env) and run the test suite"
+	@echo "make docs    - build the documentation site into site/ (strict)"
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q $(TORCH_INDEX_ARG) "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install -q -e '.[dev,docs,plot]'
+	@touch $@
+
+venv: $(BIN)/.installed
+
+bench: venv
+	$(BIN)/metarec bench --methods $(METHODS) --dataset ml-1m --data-dir $(DATA_DIR) --seeds $(SEEDS)
+
+# The learn2learn parity test runs for real: it needs its own environment (learn2learn imports
+# torchvision, which needs a different torch build than the CPU one above).
+l2l:
+	bash scripts/install_learn2learn.sh $(L2L_VENV)
+
+test: venv l2l
+	METAREC_L2L_PYTHON=$(abspath $(L2L_VENV))/bin/python $(BIN)/python -m pytest -q
+
+test-fast: venv
+	$(BIN)/python -m pytest -q -m "not slow"
+
+docs: venv
+	$(BIN)/mkdocs build --strict
+
+serve-docs: venv
+	$(BIN)/mkdocs serve
+
+clean:
+	rm -rf $(VENV) $(L2L_VENV) site build *.egg-info
