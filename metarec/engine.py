@@ -13,6 +13,10 @@ Second order (differentiating through the inner steps, true MAML) is the default
 ``first_order=True`` drops the inner gradients' graph (FOMAML). The ``*_looped`` functions do
 the same computation one user at a time with :func:`torch.autograd.grad`; they exist so that
 tests can prove the batched path right, and for methods whose adaptation cannot be batched.
+
+A local step may use only part of the support set: ``step_masks`` (``bool [steps, S]``, see
+:func:`minibatch_schedule`) selects the support items of each step, which expresses item-by-item
+SGD (MAMO's Algorithm 1) or mini-batches (MAMO's reference code) with the same fixed shapes.
 """
 
 from __future__ import annotations
@@ -37,6 +41,26 @@ def masked_mse(pred: Tensor, target: Tensor, mask: Tensor) -> Tensor:
     return ((pred - target) ** 2 * m).sum() / m.sum().clamp_min(1.0)
 
 
+def rating_cross_entropy(rating_min: float, n_classes: int) -> LossFn:
+    """A loss for rating *classifiers*: ``pred`` are logits ``[N, n_classes]`` over the rating
+    values ``rating_min, rating_min + 1, ...``; ``target`` are ratings; mean over the mask.
+
+    Ratings are mapped to classes by rounding, so a classifier can be trained on any integer scale
+    (MovieLens 1..5, Book-Crossing 1..10) without touching the data.
+    """
+    if n_classes < 2:
+        raise ValueError(f"a rating classifier needs at least 2 classes, got {n_classes}")
+
+    def loss(pred: Tensor, target: Tensor, mask: Tensor) -> Tensor:
+        cls = (target - rating_min).round().long().clamp(0, n_classes - 1)
+        logp = torch.log_softmax(pred, dim=-1)
+        nll = -torch.gather(logp, -1, cls.unsqueeze(-1)).squeeze(-1)
+        m = mask.to(nll.dtype)
+        return (nll * m).sum() / m.sum().clamp_min(1.0)
+
+    return loss
+
+
 def module_forward(module: nn.Module) -> Forward:
     """A forward function that runs ``module`` with the given parameters (and its own buffers)."""
     buffers = dict(module.named_buffers())
@@ -59,6 +83,45 @@ def _step_size(lr: LearningRate, name: str) -> float | Tensor:
     return lr[name] if isinstance(lr, Mapping) else lr
 
 
+def minibatch_schedule(
+    n_support: int,
+    batch_size: int | None = None,
+    epochs: int = 1,
+    *,
+    device: torch.device | str | None = None,
+) -> Tensor:
+    """Which support items each local step uses, ``bool [steps, n_support]``.
+
+    ``batch_size=None``: every step sees the whole support set (``epochs`` steps). Otherwise the
+    support set is cut, in its stored (time) order, into consecutive chunks of ``batch_size``
+    items, one step per chunk, repeated ``epochs`` times: ``batch_size=1`` is item-by-item SGD
+    (MAMO's Algorithm 1), ``batch_size=5`` with 3 epochs is MAMO's reference code (9 steps).
+    """
+    if n_support < 1 or epochs < 0:
+        raise ValueError(f"need n_support >= 1 and epochs >= 0, got {n_support}, {epochs}")
+    if batch_size is None:
+        one = torch.ones(1, n_support, dtype=torch.bool, device=device)
+    else:
+        if batch_size < 1:
+            raise ValueError(f"local batch size must be >= 1 (or None for the whole support set), got {batch_size}")
+        chunk = torch.arange(n_support, device=device) // batch_size
+        one = chunk.unsqueeze(0) == torch.arange(int(chunk.max()) + 1, device=device).unsqueeze(1)
+    return one.repeat(epochs, 1)
+
+
+def _check_schedule(step_masks: Tensor | None, steps: int, n_support: int) -> None:
+    if step_masks is None:
+        return
+    if step_masks.dim() != 2 or step_masks.shape[0] != steps or step_masks.shape[1] != n_support:
+        raise ValueError(
+            f"step_masks must be bool [steps={steps}, support={n_support}], got {list(step_masks.shape)}"
+        )
+
+
+def _mask_at(support_mask: Tensor, step_masks: Tensor | None, t: int) -> Tensor:
+    return support_mask if step_masks is None else support_mask & step_masks[t]
+
+
 # --------------------------------------------------------------------------- one user
 
 
@@ -75,16 +138,21 @@ def inner_adapt(
     steps: int,
     first_order: bool = False,
     loss_fn: LossFn = masked_mse,
+    step_masks: Tensor | None = None,
 ) -> Params:
     """``steps`` plain gradient steps on the ``adapt`` parameters for ONE user; vmap-able.
 
-    ``lr`` is a float or a per-parameter mapping of tensors (Meta-SGD). Returns the full
-    parameter dict with the adapted entries replaced.
+    ``lr`` is a float or a per-parameter mapping of tensors (Meta-SGD). ``step_masks``
+    (``bool [steps, S]``) restricts step ``t`` to the support items ``step_masks[t]``. Returns
+    the full parameter dict with the adapted entries replaced.
     """
+    _check_schedule(step_masks, steps, support_y.shape[-1])
     fast: Params = dict(params)
-    for _ in range(steps):
+    for t in range(steps):
+        mask = _mask_at(support_mask, step_masks, t)
+
         def support_loss(sub: Params) -> Tensor:
-            return loss_fn(forward({**fast, **sub}, user_x, support_x), support_y, support_mask)
+            return loss_fn(forward({**fast, **sub}, user_x, support_x), support_y, mask)
 
         grads = grad(support_loss)(select(fast, adapt))
         for name in adapt:
@@ -106,18 +174,25 @@ def inner_adapt_looped(
     steps: int,
     first_order: bool = False,
     loss_fn: LossFn = masked_mse,
+    step_masks: Tensor | None = None,
 ) -> Params:
     """Same as :func:`inner_adapt` with :func:`torch.autograd.grad` (reference implementation)."""
+    _check_schedule(step_masks, steps, support_y.shape[-1])
     fast: Params = dict(params)
     with torch.enable_grad():
-        for _ in range(steps):
+        for t in range(steps):
+            mask = _mask_at(support_mask, step_masks, t)
             sub = {}
             for name in adapt:
                 p = fast[name]
                 sub[name] = p if p.requires_grad else p.detach().requires_grad_(True)
-            loss = loss_fn(forward({**fast, **sub}, user_x, support_x), support_y, support_mask)
-            grads = torch.autograd.grad(loss, [sub[n] for n in adapt], create_graph=not first_order)
+            loss = loss_fn(forward({**fast, **sub}, user_x, support_x), support_y, mask)
+            grads = torch.autograd.grad(
+                loss, [sub[n] for n in adapt], create_graph=not first_order, allow_unused=True
+            )
             for name, g in zip(adapt, grads):
+                if g is None:  # the step's items do not reach this parameter (e.g. an empty chunk)
+                    g = torch.zeros_like(sub[name])
                 fast[name] = sub[name] - _step_size(lr, name) * g
     return fast
 
@@ -127,6 +202,10 @@ def inner_adapt_looped(
 
 def _split_user_params(user_params: Mapping[str, Tensor] | None) -> Params:
     return dict(user_params) if user_params else {}
+
+
+def _take(d: Mapping[str, Tensor], b: int) -> Params:
+    return {k: v[b] for k, v in d.items()}
 
 
 def adapt_batch(
@@ -141,6 +220,7 @@ def adapt_batch(
     loss_fn: LossFn = masked_mse,
     user_params: Mapping[str, Tensor] | None = None,
     chunk_size: int | None = None,
+    step_masks: Tensor | None = None,
 ) -> Params:
     """Adapt every user of ``batch`` at once; returns the adapted ``adapt`` parameters, ``[B, ...]``.
 
@@ -152,7 +232,7 @@ def adapt_batch(
     def one(u_params: Params, user_x, support_x, support_y, support_mask) -> Params:
         fast = inner_adapt(
             forward, {**params, **u_params}, adapt, user_x, support_x, support_y, support_mask,
-            lr=lr, steps=steps, first_order=first_order, loss_fn=loss_fn,
+            lr=lr, steps=steps, first_order=first_order, loss_fn=loss_fn, step_masks=step_masks,
         )
         return select(fast, adapt)
 
@@ -179,6 +259,68 @@ def predict_batch(
     return vmap(one)(per_user, batch.user_features, items_x)
 
 
+def adapt_and_query_losses(
+    forward: Forward,
+    params: Mapping[str, Tensor],
+    adapt: Sequence[str],
+    batch: TaskBatch,
+    *,
+    lr: LearningRate,
+    steps: int,
+    first_order: bool = False,
+    loss_fn: LossFn = masked_mse,
+    user_params: Mapping[str, Tensor] | None = None,
+    chunk_size: int | None = None,
+    step_masks: Tensor | None = None,
+) -> tuple[Tensor, Params]:
+    """Per-user query losses ``[B]`` after adaptation, and the adapted parameters ``{name: [B, ...]}``.
+
+    For methods that need the adapted values themselves (MAMO writes them into its memories).
+    """
+    fast = adapt_batch(
+        forward, params, adapt, batch, lr=lr, steps=steps, first_order=first_order,
+        loss_fn=loss_fn, user_params=user_params, chunk_size=chunk_size, step_masks=step_masks,
+    )
+    per_user = {**_split_user_params(user_params), **fast}
+
+    def one(u_params: Params, user_x, query_x, query_y, query_mask) -> Tensor:
+        return loss_fn(forward({**params, **u_params}, user_x, query_x), query_y, query_mask)
+
+    losses = vmap(one)(per_user, batch.user_features, batch.query_features, batch.query_ratings, batch.query_mask)
+    return losses, fast
+
+
+def adapt_and_query_losses_looped(
+    forward: Forward,
+    params: Mapping[str, Tensor],
+    adapt: Sequence[str],
+    batch: TaskBatch,
+    *,
+    lr: LearningRate,
+    steps: int,
+    first_order: bool = False,
+    loss_fn: LossFn = masked_mse,
+    user_params: Mapping[str, Tensor] | None = None,
+    step_masks: Tensor | None = None,
+) -> tuple[Tensor, Params]:
+    """:func:`adapt_and_query_losses` one user at a time (reference implementation)."""
+    per_user = _split_user_params(user_params)
+    losses, adapted = [], []
+    for b in range(len(batch)):
+        p = {**params, **_take(per_user, b)}
+        user_x = _take(batch.user_features, b)
+        fast = inner_adapt_looped(
+            forward, p, adapt, user_x, _take(batch.support_features, b), batch.support_ratings[b],
+            batch.support_mask[b], lr=lr, steps=steps, first_order=first_order, loss_fn=loss_fn,
+            step_masks=step_masks,
+        )
+        pred = forward(fast, user_x, _take(batch.query_features, b))
+        losses.append(loss_fn(pred, batch.query_ratings[b], batch.query_mask[b]))
+        adapted.append(select(fast, adapt))
+    stacked = {n: torch.stack([a[n] for a in adapted]) for n in adapt}
+    return torch.stack(losses), stacked
+
+
 def query_losses(
     forward: Forward,
     params: Mapping[str, Tensor],
@@ -191,18 +333,13 @@ def query_losses(
     loss_fn: LossFn = masked_mse,
     user_params: Mapping[str, Tensor] | None = None,
     chunk_size: int | None = None,
+    step_masks: Tensor | None = None,
 ) -> Tensor:
     """Per-user query loss after adaptation, ``[B]``: the MAML meta-objective, batched."""
-    fast = adapt_batch(
+    return adapt_and_query_losses(
         forward, params, adapt, batch, lr=lr, steps=steps, first_order=first_order,
-        loss_fn=loss_fn, user_params=user_params, chunk_size=chunk_size,
-    )
-    per_user = {**_split_user_params(user_params), **fast}
-
-    def one(u_params: Params, user_x, query_x, query_y, query_mask) -> Tensor:
-        return loss_fn(forward({**params, **u_params}, user_x, query_x), query_y, query_mask)
-
-    return vmap(one)(per_user, batch.user_features, batch.query_features, batch.query_ratings, batch.query_mask)
+        loss_fn=loss_fn, user_params=user_params, chunk_size=chunk_size, step_masks=step_masks,
+    )[0]
 
 
 def query_losses_looped(
@@ -216,21 +353,13 @@ def query_losses_looped(
     first_order: bool = False,
     loss_fn: LossFn = masked_mse,
     user_params: Mapping[str, Tensor] | None = None,
+    step_masks: Tensor | None = None,
 ) -> Tensor:
     """:func:`query_losses` one user at a time (the reference the batched path is tested against)."""
-    per_user = _split_user_params(user_params)
-    losses = []
-    for b in range(len(batch)):
-        take = lambda d: {k: v[b] for k, v in d.items()}  # noqa: E731
-        p = {**params, **{k: v[b] for k, v in per_user.items()}}
-        user_x = take(batch.user_features)
-        fast = inner_adapt_looped(
-            forward, p, adapt, user_x, take(batch.support_features), batch.support_ratings[b],
-            batch.support_mask[b], lr=lr, steps=steps, first_order=first_order, loss_fn=loss_fn,
-        )
-        pred = forward(fast, user_x, take(batch.query_features))
-        losses.append(loss_fn(pred, batch.query_ratings[b], batch.query_mask[b]))
-    return torch.stack(losses)
+    return adapt_and_query_losses_looped(
+        forward, params, adapt, batch, lr=lr, steps=steps, first_order=first_order,
+        loss_fn=loss_fn, user_params=user_params, step_masks=step_masks,
+    )[0]
 
 
 def adapt_and_predict_batch(
@@ -244,16 +373,91 @@ def adapt_and_predict_batch(
     loss_fn: LossFn = masked_mse,
     user_params: Mapping[str, Tensor] | None = None,
     chunk_size: int | None = None,
+    step_masks: Tensor | None = None,
 ) -> Tensor:
     """Evaluation: adapt each user (first order, no outer graph) and predict the query, ``[B, Q]``."""
     detached = {k: v.detach() for k, v in params.items()}
     u_params = {k: v.detach() for k, v in _split_user_params(user_params).items()}
     fast = adapt_batch(
         forward, detached, adapt, batch, lr=lr, steps=steps, first_order=True,
-        loss_fn=loss_fn, user_params=u_params, chunk_size=chunk_size,
+        loss_fn=loss_fn, user_params=u_params, chunk_size=chunk_size, step_masks=step_masks,
     )
     with torch.no_grad():
         return predict_batch(forward, detached, batch, user_params={**u_params, **fast})
+
+
+# --------------------------------------------------------------------------- per-user gradients
+
+
+def _items(batch: TaskBatch, items: str) -> tuple[dict[str, Tensor], Tensor, Tensor]:
+    if items == "query":
+        return batch.query_features, batch.query_ratings, batch.query_mask
+    if items == "support":
+        return batch.support_features, batch.support_ratings, batch.support_mask
+    raise ValueError(f"items must be 'query' or 'support', got {items!r}")
+
+
+def _detached(d: Mapping[str, Tensor]) -> Params:
+    return {k: v.detach() for k, v in d.items()}
+
+
+def user_gradients(
+    forward: Forward,
+    params: Mapping[str, Tensor],
+    names: Sequence[str],
+    batch: TaskBatch,
+    *,
+    user_params: Mapping[str, Tensor] | None = None,
+    items: str = "query",
+    loss_fn: LossFn = masked_mse,
+) -> Params:
+    """Each user's gradient of their own loss on their query (or support) items, ``{name: [B, ...]}``.
+
+    Taken at the per-user point ``{**params, **user_params}`` (e.g. adapted parameters), with no
+    graph: a quantity to store (MAMO's fast-gradient memory), not to differentiate.
+    """
+    shared = _detached(params)
+    per_user = _detached(_split_user_params(user_params))
+    x_all, y_all, m_all = _items(batch, items)
+
+    def one(u_params: Params, user_x, x, y, m) -> Params:
+        p = {**shared, **u_params}
+
+        def loss(sub: Params) -> Tensor:
+            return loss_fn(forward({**p, **sub}, user_x, x), y, m)
+
+        return grad(loss)(select(p, names))
+
+    with torch.no_grad():  # grad() still differentiates inside; no outer graph is recorded
+        return vmap(one)(per_user, _detached(batch.user_features), _detached(x_all), y_all, m_all)
+
+
+def user_gradients_looped(
+    forward: Forward,
+    params: Mapping[str, Tensor],
+    names: Sequence[str],
+    batch: TaskBatch,
+    *,
+    user_params: Mapping[str, Tensor] | None = None,
+    items: str = "query",
+    loss_fn: LossFn = masked_mse,
+) -> Params:
+    """:func:`user_gradients` one user at a time with :func:`torch.autograd.grad`."""
+    shared = _detached(params)
+    per_user = _detached(_split_user_params(user_params))
+    x_all, y_all, m_all = _items(batch, items)
+    out: list[Params] = []
+    for b in range(len(batch)):
+        p = {**shared, **_take(per_user, b)}
+        with torch.enable_grad():
+            sub = {n: p[n].detach().requires_grad_(True) for n in names}
+            loss = loss_fn(
+                forward({**p, **sub}, _detached(_take(batch.user_features, b)), _detached(_take(x_all, b))),
+                y_all[b], m_all[b],
+            )
+            grads = torch.autograd.grad(loss, [sub[n] for n in names], allow_unused=True)
+        out.append({n: torch.zeros_like(sub[n]) if g is None else g for n, g in zip(names, grads)})
+    return {n: torch.stack([o[n] for o in out]) for n in names}
 
 
 # --------------------------------------------------------------------------- outer step
