@@ -1,0 +1,307 @@
+"""Render the Results page's tables from committed benchmark files -- no number is typed by hand.
+
+Inputs (all under ``benchmarks/results/`` unless noted):
+
+* every ``results.json`` written by ``metarec bench`` (format ``metarec-bench-results-1``,
+  see :mod:`metarec.bench.results`): per method and cell, the mean and std over seeds, the
+  per-seed values, ``n`` and the bootstrap interval;
+* the paper's Table 1 as a reference file (format ``metarec-bench-reference-1``): the first
+  one found under ``benchmarks/`` or, failing that, ``docs/data/paper-table1.json``;
+* speed files (any JSON whose ``format`` starts with ``metarec-speed``).
+
+The MkDocs hook (``docs/hooks.py``) calls :func:`render` at every build; run this file to
+print the same markdown: ``python docs/gen_results.py [RESULTS_DIR]``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS_FORMAT = "metarec-bench-results-1"
+REFERENCE_FORMAT = "metarec-bench-reference-1"
+SPEED_PREFIX = "metarec-speed"
+CELLS = ("overall", "W-W", "W-C", "C-W", "C-C")
+DATASET_NAMES = {"ml-1m": "MovieLens-1M", "book-crossing": "Book-Crossing", "synthetic": "Synthetic data"}
+PAPER_METHODS = ("melu", "metacs-dnn", "s2meta", "rum-item", "rum-feature", "mamo")
+
+
+def _read(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text("utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path}: cannot read results JSON ({exc})") from None
+
+
+def _rel(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(ROOT))
+    except ValueError:
+        return str(path)
+
+
+def _num(value: Any) -> float:
+    return float("nan") if value is None else float(value)
+
+
+def _f(value: Any, digits: int = 4) -> str:
+    v = _num(value)
+    return "–" if not math.isfinite(v) else f"{v:.{digits}f}"
+
+
+# ----------------------------------------------------------------------------- discovery
+
+
+def find_files(results_dir: Path) -> tuple[list[Path], list[Path]]:
+    """``(results.json files, speed files)`` under ``results_dir``, in path order."""
+    results, speed = [], []
+    if not results_dir.is_dir():
+        return results, speed
+    for path in sorted(results_dir.rglob("*.json")):
+        if path.name == "results.json":
+            results.append(path)
+            continue
+        try:
+            fmt = _read(path).get("format", "")
+        except (ValueError, AttributeError):
+            continue
+        if isinstance(fmt, str) and fmt.startswith(SPEED_PREFIX):
+            speed.append(path)
+    return results, speed
+
+
+def find_reference(root: Path = ROOT) -> Path | None:
+    """The paper's Table 1: a reference file under ``benchmarks/``, else ``docs/data/paper-table1.json``."""
+    bench = root / "benchmarks"
+    if bench.is_dir():
+        for path in sorted(bench.rglob("*.json")):
+            try:
+                if _read(path).get("format") == REFERENCE_FORMAT:
+                    return path
+            except (ValueError, AttributeError):
+                continue
+    fallback = root / "docs" / "data" / "paper-table1.json"
+    return fallback if fallback.exists() else None
+
+
+def load_reference(path: Path | None) -> dict[str, Mapping[str, Any]]:
+    """``dataset -> method -> cells`` of a reference file (empty without one)."""
+    if path is None:
+        return {}
+    data = _read(path)
+    if data.get("format") != REFERENCE_FORMAT:
+        raise ValueError(f"{path}: expected format {REFERENCE_FORMAT!r}, got {data.get('format')!r}")
+    return {ds: block.get("methods", {}) for ds, block in data.get("datasets", {}).items()}
+
+
+# ----------------------------------------------------------------------------- tables
+
+
+def _cell_text(entry: Mapping[str, Any] | None) -> str:
+    """``mean ± std`` and the bootstrap interval of one metric of one cell."""
+    if not entry:
+        return "–"
+    mean, std, ci = entry.get("mean"), entry.get("std"), entry.get("ci")
+    text = _f(mean)
+    if text == "–":
+        return text
+    if std is not None:
+        text += f" ± {_f(std)}"
+    if ci and ci[0] is not None and ci[1] is not None:
+        text += f"<br><small>[{_f(ci[0])}, {_f(ci[1])}]</small>"
+    return text
+
+
+def _n_text(cells: Mapping[str, Any], cell: str) -> str:
+    entry = cells.get(cell, {})
+    n = entry.get("n_per_seed") or []
+    users = entry.get("n_users_per_seed") or []
+    if not n:
+        return "–"
+    n_text = str(n[0]) if len(set(n)) == 1 else f"{min(n)}–{max(n)}"
+    u_text = "" if not users else (str(users[0]) if len(set(users)) == 1 else f"{min(users)}–{max(users)}")
+    return f"{n_text} ({u_text} users)" if u_text else n_text
+
+
+def results_table(data: Mapping[str, Any], reference: Mapping[str, Mapping[str, Any]]) -> str:
+    """One dataset's reproduction table: every method, MAE and NDCG@k, ours and the paper's."""
+    k = int(data.get("metrics_info", {}).get("k", data.get("config", {}).get("k", 3)))
+    ndcg = f"ndcg@{k}"
+    methods = {m: e for m, e in data.get("methods", {}).items() if e.get("cells")}
+    header = "| method | metric | " + " | ".join(CELLS) + " |"
+    lines = [header, "|---|---|" + "---:|" * len(CELLS)]
+    for method, entry in methods.items():
+        cells = entry["cells"]
+        paper = reference.get(method, {}).get("cells", {})
+        seeds = entry.get("seeds", [])
+        label = f"**{method}**<br><small>{len(seeds)} seed{'s' if len(seeds) != 1 else ''}"
+        if entry.get("preset"):
+            label += f", preset `{entry['preset']}`"
+        label += "</small>"
+        rows = [("MAE", "mae"), (f"NDCG@{k}", ndcg)]
+        first = True
+        for title, key in rows:
+            ours = [_cell_text(cells.get(c, {}).get(key)) for c in CELLS]
+            lines.append(f"| {label if first else ''} | {title} | " + " | ".join(ours) + " |")
+            first = False
+            if paper:
+                theirs = [_f(paper.get(c, {}).get(key, {}).get("mean")) for c in CELLS]
+                lines.append(f"| | {title} (paper) | " + " | ".join(theirs) + " |")
+        lines.append(f"| | n ratings per seed | " + " | ".join(_n_text(cells, c) for c in CELLS) + " |")
+    return "\n".join(lines)
+
+
+def paper_table(methods: Mapping[str, Any], k: int = 3) -> str:
+    """The published numbers of one dataset (single runs: no std, no intervals)."""
+    lines = ["| method | metric | " + " | ".join(CELLS) + " |", "|---|---|" + "---:|" * len(CELLS)]
+    for method, entry in methods.items():
+        cells = entry.get("cells", {})
+        for i, (title, key) in enumerate((("MAE", "mae"), (f"NDCG@{k}", f"ndcg@{k}"))):
+            values = [_f(cells.get(c, {}).get(key, {}).get("mean")) for c in CELLS]
+            lines.append(f"| {f'**{method}**' if i == 0 else ''} | {title} | " + " | ".join(values) + " |")
+    return "\n".join(lines)
+
+
+def run_summary(path: Path, data: Mapping[str, Any]) -> str:
+    """Where a results table comes from: file, command, seeds, environment, protocol, status."""
+    env = data.get("environment", {})
+    git = env.get("git") or {}
+    ds = data.get("dataset", {})
+    proto = data.get("protocol") or ds.get("protocol") or {}
+    info = data.get("metrics_info", {})
+    items = [
+        f"source: `{_rel(path)}`",
+        f"command: `{' '.join(data['command'])}`" if data.get("command") else None,
+        f"seeds: {', '.join(map(str, data.get('seeds', [])))}",
+        f"dataset checksum: `{ds.get('checksum')}`" + ("" if ds.get("canonical") in (None, True) else " (not the canonical file)"),
+        "protocol: " + ", ".join(f"{k}={v}" for k, v in proto.items()) if proto else None,
+        f"environment: metarec {env.get('metarec', '?')}, torch {env.get('torch', '?')}, "
+        f"{env.get('cpu_model', '?')} ({env.get('cpu_count', '?')} cores), CUDA {'yes' if env.get('cuda_available') else 'no'}"
+        + (f", git {str(git.get('commit'))[:10]}{' (dirty)' if git.get('dirty') else ''}" if git.get("commit") else ""),
+        f"intervals: {info['ci']}" if info.get("ci") else None,
+        f"std: {info['std']}" if info.get("std") else None,
+    ]
+    failed = {m: e for m, e in data.get("methods", {}).items() if e.get("status") != "ok"}
+    for method, entry in failed.items():
+        items.append(
+            f"**{method}: {entry.get('status')}** — seeds ok {entry.get('seeds_ok')}, failed "
+            f"{entry.get('seeds_failed')}, missing {entry.get('seeds_missing')}"
+        )
+    return "\n".join(f"- {item}" for item in items if item)
+
+
+def speed_table(path: Path) -> str:
+    """A speed file as a table: its ``rows`` (list of flat records) and its environment."""
+    data = _read(path)
+    rows = data.get("rows") or data.get("results") or []
+    out = [f"Source: `{_rel(path)}`" + (f" — {data['description']}" if data.get("description") else "")]
+    env = data.get("environment") or {}
+    if env:
+        out.append("")
+        out.append("Environment: " + ", ".join(f"{k} {v}" for k, v in env.items() if not isinstance(v, (dict, list))))
+    if not rows or not isinstance(rows, list) or not all(isinstance(r, Mapping) for r in rows):
+        out.append("")
+        out.append("*(this file holds no `rows` list of records)*")
+        return "\n".join(out)
+    keys: list[str] = []
+    for r in rows:
+        keys.extend(k for k in r if k not in keys and not isinstance(r[k], (dict, list)))
+    out.append("")
+    out.append("| " + " | ".join(keys) + " |")
+    out.append("|" + "---|" * len(keys))
+    for r in rows:
+        cells = []
+        for k in keys:
+            v = r.get(k)
+            cells.append(_f(v, 3) if isinstance(v, float) else ("–" if v is None else str(v)))
+        out.append("| " + " | ".join(cells) + " |")
+    return "\n".join(out)
+
+
+# ----------------------------------------------------------------------------- the page
+
+
+def _missing_methods(datasets: Iterable[str], covered: Mapping[str, set[str]]) -> list[str]:
+    lines = []
+    for ds in datasets:
+        missing = [m for m in PAPER_METHODS if m not in covered.get(ds, set())]
+        if missing:
+            lines.append(f"- {DATASET_NAMES.get(ds, ds)}: no committed results yet for {', '.join(missing)}.")
+    return lines
+
+
+def render(results_dir: Path, reference_path: Path | None = None) -> str:
+    """The generated part of the Results page (markdown)."""
+    results_dir = Path(results_dir)
+    reference_path = reference_path if reference_path is not None else find_reference()
+    reference = load_reference(reference_path)
+    results, speed = find_files(results_dir)
+    out: list[str] = []
+    ref_note = f"`{_rel(reference_path)}`" if reference_path else "none found"
+    out.append(
+        f"*Generated at build time by `docs/gen_results.py` from {len(results)} results file(s) and "
+        f"{len(speed)} speed file(s) under `{_rel(results_dir)}/`; paper reference: {ref_note}.*"
+    )
+    out.append("")
+    out.append("## Reproduction")
+    out.append("")
+    if not results:
+        out.append('!!! warning "No benchmark results are committed yet"')
+        out.append(f"    There is no `results.json` under `{_rel(results_dir)}/`, so this page shows no")
+        out.append("    numbers of ours. Run `metarec bench` (see [Quick start](quickstart.md)) and commit its")
+        out.append(f"    output folder under `{_rel(results_dir)}/`; the tables appear here at the next build.")
+        out.append("")
+    covered: dict[str, set[str]] = {}
+    for path in results:
+        data = _read(path)
+        if data.get("format") != RESULTS_FORMAT:
+            raise ValueError(f"{path}: expected format {RESULTS_FORMAT!r}, got {data.get('format')!r}")
+        ds = data.get("dataset", {}).get("name") or data.get("config", {}).get("dataset", "?")
+        covered.setdefault(ds, set()).update(m for m, e in data.get("methods", {}).items() if e.get("cells"))
+        label = data.get("label") or path.parent.name
+        out.append(f"### {DATASET_NAMES.get(ds, ds)} — `{label}`")
+        out.append("")
+        out.append(run_summary(path, data))
+        out.append("")
+        out.append(results_table(data, reference.get(ds, {})))
+        out.append("")
+    for ds, methods in reference.items():
+        if ds in covered:
+            continue
+        out.append(f"### {DATASET_NAMES.get(ds, ds)} — the paper's Table 1 only")
+        out.append("")
+        out.append("No results of ours for this dataset are committed; the published numbers, for reference:")
+        out.append("")
+        out.append(paper_table(methods))
+        out.append("")
+    gaps = _missing_methods([d for d in ("ml-1m", "book-crossing") if d in reference], covered)
+    if gaps:
+        out.append("Coverage of the paper's Table 1:")
+        out.append("")
+        out.extend(gaps)
+        out.append("")
+    out.append("## Speed")
+    out.append("")
+    if not speed:
+        out.append('!!! warning "No speed measurements are committed yet"')
+        out.append(f"    No JSON file with a `{SPEED_PREFIX}*` format was found under `{_rel(results_dir)}/`.")
+        out.append("")
+    for path in speed:
+        out.append(speed_table(path))
+        out.append("")
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    results_dir = Path(args[0]) if args else ROOT / "benchmarks" / "results"
+    sys.stdout.write(render(results_dir) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
