@@ -48,6 +48,7 @@ __all__ = [
     "scenario_metrics",
     "bootstrap_ci",
     "bootstrap_metric_ci",
+    "bootstrap_metric_replicates",
     "paired_test",
 ]
 
@@ -383,12 +384,33 @@ def bootstrap_metric_ci(
     Deterministic for a seed; empty input returns (nan, nan).
     """
     n_boot = _check_boot_args(n_boot, alpha)
+    values = bootstrap_metric_replicates(pred, true, user_index, metric_fn, n_boot=n_boot, seed=seed)
+    if values.size and np.isnan(values).all():
+        return float("nan"), float("nan")
+    return _percentile_interval(values, alpha)
+
+
+def bootstrap_metric_replicates(
+    pred: Any,
+    true: Any,
+    user_index: Any,
+    metric_fn: Callable[[np.ndarray, np.ndarray, np.ndarray], float],
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> np.ndarray:
+    """The ``n_boot`` bootstrap values behind :func:`bootstrap_metric_ci` (same draws for a seed).
+
+    Exposed so that callers can combine independent resamples, e.g. a stratified bootstrap of
+    a mean over several seeds' splits (resample users within each split, average the
+    replicates). Empty input gives ``n_boot`` NaNs.
+    """
+    n_boot = _check_pos_int(n_boot, "n_boot")
     if not callable(metric_fn):
         raise ValueError(f"metric_fn must be callable, got {metric_fn!r}")
     p, t = _check_pair(pred, true, allow_empty=True)
     u = _check_index(user_index, p.size)
     if p.size == 0:
-        return float("nan"), float("nan")
+        return np.full(n_boot, np.nan)
     groups = _groups(u)
     order = np.concatenate(groups)  # rows grouped by user, in-user order kept
     counts = np.array([g.size for g in groups])
@@ -406,7 +428,7 @@ def bootstrap_metric_ci(
         offsets = np.repeat(starts[d] - (np.cumsum(lengths) - lengths), lengths)
         rows = order[offsets + np.arange(total)]
         values[b] = metric_fn(p[rows], t[rows], np.repeat(new_ids, lengths))
-    return _percentile_interval(values, alpha)
+    return values
 
 
 def paired_test(a: Any, b: Any) -> dict[str, float]:
