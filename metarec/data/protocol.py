@@ -1,16 +1,29 @@
 """The MAMO paper's cold-start protocol (§3.1.3-3.1.4, appendix A.1), every choice a config key.
 
-Defaults are the paper's: per user the first 20 ratings by time (ties broken by file position,
-a stable rule), support = the first 15, query = the last 5; users split 80:20 into training and
-test users with a seed; warm/cold users by the dataset's rule (MovieLens: first rating before
-the 80th-percentile time of all ratings; Book-Crossing: the first 90 % of users in id order);
-warm/cold items counted on the trimmed table (warm iff more than 10 ratings on MovieLens, more
-than 5 on Book-Crossing); a scenario label for every query rating.
+Defaults are the paper's:
+
+* per user the first 20 ratings by time. **Tie rule:** ratings with equal time keep their order
+  in the source file (``InteractionData.order``), i.e. a stable sort by (time, file position);
+* support = the first 15 of those, query = the last 5 (``n_support`` 5-15 keeps the query fixed
+  to the last 5);
+* users split 80:20 into training and test users by a permutation drawn from the seed; every user
+  with enough ratings is in exactly one part and users with too few are counted in
+  ``info["users_dropped_too_few_ratings"]`` (nothing is dropped silently);
+* warm/cold users by the dataset's rule. MovieLens: warm iff the user's first rating is strictly
+  before the split time, where the split time is the time of the rating at position
+  ``round(0.8 * N)`` (0-based) of *all* N ratings sorted by time -- exactly how MAMO's reference
+  code computes it (on ML-1M: 975768738 = 2000-12-02 14:52:18 UTC, the code's comment shows
+  the same instant in Sydney time, 2000-12-03 01:52:18). Book-Crossing: the first 90 % of the
+  kept users in user-id order (the loader orders its user table by numeric User-ID);
+* warm/cold items counted on the trimmed table (all kept users' 20 ratings, training and test
+  users alike): warm iff MORE than 10 ratings on MovieLens (so exactly 10 is cold, as in the
+  code), more than 5 on Book-Crossing;
+* a scenario label for every query rating (code = 2 * user_cold + item_cold).
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Any, Literal
 
 import numpy as np
@@ -48,6 +61,10 @@ class ProtocolConfig:
     user_state_rule: Literal["time_quantile", "id_order"] | None = None
     user_time_quantile: float = 0.8
     user_warm_fraction: float = 0.9
+    #: The order used by ``id_order``: ``table`` (the user table's order; Book-Crossing's loader
+    #: sorts it by numeric User-ID, the paper's rule) or ``first_rating`` (by each user's first
+    #: rating in (time, file position) order, i.e. order of first appearance).
+    id_order_by: Literal["table", "first_rating"] = "table"
     #: An item is warm iff it has MORE than this many ratings in the trimmed table.
     item_cold_max_ratings: int | None = None
     #: What to do with users with fewer than ``ratings_per_user`` ratings: drop and count, or fail.
@@ -71,6 +88,12 @@ class ProtocolConfig:
     def resolved(self, data: InteractionData) -> "ProtocolConfig":
         """This config with the dataset's defaults filled in for every ``None``."""
         d = asdict(self)
+        bad = sorted(set(data.protocol_defaults) - set(dataset_default_keys()))
+        if bad:
+            raise ProtocolError(
+                f"dataset {data.name!r} sets protocol key(s) {', '.join(bad)}, which a dataset cannot default; "
+                f"a dataset may set only {', '.join(dataset_default_keys())} (pass the others in the ProtocolConfig)"
+            )
         defaults = {"user_state_rule": "time_quantile", "item_cold_max_ratings": 10, **data.protocol_defaults}
         for key, value in d.items():
             if value is None:
@@ -78,6 +101,11 @@ class ProtocolConfig:
                     raise ProtocolError(f"protocol key {key!r} has no value and dataset {data.name!r} gives no default")
                 d[key] = defaults[key]
         return ProtocolConfig(**d)
+
+
+def dataset_default_keys() -> tuple[str, ...]:
+    """Protocol keys whose default (``None``) means "the dataset's own value"."""
+    return tuple(f.name for f in fields(ProtocolConfig) if f.default is None)
 
 
 @dataclass
@@ -113,12 +141,34 @@ def user_cold_flags(data: InteractionData, users: np.ndarray, cfg: ProtocolConfi
         first = np.full(len(data.users), np.inf)
         np.minimum.at(first, data.user, data.time)
         cold = ~(first[users] < split_time)
-        return cold, {"split_time": split_time}
+        return cold, {"split_time": split_time, "split_time_utc": _utc(split_time)}
     if cfg.user_state_rule == "id_order":
         n_warm = int(cfg.user_warm_fraction * len(users))
-        ranks = np.argsort(np.argsort(users, kind="stable"), kind="stable")
+        if cfg.id_order_by == "table":
+            key = users.astype(np.float64)
+        elif cfg.id_order_by == "first_rating":
+            # position of each user's first rating in the global (time, file position) order
+            order = np.lexsort((data.order, data.time))
+            rank = np.empty(len(order), dtype=np.int64)
+            rank[order] = np.arange(len(order))
+            first = np.full(len(data.users), np.iinfo(np.int64).max)
+            np.minimum.at(first, data.user, rank)
+            key = first[users].astype(np.float64)
+        else:
+            raise ProtocolError(f"unknown id_order_by {cfg.id_order_by!r}; use table or first_rating")
+        ranks = np.empty(len(users), dtype=np.int64)
+        ranks[np.argsort(key, kind="stable")] = np.arange(len(users))
         return ranks >= n_warm, {"n_warm_by_id_order": n_warm}
     raise ProtocolError(f"unknown user_state_rule {cfg.user_state_rule!r}; use time_quantile or id_order")
+
+
+def _utc(t: float) -> str:
+    """A timestamp in seconds as an ISO date/time in UTC (for reports; pseudo-times pass through)."""
+    import datetime as _dt
+
+    if not (np.isfinite(t) and 1e8 <= t <= 1e11):  # not epoch seconds (a pseudo-time such as a file position)
+        return f"{t:g} (not a date)"
+    return _dt.datetime.fromtimestamp(t, _dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def build_split(data: InteractionData, config: ProtocolConfig | None = None, *, seed: int = 0) -> Split:
@@ -172,7 +222,7 @@ def build_split(data: InteractionData, config: ProtocolConfig | None = None, *, 
             query_items=t(data.item[sel_rows[:, q_cols]], torch.long),
             query_ratings=t(data.rating[sel_rows[:, q_cols]], torch.float32),
             query_scenario=t(scen[pos][:, q_cols], torch.long),
-            info={"part": part, "dataset": data.name},
+            info={"part": part, "dataset": data.name, "checksum": data.checksum, "canonical": data.canonical},
         )
         return ts
 
@@ -186,6 +236,7 @@ def build_split(data: InteractionData, config: ProtocolConfig | None = None, *, 
         "users_total": len(data.users),
         "users_kept": int(len(users)),
         "users_dropped_too_few_ratings": int(len(short)),
+        "users_without_ratings": int(len(data.users) - len(users) - len(short)),
         "users_warm": int((~user_cold).sum()),
         "users_cold": int(user_cold.sum()),
         "items_in_trimmed_table": int(rated.sum()),
@@ -196,12 +247,14 @@ def build_split(data: InteractionData, config: ProtocolConfig | None = None, *, 
         "validation_users": 0 if validation is None else len(validation),
         "query_scenarios_train": train.scenario_counts(),
         "query_scenarios_test": test.scenario_counts(),
+        "query_scenarios_validation": None if validation is None else validation.scenario_counts(),
         "load_drops": dict(data.drops),
         "checksum": data.checksum,
         "canonical": data.canonical,
+        "data_notes": list(data.notes),
         **user_rule_info,
     }
     return Split(train=train, test=test, validation=validation, info=info)
 
 
-__all__ = ["ProtocolConfig", "ProtocolError", "Split", "build_split", "trim_per_user", "SCENARIOS"]
+__all__ = ["ProtocolConfig", "ProtocolError", "Split", "build_split", "dataset_default_keys", "trim_per_user", "SCENARIOS"]

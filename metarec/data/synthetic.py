@@ -15,6 +15,7 @@ so every cold-start scenario is populated. The planted truth is in ``data.extras
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -22,6 +23,22 @@ import torch
 from metarec.data.base import InteractionData
 from metarec.schema import Feature, FeatureSchema
 from metarec.tasks import FeatureTable
+
+
+@dataclass(frozen=True)
+class SyntheticOptions:
+    """The arguments of :func:`make_synthetic`, as a config (``[loader]`` table of ``load_split``)."""
+
+    n_users: int = 400
+    n_items: int = 300
+    n_types: int = 3
+    n_genres: int = 6
+    n_tags: int = 12
+    ratings_per_user: int = 24
+    profile_signal: float = 0.9
+    affinity_scale: float = 1.5
+    noise: float = 0.4
+    seed: int = 0
 
 
 def make_synthetic(

@@ -1,0 +1,149 @@
+"""A cache of processed splits, so that a second run starts in about a second.
+
+A split is stored as one ``.npz`` (tensors and id arrays) plus one ``.json`` (schema, protocol,
+report) through :func:`metarec.checkpoint.save_state` -- no pickle anywhere; loading uses
+``allow_pickle=False``. The file name is a hash of everything that determines the tasks: the data
+checksum, the loader's version and options, the protocol config and the seed. Any change makes a
+new key, so a stale entry is never read; an unreadable entry counts as a miss and is rewritten.
+
+Location: ``$METAREC_CACHE_DIR`` if set, else ``<user cache>/processed``
+(``~/.cache/metarec/processed``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+
+from metarec.checkpoint import load_state, save_state, state_exists
+from metarec.data.catalog import user_cache_root
+from metarec.data.protocol import Split
+from metarec.schema import FeatureSchema
+from metarec.tasks import FeatureTable, TaskSet
+
+ENV_CACHE_DIR = "METAREC_CACHE_DIR"
+#: Bumped when the stored layout changes.
+CACHE_FORMAT = "metarec-split-1"
+
+_TASK_FIELDS = (
+    "user_index", "support_items", "support_ratings", "support_mask",
+    "query_items", "query_ratings", "query_mask", "query_scenario",
+)
+
+
+def cache_root() -> Path:
+    env = os.environ.get(ENV_CACHE_DIR)
+    return Path(env).expanduser() if env else user_cache_root() / "processed"
+
+
+def cache_key(parts: Mapping[str, Any]) -> str:
+    """A short stable hash of JSON-able ``parts`` (key order does not matter)."""
+    text = json.dumps({"format": CACHE_FORMAT, **parts}, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
+def entry_path(dataset: str, key: str) -> Path:
+    """Stem of a cache entry (``.npz`` and ``.json`` are added)."""
+    return cache_root() / dataset / f"split-{key}"
+
+
+def _table_state(t: FeatureTable) -> dict[str, Any]:
+    return {
+        "features": [f.to_dict() for f in t.features],
+        "columns": {k: v.cpu() for k, v in t.columns.items()},
+        "ids": np.asarray(t.ids, dtype=str),
+    }
+
+
+def _table_from_state(s: Mapping[str, Any]) -> FeatureTable:
+    from metarec.schema import Feature
+
+    return FeatureTable(tuple(Feature.from_dict(f) for f in s["features"]), dict(s["columns"]), np.asarray(s["ids"]))
+
+
+def save_split(path: str | Path, split: Split) -> None:
+    """Write ``split`` at ``path`` (atomic: readers see the whole entry or none)."""
+    ref = split.train
+    parts = {"train": split.train, "test": split.test}
+    if split.validation is not None:
+        parts["validation"] = split.validation
+    state = {
+        "format": CACHE_FORMAT,
+        "schema": ref.schema.to_dict(),
+        "users": _table_state(ref.users),
+        "items": _table_state(ref.items),
+        "parts": {name: {**{f: getattr(ts, f).cpu() for f in _TASK_FIELDS}, "info": json.dumps(ts.info, default=str)}
+                  for name, ts in parts.items()},
+        "info": json.dumps(split.info, default=_json_default),
+    }
+    save_state(path, state)
+
+
+def _json_default(x: Any) -> Any:
+    if isinstance(x, (np.integer, np.floating)):
+        return x.item()
+    if isinstance(x, np.ndarray):
+        return x.tolist()
+    return str(x)
+
+
+def load_split(path: str | Path) -> Split | None:
+    """The split stored at ``path``, or ``None`` when there is no readable entry."""
+    if not state_exists(path):
+        return None
+    try:
+        state = load_state(path)
+        if state.get("format") != CACHE_FORMAT:
+            return None
+        schema = FeatureSchema.from_dict(state["schema"])
+        users = _table_from_state(state["users"])
+        items = _table_from_state(state["items"])
+        sets = {}
+        for name, p in state["parts"].items():
+            sets[name] = TaskSet(
+                schema=schema, users=users, items=items,
+                **{f: p[f] for f in _TASK_FIELDS},
+                info=json.loads(p["info"]),
+            )
+        info = json.loads(state["info"])
+        return Split(train=sets["train"], test=sets["test"], validation=sets.get("validation"), info=info)
+    except (OSError, ValueError, KeyError, TypeError, json.JSONDecodeError):
+        return None  # a damaged entry is a miss; the caller rebuilds and overwrites it
+
+
+def list_entries(dataset: str | None = None) -> list[Path]:
+    """Stems of the cached splits (of one dataset, or all)."""
+    root = cache_root()
+    dirs = [root / dataset] if dataset else ([p for p in root.iterdir() if p.is_dir()] if root.is_dir() else [])
+    out = []
+    for d in dirs:
+        if d.is_dir():
+            out.extend(sorted(p.with_suffix("") for p in d.glob("split-*.json") if p.with_suffix(".npz").exists()))
+    return out
+
+
+def entry_summary(stem: Path) -> dict[str, Any]:
+    """The report stored with an entry (read from the JSON only), for ``metarec datasets``."""
+    try:
+        meta = json.loads(stem.with_suffix(".json").read_text("utf-8"))
+        # the split report is stored as a JSON string inside the state skeleton
+        for k, v in meta["state"]["__dict__"]:
+            if k == "info":
+                return json.loads(v)
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    return {}
+
+
+def tensors_equal(a: TaskSet, b: TaskSet) -> bool:
+    """Whether two task sets hold identical tasks (used by tests and the cache check)."""
+    return all(torch.equal(getattr(a, f), getattr(b, f)) for f in _TASK_FIELDS)
+
+
+__all__ = ["CACHE_FORMAT", "ENV_CACHE_DIR", "cache_key", "cache_root", "entry_path", "list_entries", "load_split", "save_split"]

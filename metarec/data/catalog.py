@@ -1,0 +1,276 @@
+"""The built-in datasets: their files, official checksums, download sources and loaders.
+
+Where data is looked for (first match wins): the ``data_dir`` argument (``--data-dir``), the
+``METAREC_DATA_DIR`` environment variable, then the user cache directory
+(``$XDG_CACHE_HOME/metarec/data``, by default ``~/.cache/metarec/data``). A dataset's files live
+in ``<data dir>/<folder>/`` (``ml-1m/``, ``book-crossing/``); a ``data_dir`` that already holds
+the files directly is accepted too.
+
+Every file with a published checksum is verified on every load (md5 of ~30 MB takes well under
+a second). A file that differs from the official release is still used, but the dataset is then
+flagged non-canonical, and that flag travels into every split and result made from it.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from metarec.data.custom import combined_checksum, file_digest
+
+ENV_DATA_DIR = "METAREC_DATA_DIR"
+
+
+@dataclass(frozen=True)
+class DataFile:
+    """One file of a dataset and its official checksum (``None`` when none is published)."""
+
+    name: str
+    md5: str | None
+    #: Which release the file belongs to (for messages).
+    origin: str = ""
+
+
+@dataclass(frozen=True)
+class Resource:
+    """Something to download: a zip (``members`` maps archive paths to file names) or one file."""
+
+    url: str
+    md5: str | None
+    kind: str = "zip"  # "zip" | "file"
+    members: dict[str, str] = field(default_factory=dict)
+    #: File name when ``kind == "file"``.
+    filename: str = ""
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class DatasetEntry:
+    """A built-in dataset."""
+
+    name: str
+    title: str
+    folder: str
+    files: tuple[DataFile, ...]
+    resources: tuple[Resource, ...]
+    #: ``"module:function"``, called as ``function(directory, options) -> InteractionData``
+    #: (checksums are set by the caller); imported on first use to keep this module light.
+    loader: str
+    #: ``"module:Class"`` of the loader-options dataclass.
+    options: str
+    #: Bumped when the loader would turn the same files into different data (part of cache keys).
+    version: int = 1
+    homepage: str = ""
+    #: Counts the paper reports (for ``metarec datasets info``).
+    paper_counts: dict[str, int] = field(default_factory=dict)
+    notes: str = ""
+
+
+_MAMO_RAW = "https://raw.githubusercontent.com/dongmanqing/Code-for-MAMO/feb5b9043056f1999cadfc59ffec759dff99b618/data_raw/ml-1m"
+
+ML_1M = DatasetEntry(
+    name="ml-1m",
+    title="MovieLens 1M (GroupLens) with MeLU/MAMO's OMDb movie features",
+    folder="ml-1m",
+    files=(
+        DataFile("ratings.dat", "a89aa3591bc97d6d4e0c89459ff39362", "GroupLens ml-1m.zip"),
+        DataFile("users.dat", "681c0711d0d4548cd3d4718a49c2dcd8", "GroupLens ml-1m.zip"),
+        DataFile("movies.dat", "ef9fd9ff8d1b33faf73e2122c371e910", "GroupLens ml-1m.zip"),
+        DataFile("movies_extrainfos.dat", "a7a0e11c3b4d7f5216d91295488c2a84", "MeLU / Code-for-MAMO data_raw/ml-1m"),
+        DataFile("List_genre.txt", "5b44e730d146b9d2b8a0eb86535f3e4c", "Code-for-MAMO data_raw/ml-1m"),
+        DataFile("List_director.txt", "ddd1acf5c3e8476db4b63400f8761fa4", "Code-for-MAMO data_raw/ml-1m"),
+    ),
+    resources=(
+        Resource(
+            "https://files.grouplens.org/datasets/movielens/ml-1m.zip",
+            "c4d9eecfca2ab87c1945afe126590906",
+            members={"ml-1m/ratings.dat": "ratings.dat", "ml-1m/users.dat": "users.dat",
+                     "ml-1m/movies.dat": "movies.dat", "ml-1m/README": "README"},
+        ),
+        Resource(f"{_MAMO_RAW}/movies_extrainfos.dat", "a7a0e11c3b4d7f5216d91295488c2a84", kind="file", filename="movies_extrainfos.dat"),
+        Resource(f"{_MAMO_RAW}/List_genre.txt", "5b44e730d146b9d2b8a0eb86535f3e4c", kind="file", filename="List_genre.txt"),
+        Resource(f"{_MAMO_RAW}/List_director.txt", "ddd1acf5c3e8476db4b63400f8761fa4", kind="file", filename="List_director.txt"),
+    ),
+    loader="metarec.data.movielens:load_movielens",
+    options="metarec.data.movielens:MovieLensOptions",
+    version=1,
+    homepage="https://grouplens.org/datasets/movielens/1m/",
+    # MAMO paper section 3.1.4 (items on the original ratings.dat; users_kept: all 6,040)
+    paper_counts={"users_kept": 6040, "users_warm": 5400, "users_cold": 640, "items_warm": 1683, "items_cold": 1645},
+)
+
+BOOK_CROSSING = DatasetEntry(
+    name="book-crossing",
+    title="Book-Crossing (Ziegler et al. 2004, BX-CSV-Dump), cleaned as in MAMO appendix A.1.2",
+    folder="book-crossing",
+    files=(
+        # Only BX-Users.csv has a checksum we could confirm (5 independent copies agree). The
+        # other two files are unverified: candidate git blob ids 9fe95b4d... (ratings) and
+        # 8118d4f7... (books) were seen in one repository only.
+        DataFile("BX-Book-Ratings.csv", None, "BX-CSV-Dump.zip"),
+        DataFile("BX-Users.csv", "cca22ab4cb53125b5d503496597123a5", "BX-CSV-Dump.zip"),
+        DataFile("BX-Books.csv", None, "BX-CSV-Dump.zip"),
+    ),
+    resources=(
+        Resource(
+            "http://www2.informatik.uni-freiburg.de/~cziegler/BX/BX-CSV-Dump.zip",
+            None,  # no published checksum for the archive: only its members with known md5 are verified
+            members={"BX-Book-Ratings.csv": "BX-Book-Ratings.csv", "BX-Users.csv": "BX-Users.csv", "BX-Books.csv": "BX-Books.csv"},
+            note="the archive has no published checksum; BX-Users.csv is verified after extraction",
+        ),
+    ),
+    loader="metarec.data.bookcrossing:load_bookcrossing",
+    options="metarec.data.bookcrossing:BookCrossingOptions",
+    version=1,
+    homepage="http://www2.informatik.uni-freiburg.de/~cziegler/BX/",
+    # MAMO paper section 3.1.4 (warm items) and the reference code's comment (users after processing)
+    paper_counts={"users_kept": 4323, "items_warm": 628},
+)
+
+#: Built-in datasets backed by files. ``synthetic`` and ``custom`` are handled by :mod:`metarec.data.load`.
+CATALOG: dict[str, DatasetEntry] = {e.name: e for e in (ML_1M, BOOK_CROSSING)}
+VIRTUAL_DATASETS = ("synthetic", "custom")
+
+
+def _import(target: str) -> Any:
+    module, _, attr = target.partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def options_class(entry: DatasetEntry) -> type:
+    """The loader-options dataclass of a dataset."""
+    return _import(entry.options)
+
+
+def loader_function(entry: DatasetEntry) -> Callable[..., Any]:
+    """The loader function of a dataset."""
+    return _import(entry.loader)
+
+
+def get_entry(name: str) -> DatasetEntry:
+    try:
+        return CATALOG[name]
+    except KeyError:
+        known = ", ".join([*CATALOG, *VIRTUAL_DATASETS])
+        raise KeyError(f"unknown dataset {name!r}; known: {known}") from None
+
+
+# ------------------------------------------------------------------------------ directories
+
+
+def user_cache_root() -> Path:
+    """``$XDG_CACHE_HOME/metarec`` or ``~/.cache/metarec``."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base).expanduser() / "metarec"
+
+
+def resolve_data_dir(data_dir: str | Path | None = None) -> Path:
+    """``data_dir`` > ``$METAREC_DATA_DIR`` > ``<user cache>/data``."""
+    if data_dir is not None and str(data_dir) != "":
+        return Path(data_dir).expanduser()
+    env = os.environ.get(ENV_DATA_DIR)
+    if env:
+        return Path(env).expanduser()
+    return user_cache_root() / "data"
+
+
+def dataset_dir(entry: DatasetEntry, data_dir: str | Path | None = None) -> Path:
+    """Where ``entry``'s files are (or would be put): ``<data dir>/<folder>``, or ``data_dir`` itself if it holds them."""
+    root = resolve_data_dir(data_dir)
+    sub = root / entry.folder
+    if not sub.is_dir() and all((root / f.name).exists() for f in entry.files):
+        return root
+    return sub
+
+
+@dataclass
+class Verification:
+    """What was found for each file of a dataset."""
+
+    directory: Path
+    status: dict[str, str]  # name -> verified | non-canonical | unverified | missing
+    md5: dict[str, str]
+    expected: dict[str, str | None]
+
+    @property
+    def missing(self) -> list[str]:
+        return [n for n, s in self.status.items() if s == "missing"]
+
+    @property
+    def non_canonical(self) -> dict[str, dict[str, str | None]]:
+        return {n: {"md5": self.md5[n], "official_md5": self.expected[n]} for n, s in self.status.items() if s == "non-canonical"}
+
+    @property
+    def canonical(self) -> bool | None:
+        """False if any file differs from the release; True if all are verified; None if some cannot be checked."""
+        if self.missing:
+            return None
+        if self.non_canonical:
+            return False
+        return True if all(s == "verified" for s in self.status.values()) else None
+
+    @property
+    def checksum(self) -> str:
+        return combined_checksum(self.md5)
+
+    def summary(self) -> str:
+        if self.missing:
+            return f"missing {', '.join(self.missing)}"
+        if self.non_canonical:
+            return f"non-canonical ({', '.join(self.non_canonical)} differ from the official release)"
+        unverified = [n for n, s in self.status.items() if s == "unverified"]
+        if unverified:
+            return f"present; {', '.join(n for n, s in self.status.items() if s == 'verified') or 'no file'} verified, " \
+                   f"{', '.join(unverified)} unverified (no published checksum)"
+        return "verified (every file matches the official checksum)"
+
+
+def verify(entry: DatasetEntry, directory: str | Path) -> Verification:
+    """md5 of each file of ``entry`` in ``directory`` against its official value."""
+    directory = Path(directory)
+    status, md5, expected = {}, {}, {}
+    for f in entry.files:
+        p = directory / f.name
+        expected[f.name] = f.md5
+        if not p.is_file():
+            status[f.name] = "missing"
+            continue
+        md5[f.name] = file_digest(p, "md5")
+        if f.md5 is None:
+            status[f.name] = "unverified"
+        else:
+            status[f.name] = "verified" if md5[f.name] == f.md5 else "non-canonical"
+    return Verification(directory, status, md5, expected)
+
+
+def missing_files_message(entry: DatasetEntry, ver: Verification) -> str:
+    """Which files to put where, and how to get them."""
+    sources = "; ".join(r.url for r in entry.resources)
+    return (
+        f"dataset {entry.name!r}: file(s) not found in {ver.directory}: {', '.join(ver.missing)}. "
+        f"Put the original files there (from {sources}), run `metarec datasets download {entry.name}`, "
+        f"or point --data-dir / ${ENV_DATA_DIR} at a directory containing {entry.folder}/."
+    )
+
+
+__all__ = [
+    "BOOK_CROSSING",
+    "CATALOG",
+    "DataFile",
+    "DatasetEntry",
+    "ENV_DATA_DIR",
+    "ML_1M",
+    "Resource",
+    "Verification",
+    "dataset_dir",
+    "get_entry",
+    "loader_function",
+    "missing_files_message",
+    "options_class",
+    "resolve_data_dir",
+    "user_cache_root",
+    "verify",
+]
