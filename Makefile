@@ -37,8 +37,15 @@ bench: venv
 
 # The learn2learn parity test runs for real: it needs its own environment (learn2learn imports
 # torchvision, which needs a different torch build than the CPU one above).
+# metarec goes into that env as plain `pip install -e .` (never `.[learn2learn]`: see the script's
+# header), re-installed only when pyproject.toml changes.
 l2l:
 	bash scripts/install_learn2learn.sh $(L2L_VENV)
+	@$(MAKE) --no-print-directory $(L2L_VENV)/.metarec-installed
+
+$(L2L_VENV)/.metarec-installed: pyproject.toml
+	$(L2L_VENV)/bin/python -m pip install -q -e .
+	@touch $@
 
 test: venv l2l
 	METAREC_L2L_PYTHON=$(abspath $(L2L_VENV))/bin/python $(BIN)/python -m pytest -q

@@ -3,6 +3,11 @@
 MeLU and MetaCS-DNN are this class with a different network or a different local set; the
 docs tutorial's "add your own method" learner is one too. Subclasses override
 :meth:`MAMLLearner.build_model` and/or :meth:`MAMLLearner.local_parameter_names`.
+
+The inner loop runs on a choice of backends (config ``backend``) that compute the same numbers:
+metarec's batched ``torch.func`` engine (default), a per-user ``loop`` reference, or
+``learn2learn`` (:mod:`metarec.backends.learn2learn`, optional dependency) for interoperability.
+``algorithm="metasgd"`` learns one inner step size per local weight (Meta-SGD) on any backend.
 """
 
 from __future__ import annotations
@@ -42,8 +47,14 @@ class MAMLConfig(EpisodicConfig):
     grad_clip: float | None = None
     #: Users adapted at once inside vmap (None = the whole batch); bounds memory.
     chunk_size: int | None = None
-    #: ``torch.func`` (batched over users) or ``loop`` (one user at a time; same numbers, slower).
-    backend: Literal["torch.func", "loop"] = "torch.func"
+    #: ``torch.func`` (batched over users) or ``loop`` (one user at a time; same numbers, slower),
+    #: or ``learn2learn`` (one user at a time through ``learn2learn.algorithms``; needs the optional
+    #: learn2learn package, see :mod:`metarec.backends.learn2learn`; same numbers as the others).
+    backend: Literal["torch.func", "loop", "learn2learn"] = "torch.func"
+    #: ``maml``: one inner step size ``inner_lr``. ``metasgd`` (Meta-SGD, Li et al. 2017): one
+    #: learned step size per entry of every local parameter, initialised to ``inner_lr`` and
+    #: meta-trained with the model (run by ``learn2learn.algorithms.MetaSGD`` on that backend).
+    algorithm: Literal["maml", "metasgd"] = "maml"
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -84,19 +95,50 @@ class MAMLLearner(EpisodicLearner):
         if not self.local_names:
             raise ValueError(f"{type(self).__name__}: no locally adapted parameters were declared")
         self.forward = engine.module_forward(self.model)
-        self.optimizer = engine.make_optimizer(c.meta_optimizer, self.model.parameters(), c.meta_lr, c.weight_decay)
+        meta_params: list = [{"params": list(self.model.parameters())}]
+        if c.algorithm == "metasgd":
+            # One step size per entry of each local parameter (ParameterDict keys may not hold dots).
+            self.inner_lrs = nn.ParameterDict({
+                _lr_key(n): nn.Parameter(torch.full_like(p, c.inner_lr))
+                for n, p in self.model.named_parameters() if n in self.local_names
+            })
+            if len(self.inner_lrs) != len(self.local_names):
+                raise ValueError(f"{type(self).__name__}: local parameter names collide once dots become '__'")
+            meta_params.append({"params": list(self.inner_lrs.parameters()), "weight_decay": 0.0})
+        self.optimizer = engine.make_optimizer(c.meta_optimizer, meta_params, c.meta_lr, c.weight_decay)
+        # The learn2learn glue is a plain object (not a module): checkpoints do not depend on the backend.
+        self._l2l = None
+        if c.backend == "learn2learn":
+            from metarec.backends.learn2learn import Learn2LearnInnerLoop  # imports learn2learn only now
+
+            self._l2l = Learn2LearnInnerLoop(
+                self.model, self.local_names, lr=c.inner_lr, first_order=c.first_order,
+                algorithm=c.algorithm, lrs=self.per_parameter_lrs() if c.algorithm == "metasgd" else None,
+            )
 
     def params(self) -> dict[str, Tensor]:
         return dict(self.model.named_parameters())
 
+    def per_parameter_lrs(self) -> dict[str, Tensor]:
+        """Meta-SGD's learned step sizes by local parameter name (the engine takes this mapping as ``lr``)."""
+        return {n: self.inner_lrs[_lr_key(n)] for n in self.local_names}
+
+    def inner_lr(self, *, detach: bool = False) -> engine.LearningRate:
+        """The inner step size: ``config.inner_lr``, or Meta-SGD's per-parameter mapping."""
+        if self.config.algorithm != "metasgd":
+            return self.config.inner_lr
+        return {n: s.detach() if detach else s for n, s in self.per_parameter_lrs().items()}
+
     def meta_loss(self, batch: TaskBatch) -> Tensor:
         """Mean query loss over the batch's users after local adaptation."""
         c = self.config
+        if c.backend == "learn2learn":
+            return self._l2l.query_losses(self.forward, self.params(), batch, steps=c.inner_steps).mean()
         fn = engine.query_losses if c.backend == "torch.func" else engine.query_losses_looped
         kwargs = {"chunk_size": c.chunk_size} if c.backend == "torch.func" else {}
         losses = fn(
             self.forward, self.params(), self.local_names, batch,
-            lr=c.inner_lr, steps=c.inner_steps, first_order=c.first_order, **kwargs,
+            lr=self.inner_lr(), steps=c.inner_steps, first_order=c.first_order, **kwargs,
         )
         return losses.mean()
 
@@ -108,7 +150,13 @@ class MAMLLearner(EpisodicLearner):
         c = self.config
         self.model.eval()
         steps = c.inner_steps if c.eval_inner_steps is None else c.eval_inner_steps
+        if c.backend == "learn2learn":
+            return self._l2l.adapt_and_predict(self.forward, self.params(), batch, steps=steps)
         return engine.adapt_and_predict_batch(
             self.forward, self.params(), self.local_names, batch,
-            lr=c.inner_lr, steps=steps, chunk_size=c.chunk_size,
+            lr=self.inner_lr(detach=True), steps=steps, chunk_size=c.chunk_size,
         )
+
+
+def _lr_key(name: str) -> str:
+    return name.replace(".", "__")
