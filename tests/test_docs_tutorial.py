@@ -115,3 +115,15 @@ def test_tutorial_learner_trains_and_beats_the_global_mean(installed_plugin, syn
     # Same seed, same numbers: a second run reproduces the predictions exactly.
     again = cls.from_settings(synthetic_data.schema, overrides={"epochs": 8, "batch_size": 16}, seed=0)
     assert torch.equal(again.meta_fit(train).predict(test), pred)
+
+
+def test_tutorial_page_python_example_runs(installed_plugin, monkeypatch):
+    import re
+
+    blocks = re.findall(r"^```python\n(.*?)^```", PAGE.read_text("utf-8"), re.S | re.M)
+    assert blocks, "the tutorial page lost its Python example"
+    monkeypatch.chdir(REPO)
+    namespace: dict = {"__name__": "docs_tutorial"}
+    for i, code in enumerate(blocks):
+        exec(compile(code, f"docs/tutorial.md [python block {i + 1}]", "exec"), namespace)
+    assert namespace["pred"].shape == namespace["split"].test.query_ratings.shape
