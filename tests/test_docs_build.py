@@ -51,7 +51,7 @@ def test_mkdocs_build_strict(tmp_path):
     api = (site / "reference" / "api" / "learners" / "index.html").read_text("utf-8")
     assert 'id="metarec.learner.Learner"' in api and "Base class of every method" in api
     tutorial = (site / "tutorial" / "index.html").read_text("utf-8")
-    assert "MetaSGDConfig" in tutorial and "toy_learner.metasgd:MetaSGD" in tutorial  # the included files
+    assert "ReptileConfig" in tutorial and "toy_learner.reptile:Reptile" in tutorial  # the included files
     results = (site / "results" / "index.html").read_text("utf-8")
     assert "Generated at build time" in results
     assert "<!-- metarec:" not in (site / "methods" / "melu" / "index.html").read_text("utf-8")

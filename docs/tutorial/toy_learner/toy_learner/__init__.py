@@ -1,1 +1,1 @@
-"""A tiny metarec plugin: the docs tutorial's Meta-SGD learner."""
+"""A tiny metarec plugin: the docs tutorial's Reptile learner."""
