@@ -7,7 +7,8 @@ Inputs (all under ``benchmarks/results/`` unless noted):
   per-seed values, ``n`` and the bootstrap interval;
 * the paper's Table 1 as a reference file (format ``metarec-bench-reference-1``): the first
   one found under ``benchmarks/`` or, failing that, ``docs/data/paper-table1.json``;
-* speed files (any JSON whose ``format`` starts with ``metarec-speed``).
+* speed files: any JSON whose name contains ``speed`` (``benchmarks/bench_l2l_speed.py``
+  writes ``l2l_speed_<device>_<time>.json``) or whose ``format`` starts with ``metarec-speed``.
 
 The MkDocs hook (``docs/hooks.py``) calls :func:`render` at every build; run this file to
 print the same markdown: ``python docs/gen_results.py [RESULTS_DIR]``.
@@ -64,6 +65,9 @@ def find_files(results_dir: Path) -> tuple[list[Path], list[Path]]:
     for path in sorted(results_dir.rglob("*.json")):
         if path.name == "results.json":
             results.append(path)
+            continue
+        if "speed" in path.name:
+            speed.append(path)
             continue
         try:
             fmt = _read(path).get("format", "")
@@ -194,31 +198,54 @@ def run_summary(path: Path, data: Mapping[str, Any]) -> str:
     return "\n".join(f"- {item}" for item in items if item)
 
 
+def _flatten(record: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in record.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            out.update(_flatten(value, name + "."))
+        elif not isinstance(value, list):
+            out[name] = value
+    return out
+
+
+def _speed_value(value: Any) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
 def speed_table(path: Path) -> str:
-    """A speed file as a table: its ``rows`` (list of flat records) and its environment."""
+    """A speed file as a table: its records (``rows`` or ``results``, nested keys flattened) and its setup."""
     data = _read(path)
     rows = data.get("rows") or data.get("results") or []
-    out = [f"Source: `{_rel(path)}`" + (f" — {data['description']}" if data.get("description") else "")]
+    out = [f"#### `{path.name}`", ""]
+    if data.get("what") or data.get("description"):
+        out.append(str(data.get("what") or data.get("description")))
+        out.append("")
+    setup = {k: v for k, v in data.items() if k not in ("rows", "results", "environment", "what", "description", "format")
+             and not isinstance(v, (dict, list))}
+    items = [f"source: `{_rel(path)}`"] + [f"{k}: `{v}`" for k, v in setup.items()]
     env = data.get("environment") or {}
     if env:
-        out.append("")
-        out.append("Environment: " + ", ".join(f"{k} {v}" for k, v in env.items() if not isinstance(v, (dict, list))))
-    if not rows or not isinstance(rows, list) or not all(isinstance(r, Mapping) for r in rows):
-        out.append("")
-        out.append("*(this file holds no `rows` list of records)*")
-        return "\n".join(out)
-    keys: list[str] = []
-    for r in rows:
-        keys.extend(k for k in r if k not in keys and not isinstance(r[k], (dict, list)))
+        items.append("environment: " + ", ".join(
+            f"{k} {_speed_value(v)}" for k, v in env.items() if v is not None and not isinstance(v, (dict, list))
+        ))
+    out.extend(f"- {item}" for item in items)
     out.append("")
+    if not rows or not isinstance(rows, list) or not all(isinstance(r, Mapping) for r in rows):
+        out.append("*(this file holds no list of records under `rows` or `results`)*")
+        return "\n".join(out)
+    flat = [_flatten(r) for r in rows]
+    keys: list[str] = []
+    for r in flat:
+        keys.extend(k for k in r if k not in keys)
     out.append("| " + " | ".join(keys) + " |")
     out.append("|" + "---|" * len(keys))
-    for r in rows:
-        cells = []
-        for k in keys:
-            v = r.get(k)
-            cells.append(_f(v, 3) if isinstance(v, float) else ("–" if v is None else str(v)))
-        out.append("| " + " | ".join(cells) + " |")
+    for r in flat:
+        out.append("| " + " | ".join(_speed_value(r.get(k)) for k in keys) + " |")
     return "\n".join(out)
 
 
@@ -288,7 +315,8 @@ def render(results_dir: Path, reference_path: Path | None = None) -> str:
     out.append("")
     if not speed:
         out.append('!!! warning "No speed measurements are committed yet"')
-        out.append(f"    No JSON file with a `{SPEED_PREFIX}*` format was found under `{_rel(results_dir)}/`.")
+        out.append(f"    No speed file (`*speed*.json`, e.g. from `benchmarks/bench_l2l_speed.py`) was found under")
+        out.append(f"    `{_rel(results_dir)}/`.")
         out.append("")
     for path in speed:
         out.append(speed_table(path))

@@ -9,6 +9,7 @@ registration, no mock. The page includes the same source file through a snippet 
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import shutil
 import subprocess
 import sys
@@ -32,10 +33,11 @@ def installed_plugin(tmp_path_factory):
     src = tmp / "src"
     shutil.copytree(PACKAGE, src, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
     target = tmp / "site"
-    cmd = [
-        sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
-        "--no-index", "--disable-pip-version-check", "--target", str(target), str(src),
-    ]
+    cmd = [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--disable-pip-version-check"]
+    if importlib.util.find_spec("setuptools") is not None:
+        # build with the environment's own setuptools: no index needed
+        cmd += ["--no-build-isolation", "--no-index"]
+    cmd += ["--target", str(target), str(src)]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     assert proc.returncode == 0, f"pip install of the tutorial package failed:\n{proc.stdout}\n{proc.stderr}"
     sys.path.insert(0, str(target))
