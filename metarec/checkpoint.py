@@ -89,6 +89,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
+    """:func:`atomic_write_bytes` for UTF-8 text."""
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
@@ -126,5 +127,6 @@ def load_state(path: str | Path) -> Any:
 
 
 def state_exists(path: str | Path) -> bool:
+    """Whether both files of a state written by :func:`save_state` exist."""
     path = Path(path)
     return path.with_suffix(".json").exists() and path.with_suffix(".npz").exists()

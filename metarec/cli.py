@@ -27,9 +27,11 @@ class PluginGroup(click.Group):
         return eps
 
     def list_commands(self, ctx: click.Context) -> list[str]:
+        """Names of the commands added in code and of those in the entry-point group."""
         return sorted(set(super().list_commands(ctx)) | set(self._entry_points()))
 
     def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        """Load one command; a plugin that fails to import becomes a command that reports why."""
         cmd = super().get_command(ctx, name)
         if cmd is not None:
             return cmd

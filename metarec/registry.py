@@ -78,6 +78,7 @@ class LearnerEntry:
 
     @property
     def description(self) -> str:
+        """The learner's ``description`` attribute, else the first line of its docstring."""
         cls = self.load()
         desc = getattr(cls, "description", "") or (cls.__doc__ or "").strip().splitlines()[0:1]
         return desc if isinstance(desc, str) else (desc[0] if desc else "")

@@ -62,6 +62,7 @@ class Feature:
         return len(self.vocabulary)
 
     def to_dict(self) -> dict[str, Any]:
+        """A JSON-able dict (for caches and results files)."""
         return {
             "name": self.name,
             "kind": self.kind,
@@ -74,6 +75,7 @@ class Feature:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "Feature":
+        """Inverse of :meth:`to_dict`."""
         return cls(
             name=d["name"],
             kind=d["kind"],
@@ -110,12 +112,15 @@ class FeatureSchema:
             )
 
     def user_feature(self, name: str) -> Feature:
+        """The user feature called ``name`` (KeyError listing the known ones otherwise)."""
         return _find(self.user_features, name, "user")
 
     def item_feature(self, name: str) -> Feature:
+        """The item feature called ``name`` (KeyError listing the known ones otherwise)."""
         return _find(self.item_features, name, "item")
 
     def to_dict(self) -> dict[str, Any]:
+        """A JSON-able dict (for caches and results files)."""
         return {
             "name": self.name,
             "rating_min": self.rating_min,
@@ -127,6 +132,7 @@ class FeatureSchema:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "FeatureSchema":
+        """Inverse of :meth:`to_dict`."""
         return cls(
             user_features=tuple(Feature.from_dict(f) for f in d["user_features"]),
             item_features=tuple(Feature.from_dict(f) for f in d["item_features"]),

@@ -64,6 +64,7 @@ class FeatureTable:
         return {name: col[index] for name, col in self.columns.items()}
 
     def to(self, device: torch.device | str) -> "FeatureTable":
+        """A copy with every column on ``device``."""
         return replace(self, columns={k: v.to(device) for k, v in self.columns.items()})
 
 
@@ -111,6 +112,7 @@ class TaskBatch:
 
     @property
     def device(self) -> torch.device:
+        """The device the batch's tensors are on."""
         return self.user_index.device
 
     def to(self, device: torch.device | str) -> "TaskBatch":
@@ -184,10 +186,12 @@ class TaskSet:
 
     @property
     def n_support(self) -> int:
+        """Support slots per task (``S``)."""
         return int(self.support_items.shape[1])
 
     @property
     def n_query(self) -> int:
+        """Query slots per task (``Q``)."""
         return int(self.query_items.shape[1])
 
     def subset(self, index: Sequence[int] | Tensor) -> "TaskSet":
@@ -248,6 +252,7 @@ class TaskSet:
             yield self.batch(idx, device=device)
 
     def num_batches(self, batch_size: int, drop_last: bool = False) -> int:
+        """How many batches :meth:`batches` yields for these settings."""
         n = len(self)
         return n // batch_size if drop_last else -(-n // batch_size)
 

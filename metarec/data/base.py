@@ -59,9 +59,11 @@ class InteractionData:
 
     @property
     def n_ratings(self) -> int:
+        """Number of ratings in the log."""
         return len(self.rating)
 
     def describe(self) -> dict[str, Any]:
+        """Sizes, checksum, canonical flag and load drops, for summaries."""
         return {
             "name": self.name,
             "users": len(self.users),

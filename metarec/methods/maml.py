@@ -73,6 +73,7 @@ class MAMLLearner(EpisodicLearner):
 
     # -- what a subclass changes -------------------------------------------------
     def build_model(self) -> nn.Module:
+        """The rating model; override to use another network (it must map ``(user_x, items_x)`` to ``[N]``)."""
         c = self.config
         return RatingMLP(
             self.schema.user_features,
@@ -117,6 +118,7 @@ class MAMLLearner(EpisodicLearner):
             )
 
     def params(self) -> dict[str, Tensor]:
+        """The model's parameters by name: the meta-parameters the engine starts each user from."""
         return dict(self.model.named_parameters())
 
     def per_parameter_lrs(self) -> dict[str, Tensor]:
