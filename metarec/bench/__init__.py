@@ -1,0 +1,19 @@
+"""The benchmark harness behind ``metarec bench`` and ``metarec report``.
+
+* :mod:`metarec.bench.config` -- :class:`BenchConfig` and its TOML/CLI layers;
+* :mod:`metarec.bench.runner` -- runs every (method, seed), resumably, in parallel if asked;
+* :mod:`metarec.bench.results` -- per-run files, aggregation, paired tests, ``results.json``;
+* :mod:`metarec.bench.report` / :mod:`metarec.bench.plot` -- tables and figures;
+* :mod:`metarec.bench.progress` -- the live display.
+
+Programmatic use::
+
+    from metarec.bench import BenchConfig, run_bench
+    results = run_bench(BenchConfig(methods=("global-mean", "baseline-predictor"), dataset="synthetic",
+                                    seeds=(0, 1)), out="runs/demo")
+"""
+
+from metarec.bench.config import BenchConfig, MethodSettings, resolve_config
+from metarec.bench.runner import BenchError, run_bench
+
+__all__ = ["BenchConfig", "BenchError", "MethodSettings", "resolve_config", "run_bench"]

@@ -1,0 +1,91 @@
+"""``metarec report``: re-render tables and plots from saved benchmark results."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+#: The paper's published Table 1, shipped with the repository as a results file.
+PAPER_REFERENCE = Path(__file__).resolve().parents[2] / "benchmarks" / "reference" / "mamo-table1.json"
+
+
+def _reference_path(value: str) -> Path:
+    if value == "paper":
+        if not PAPER_REFERENCE.exists():
+            raise click.ClickException(
+                f"the paper's reference numbers are not at {PAPER_REFERENCE} (they ship with the source "
+                "repository, not the wheel); pass the file: --reference path/to/mamo-table1.json"
+            )
+        return PAPER_REFERENCE
+    path = Path(value)
+    if not path.exists():
+        raise click.ClickException(f"--reference: no such file {path}")
+    return path
+
+
+@click.command("report")
+@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True))
+@click.option("--reference", "-r", "reference", is_flag=False, flag_value="paper", default=None, metavar="[FILE]",
+              help="Add published numbers side by side: the paper's Table 1 (no value) or a reference/results FILE.")
+@click.option("--out", "-o", type=click.Path(file_okay=False),
+              help="Write summary.md/.tex and plot.png/.svg here. [default: the run folder when one is given]")
+@click.option("--label", "labels", multiple=True, help="Row label of each PATH, in order (default: folder names).")
+def report(paths: tuple[str, ...], reference: str | None, out: str | None, labels: tuple[str, ...]) -> None:
+    """Show saved results (run folders, results.json or reference files) as one table.
+
+    With one run folder and no --out, its summary.md, summary.tex and plot are rewritten
+    (with the reference rows when --reference is given). With several, the table compares
+    them, and --out writes the comparison's files.
+
+    \b
+    Examples:
+      metarec report runs/20240101-120000
+      metarec report runs/a runs/b --out runs/compare
+      metarec report runs/a --reference
+    """
+    from metarec.bench.plot import plot_views
+    from metarec.bench.report import latex_table, markdown_table, rich_tables, table_console, write_reports
+    from metarec.bench.results import load_views, read_json
+    from metarec.checkpoint import atomic_write_text
+
+    if labels and len(labels) != len(paths):
+        raise click.ClickException(f"--label given {len(labels)} time(s) for {len(paths)} path(s)")
+    console = table_console()
+    try:
+        views = []
+        for i, p in enumerate(paths):
+            views.extend(load_views(p, label=labels[i] if labels else None))
+        refs = load_views(_reference_path(reference)) if reference else []
+    except (ValueError, FileNotFoundError) as exc:
+        raise click.ClickException(str(exc)) from None
+    runs = [v for v in views if not v.published]
+    if runs and refs:
+        names = {n for v in runs for n in v.aliases}
+        matching = [r for r in refs if r.dataset in names]
+        if not matching:
+            known = ", ".join(r.dataset for r in refs)
+            raise click.ClickException(
+                f"the reference has no numbers for dataset(s) {sorted(names)}; it covers: {known}"
+            )
+        refs = matching
+    all_views = views + refs
+    if not all_views or not any(v.methods for v in all_views):
+        raise click.ClickException("no successful results to show")
+    for table in rich_tables(all_views):
+        console.print(table)
+
+    single_run = len(paths) == 1 and Path(paths[0]).is_dir() and len(runs) == 1
+    if out is None and single_run:
+        run_dir = Path(paths[0])
+        written = write_reports(read_json(run_dir / "results.json"), run_dir, extra=refs)
+    elif out is not None:
+        out_dir = Path(out)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out_dir / "summary.md", "# metarec report\n\n" + markdown_table(all_views) + "\n")
+        atomic_write_text(out_dir / "summary.tex", latex_table(all_views))
+        written = [out_dir / "summary.md", out_dir / "summary.tex", *plot_views(all_views, out_dir / "plot")]
+    else:
+        written = []
+    for w in written:
+        console.print(f"wrote {w}")

@@ -1,0 +1,98 @@
+"""Report tables: best-per-column marks, ties, missing cells, published values, datasets, bootstrap."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from metarec import metrics as M
+from metarec.bench.report import Table, group_views, latex_table, markdown_table
+from metarec.bench.results import ResultsView, Stratum, cell_confidence_intervals, load_views
+
+REFERENCE = Path(__file__).resolve().parents[1] / "benchmarks" / "reference" / "mamo-table1.json"
+
+
+def view(label, values, dataset="ml-1m", published=False):
+    """values: method -> (mae mean, mae std, ndcg mean, ndcg std) for W-W only."""
+    methods = {
+        m: {"cells": {"W-W": {"mae": {"mean": a, "std": b}, "ndcg@3": {"mean": c, "std": d}, "n": 10}}}
+        for m, (a, b, c, d) in values.items()
+    }
+    return ResultsView(label, dataset, methods, published=published)
+
+
+def test_best_marks_lowest_mae_highest_ndcg_with_ties_at_shown_precision():
+    v = view("run", {"a": (0.80001, 0.01, 0.90, 0.01), "b": (0.80004, 0.02, 0.91, 0.01), "c": (0.9, 0.0, 0.91, None)})
+    t = Table([v])
+    assert t.cells == ["W-W"]
+    best = {(t.rows[i][1], t.rows[i][2]) for i in range(len(t.rows)) if t.is_best(i, "W-W")}
+    # 0.80001 and 0.80004 both show as 0.8000: a tie, both marked; NDCG 0.91 tie too
+    assert best == {("a", "mae"), ("b", "mae"), ("b", "ndcg@3"), ("c", "ndcg@3")}
+    md = markdown_table([v])
+    assert "**0.8000 ± 0.0100**" in md and "| c | NDCG@3 | **0.9100** |" in md
+
+
+def test_missing_values_are_dashes_and_never_best():
+    v = view("run", {"a": (float("nan"), None, 0.5, 0.1), "b": (0.7, 0.1, 0.4, 0.1)})
+    t = Table([v])
+    i = next(i for i, r in enumerate(t.rows) if r[1] == "a" and r[2] == "mae")
+    assert t.text(i, "W-W") == "–" and not t.is_best(i, "W-W")
+
+
+def test_single_candidate_is_not_marked():
+    t = Table([view("run", {"a": (0.7, 0.1, 0.5, 0.1)})])
+    assert not t.best
+
+
+def test_reference_file_loads_per_dataset():
+    views = load_views(REFERENCE)
+    assert [v.dataset for v in views] == ["ml-1m", "book-crossing"]
+    ml = views[0]
+    assert ml.published
+    assert ml.value("mamo", "C-C", "mae") == (0.8894, None)
+    assert ml.value("melu", "W-W", "ndcg@3") == (0.8904, None)
+    assert set(ml.methods) == {"melu", "metacs-dnn", "s2meta", "rum-item", "rum-feature", "mamo"}
+    data = json.loads(REFERENCE.read_text())
+    assert any("single-run" in n or "single run" in n for n in data["source"]["notes"])
+
+
+def test_views_are_grouped_by_dataset_and_published_values_marked():
+    ours = view("ours", {"mamo": (0.85, 0.01, 0.88, 0.01)})
+    ours.aliases.add("movielens-1m")
+    ref = load_views(REFERENCE)
+    groups = group_views([ours, *ref])
+    assert [len(g) for g in groups] == [2, 1]
+    md = markdown_table([ours, *ref])
+    assert "### ml-1m" in md and "### book-crossing" in md
+    assert "paper: mamo" in md and "ours: mamo" in md and "0.8725†" in md
+    tex = latex_table([ours, *ref])
+    assert tex.count(r"\begin{tabular}") == 2 and r"\textbf{" in tex and r"$\pm$" in tex
+
+
+def test_stratified_interval_one_seed_equals_metrics_bootstrap():
+    rng = np.random.default_rng(0)
+    n_users, q = 40, 5
+    units = np.repeat(np.arange(n_users), q)
+    pred = rng.uniform(1, 5, units.size)
+    true = rng.integers(1, 6, units.size).astype(float)
+    scen = np.array(["W-W", "C-C"])[rng.integers(0, 2, units.size)]
+    st = Stratum(7, pred, true, units, scen)
+    ci = cell_confidence_intervals([st], k=3, clip_size=5, n_boot=200, level=0.9)
+    from metarec.runtime import derive_seed
+
+    m = scen == "C-C"
+    expect = M.bootstrap_metric_ci(pred[m], true[m], units[m], lambda p, t, u: M.mae(p, t), n_boot=200, alpha=0.1,
+                                   seed=derive_seed(7, "bootstrap", "C-C", "mae"))
+    assert ci["C-C"]["mae"] == pytest.approx(list(expect))
+    # two seeds: the interval is for the mean over seeds, narrower than either seed's own
+    st2 = Stratum(8, pred[::-1].copy(), true, units, scen)
+    both = cell_confidence_intervals([st, st2], k=3, clip_size=5, n_boot=200, level=0.9)
+    one = ci["overall"]["mae"]
+    assert both["overall"]["mae"][1] - both["overall"]["mae"][0] < one[1] - one[0]
+    # an empty cell has no interval
+    none = cell_confidence_intervals([Stratum(0, pred[:5], true[:5], units[:5], np.array(["W-W"] * 5))],
+                                     k=3, clip_size=5, n_boot=20, level=0.9)
+    assert np.isnan(none["C-C"]["mae"]).all()
