@@ -91,6 +91,18 @@ def normalise_isbn(isbn: str) -> str:
     return _ISBN_JUNK.sub("", isbn.upper())
 
 
+def _per_distinct(fn, values) -> list:
+    """``[fn(v) for v in values]``, computing ``fn`` once per distinct value (columns repeat a lot)."""
+    memo: dict = {}
+    out = []
+    for v in values:
+        try:
+            out.append(memo[v])
+        except KeyError:
+            out.append(memo.setdefault(v, fn(v)))
+    return out
+
+
 def _clean_text(v: str | None) -> str:
     return "" if v is None else _SPACES.sub(" ", html.unescape(v)).strip()
 
@@ -117,7 +129,7 @@ def load_bookcrossing(directory: str | Path, options: BookCrossingOptions | None
     users = read_quoted_csv(d / USERS_FILE, USERS_HEADER)
     uid = _integer_column(users, "User-ID")
     age_raw = users.columns["Age"]
-    ages = np.array([_int_or_none(a) for a in age_raw], dtype=object)
+    ages = np.array(_per_distinct(_int_or_none, age_raw), dtype=object)
     null_age = np.array([str(a).strip().upper() in ("NULL", "") for a in age_raw])
     bad_age = np.array([a is None for a in ages]) & ~null_age
     if bad_age.any():
@@ -125,7 +137,7 @@ def load_bookcrossing(directory: str | Path, options: BookCrossingOptions | None
         raise users.error(k, f"Age {age_raw[k]!r} is neither an integer nor NULL")
     age = np.array([-1 if a is None else a for a in ages], dtype=np.int64)
     in_range = (age >= opts.age_min) & (age <= opts.age_max)
-    country = np.array([normalise_country(str(loc)) for loc in users.columns["Location"]], dtype=object)
+    country = np.array(_per_distinct(lambda loc: normalise_country(str(loc)), users.columns["Location"]), dtype=object)
     keep_u = np.ones(len(users), dtype=bool)
     count("users_age_missing", null_age.sum())
     keep_u &= ~null_age
@@ -140,12 +152,12 @@ def load_bookcrossing(directory: str | Path, options: BookCrossingOptions | None
 
     # ----- books
     books = read_quoted_csv(d / BOOKS_FILE, BOOKS_HEADER)
-    isbn = np.array([normalise_isbn(str(v)) for v in books.columns["ISBN"]], dtype=object)
-    years = [_int_or_none(v) for v in books.columns["Year-Of-Publication"]]
+    isbn = np.array(_per_distinct(lambda v: normalise_isbn(str(v)), books.columns["ISBN"]), dtype=object)
+    years = _per_distinct(_int_or_none, books.columns["Year-Of-Publication"])
     year = np.array([-1 if y is None else y for y in years], dtype=np.int64)
     not_number = np.array([y is None for y in years])
-    author = np.array([_clean_text(v) for v in books.columns["Book-Author"]], dtype=object)
-    publisher = np.array([_clean_text(v) for v in books.columns["Publisher"]], dtype=object)
+    author = np.array(_per_distinct(_clean_text, books.columns["Book-Author"]), dtype=object)
+    publisher = np.array(_per_distinct(_clean_text, books.columns["Publisher"]), dtype=object)
     keep_b = np.ones(len(books), dtype=bool)
     count("books_isbn_invalid", (isbn == "").sum())
     keep_b &= isbn != ""
@@ -174,7 +186,7 @@ def load_bookcrossing(directory: str | Path, options: BookCrossingOptions | None
     # ----- ratings
     ratings = read_quoted_csv(d / RATINGS_FILE, RATINGS_HEADER)
     r_uid = _integer_column(ratings, "User-ID")
-    r_isbn = np.array([normalise_isbn(str(v)) for v in ratings.columns["ISBN"]], dtype=object)
+    r_isbn = np.array(_per_distinct(lambda v: normalise_isbn(str(v)), ratings.columns["ISBN"]), dtype=object)
     r_val = _integer_column(ratings, "Book-Rating")
     bad = (r_val < 0) | (r_val > 10)
     if bad.any():
@@ -226,13 +238,11 @@ def load_bookcrossing(directory: str | Path, options: BookCrossingOptions | None
 
 def _integer_column(table: RawTable, name: str) -> np.ndarray:
     col = table.columns[name]
-    out = np.empty(len(col), dtype=np.int64)
-    for k, v in enumerate(col):
-        x = _int_or_none(v)
-        if x is None:
-            raise table.error(k, f"{name} {v!r} is not an integer")
-        out[k] = x
-    return out
+    values = _per_distinct(_int_or_none, col)
+    if any(x is None for x in values):
+        k = next(j for j, x in enumerate(values) if x is None)
+        raise table.error(k, f"{name} {col[k]!r} is not an integer")
+    return np.array(values, dtype=np.int64)
 
 
 def _check_unique(table: RawTable, ids: np.ndarray, name: str) -> None:

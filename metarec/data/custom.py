@@ -56,7 +56,7 @@ import torch
 
 from metarec.config import ConfigError, build_config, load_toml
 from metarec.data.base import InteractionData
-from metarec.data.readers import DataFormatError, RawTable, parse_numbers, read_table
+from metarec.data.readers import DataFormatError, RawTable, parse_numbers, read_table, show
 from metarec.schema import Feature, FeatureSchema
 from metarec.tasks import FeatureTable
 
@@ -368,7 +368,7 @@ def assemble(
                 k = int(np.flatnonzero(unknown)[0])
                 raise ratings.error(
                     k,
-                    f"{side} {ratings.column(rs.user if side == 'user' else rs.item)[k]!r} is not in the {side} table "
+                    f"{side} {show(ratings.column(rs.user if side == 'user' else rs.item)[k])} is not in the {side} table "
                     f"({prep.path}); {int(unknown.sum())} rating(s) have unknown {side}s "
                     f"(set unknown_{side}s = \"drop\" to drop and count them)",
                 )
@@ -387,7 +387,7 @@ def assemble(
             k = int(np.flatnonzero(bad & keep)[0])
             raise ratings.error(
                 k,
-                f"rating {ratings.column(rs.rating)[k]!r} is outside the declared range "
+                f"rating {show(ratings.column(rs.rating)[k])} is outside the declared range "
                 f"[{spec.rating_min:g}, {spec.rating_max:g}] ({int((bad & keep).sum())} such ratings)",
             )
         counts["ratings_out_of_range"] += int((bad & keep).sum())
@@ -410,8 +410,8 @@ def assemble(
                 a, b = kept[by[same[0]]], kept[by[same[0] + 1]]
                 raise ratings.error(
                     int(b),
-                    f"duplicate rating of {rs.item} {ratings.column(rs.item)[b]!r} by {rs.user} "
-                    f"{ratings.column(rs.user)[b]!r} (first at line {int(ratings.lines[a])}); "
+                    f"duplicate rating of {rs.item} {show(ratings.column(rs.item)[b])} by {rs.user} "
+                    f"{show(ratings.column(rs.user)[b])} (first at line {int(ratings.lines[a])}); "
                     f"{len(same)} duplicate(s) in all (set duplicates = \"first\" or \"last\" to keep one)",
                 )
             # keep the first (or last) of each run of equal keys, in (time, file position) order
@@ -481,7 +481,7 @@ def _prepare_table(spec: DatasetSpec, tspec: TableSpec, table: RawTable, side: s
     if (cnt > 1).any():
         dup = uniq[cnt > 1][0]
         rows = np.flatnonzero(ids_norm == dup)
-        raise table.error(int(rows[1]), f"{side} id {ids[rows[1]]!r} appears more than once (first at {table.unit} {int(table.lines[rows[0]])})")
+        raise table.error(int(rows[1]), f"{side} id {show(ids[rows[1]])} appears more than once (first at {table.unit} {int(table.lines[rows[0]])})")
     keep = np.ones(len(table), dtype=bool)
     values: dict[str, Any] = {}
     for f in tspec.features:
@@ -501,7 +501,7 @@ def _prepare_table(spec: DatasetSpec, tspec: TableSpec, table: RawTable, side: s
                     shown = ", ".join(map(repr, list(vocab or ())[:8]))
                     raise table.error(
                         k,
-                        f"{side} feature {f.name!r}: value {bad[0] if bad else col[k]!r} is not in its vocabulary "
+                        f"{side} feature {f.name!r}: value {show(bad[0] if bad else col[k])} is not in its vocabulary "
                         f"({len(vocab or ())} values: {shown}{', ...' if len(vocab or ()) > 8 else ''}); "
                         f"{int(unknown.sum())} row(s) affected (set on_unknown to drop or category)",
                     )
@@ -513,14 +513,14 @@ def _prepare_table(spec: DatasetSpec, tspec: TableSpec, table: RawTable, side: s
                 k = int(np.flatnonzero(missing)[0])
                 raise table.error(
                     k,
-                    f"{side} feature {f.name!r} is missing (value {col[k]!r}); {int(missing.sum())} row(s) affected "
+                    f"{side} feature {f.name!r} is missing (value {show(col[k])}); {int(missing.sum())} row(s) affected "
                     f"(set on_missing to drop, category{', empty' if f.kind == 'multi_categorical' else ''}"
                     f"{', mean' if f.kind == 'numeric' else ''})",
                 )
             if f.on_missing == "drop":
                 counts[f"{side}s_missing_{f.name}"] += int((missing & keep).sum())
                 keep &= ~missing
-    return _Prepared(table.path, ids_norm, keep, values, table)
+    return _Prepared(table.id_path or table.path, ids_norm, keep, values, table)
 
 
 def _normalise_ids(ids: np.ndarray) -> np.ndarray:

@@ -223,7 +223,7 @@ def _join_items(
         cols[name] = col
     # errors about feature values point into the extra-info file; fallback rows into movies.dat
     lines = np.where(src_rows >= 0, extra.lines[np.maximum(src_rows, 0)], movies.lines)
-    items = RawTable(extra.path, cols, lines)
+    items = RawTable(extra.path, cols, lines, id_path=movies.path)
     return items, notes, drops, tuple(years)
 
 

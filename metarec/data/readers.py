@@ -48,6 +48,8 @@ class RawTable:
     lines: np.ndarray
     unit: str = "line"
     notes: list[str] = field(default_factory=list)
+    #: The file that defines which ids exist, when not ``path`` (a table joined from two files).
+    id_path: str | None = None
 
     def __post_init__(self) -> None:
         self.lines = np.asarray(self.lines, dtype=np.int64)
@@ -70,10 +72,18 @@ class RawTable:
 
     def take(self, keep: np.ndarray) -> "RawTable":
         """The records selected by a boolean mask or an index array."""
-        return RawTable(self.path, {k: v[keep] for k, v in self.columns.items()}, self.lines[keep], self.unit, list(self.notes))
+        return RawTable(self.path, {k: v[keep] for k, v in self.columns.items()}, self.lines[keep], self.unit,
+                        list(self.notes), self.id_path)
 
 
 # --------------------------------------------------------------------------------------- text
+
+
+def show(value: object) -> str:
+    """``repr`` of a value as a user would write it (numpy scalars as plain numbers)."""
+    if isinstance(value, np.generic):
+        value = value.item()
+    return repr(value)
 
 
 def read_bytes(path: str | Path) -> bytes:
@@ -233,9 +243,12 @@ def split_quoted_record(record: str) -> list[str | None] | None:
 
     Unquoted fields are returned as-is (``NULL`` stays the string ``"NULL"``).
     """
-    # Fast path: every field quoted and no quote other than the delimiting ones.
+    # Fast paths: every field quoted and no quote other than the delimiting ones (optionally
+    # followed by an unquoted NULL, as the BX users' missing ages are written).
     if record.startswith('"') and record.endswith('"') and '"' not in record[1:-1].replace('";"', ""):
         return record[1:-1].split('";"')
+    if record.startswith('"') and record.endswith('";NULL') and '"' not in record[1:-6].replace('";"', ""):
+        return record[1:-6].split('";"') + ["NULL"]
     fields: list[str | None] = []
     pos, n = 0, len(record)
     while True:
