@@ -20,7 +20,7 @@ from click.testing import CliRunner
 from datafiles import write_ml1m
 from metarec.data import cache as split_cache
 from metarec.data import catalog, load_split
-from metarec.data.catalog import DataFile, Resource, dataset_dir, resolve_data_dir, verify
+from metarec.data.catalog import DataFile, Resource, dataset_dir, resolve_data_dir
 from metarec.data.download import DownloadError, UnsafeArchiveError, download_dataset, download_file, safe_extract_zip
 from metarec.data.protocol import ProtocolConfig
 from metarec.data.readers import DataNotFoundError

@@ -12,8 +12,8 @@ Defaults are the paper's:
 * warm/cold users by the dataset's rule. MovieLens: warm iff the user's first rating is strictly
   before the split time, where the split time is the time of the rating at position
   ``round(0.8 * N)`` (0-based) of *all* N ratings sorted by time -- exactly how MAMO's reference
-  code computes it (on ML-1M: 975768738 = 2000-12-02 14:52:18 UTC, the code's comment shows
-  the same instant in Sydney time, 2000-12-03 01:52:18). Book-Crossing: the first 90 % of the
+  code computes it (on ML-1M: 975768738 = 2000-12-02 14:52:18 UTC; the code's comment,
+  "2000-12-03 01:52:18", is the same instant in UTC+11 local time). Book-Crossing: the first 90 % of the
   kept users in user-id order (the loader orders its user table by numeric User-ID);
 * warm/cold items counted on the trimmed table (all kept users' 20 ratings, training and test
   users alike): warm iff MORE than 10 ratings on MovieLens (so exactly 10 is cold, as in the
