@@ -307,3 +307,16 @@ def test_cli_info_and_listing(tmp_path):
     assert res.exit_code == 0 and "non-canonical" in res.output and "ml-1m" in res.output
     res = runner.invoke(datasets, ["info", "book-crossing", "--data-dir", str(tmp_path)])
     assert res.exit_code != 0 and "BX-Book-Ratings.csv" in res.output
+
+
+def test_entry_point_signatures_are_the_documented_ones():
+    """The benchmark harness calls these by keyword: keep the signatures stable."""
+    import inspect
+
+    from metarec.data import load_dataset
+
+    sig = inspect.signature(load_split)
+    assert list(sig.parameters) == ["name", "data_dir", "protocol", "seed", "offline", "use_cache", "config_path"]
+    assert [p.default for p in list(sig.parameters.values())[1:]] == [None, None, 0, True, True, None]
+    assert all(p.kind is p.KEYWORD_ONLY for p in list(sig.parameters.values())[1:])
+    assert list(inspect.signature(load_dataset).parameters) == ["name", "data_dir", "offline", "config_path"]

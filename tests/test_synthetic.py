@@ -58,3 +58,13 @@ def test_meta_learned_model_beats_the_global_mean(seed):
     learner = MAMLLearner(data.schema, config, seed=seed).meta_fit(split.train)
     mae = float((learner.predict(split.test) - split.test.query_ratings).abs().mean())
     assert mae < 0.85 * global_mae, (mae, global_mae)
+
+
+def test_options_match_the_generator_signature():
+    import dataclasses
+    import inspect
+
+    from metarec.data.synthetic import SyntheticOptions
+
+    params = {k: p.default for k, p in inspect.signature(make_synthetic).parameters.items()}
+    assert {f.name: f.default for f in dataclasses.fields(SyntheticOptions)} == params
