@@ -37,6 +37,41 @@ def _saved_layer(out: Path) -> dict[str, Any]:
     return {"bench": bench, "methods": methods}
 
 
+def _backend_layer(methods: tuple[str, ...], backend: str) -> dict[str, Any]:
+    """``--backend NAME`` as ``--set M.backend=NAME`` for every selected method ``M`` with that setting.
+
+    A method whose ``backend`` setting does not offer ``NAME`` is an error (not silently left on
+    its default), as is a selection in which no method has the setting at all.
+    """
+    import dataclasses
+    import typing
+
+    from metarec.config import ConfigError
+    from metarec.registry import LearnerImportError, UnknownLearnerError, get_learner
+
+    chosen: dict[str, dict[str, Any]] = {}
+    refused: list[str] = []
+    for name in methods:
+        try:
+            config_cls = get_learner(name).Config
+        except (UnknownLearnerError, LearnerImportError):
+            continue  # reported, with the known names, when the runs start
+        if "backend" not in {f.name for f in dataclasses.fields(config_cls)}:
+            continue
+        offered = typing.get_args(typing.get_type_hints(config_cls).get("backend"))
+        if offered and backend not in offered:
+            refused.append(f"{name} offers {', '.join(offered)}")
+        else:
+            chosen[name] = {"backend": backend}
+    if refused:
+        raise ConfigError(
+            f"--backend {backend}: {'; '.join(refused)} (choose per method with --set METHOD.backend=NAME)"
+        )
+    if not chosen:
+        raise ConfigError(f"--backend {backend}: none of the selected methods ({', '.join(methods)}) has a backend setting")
+    return {"methods": chosen}
+
+
 @click.command("bench")
 @click.option("--methods", "-m", help="Comma-separated learner names (see `metarec methods`). [default: global-mean,baseline-predictor]")
 @click.option("--dataset", "-d", help="ml-1m, book-crossing, synthetic, ... [default: ml-1m]")
@@ -57,6 +92,9 @@ def _saved_layer(out: Path) -> dict[str, Any]:
 @click.option("--support-size", type=click.IntRange(min=1), help="Support ratings per user (protocol n_support).")
 @click.option("--clip-size", type=click.IntRange(min=1), help="Clip length of the per-scenario NDCG. [default: 5]")
 @click.option("--n-boot", type=click.IntRange(min=1), help="Bootstrap resamples for the intervals. [default: 1000]")
+@click.option("--backend", metavar="NAME",
+              help="Inner-loop backend of every selected method that has one: torch.func, loop or learn2learn "
+                   "(the last needs the optional learn2learn package).")
 @click.option("--progress/--no-progress", default=None, help="Live progress display. [default: on]")
 def bench(
     methods: str | None,
@@ -77,6 +115,7 @@ def bench(
     clip_size: int | None,
     n_boot: int | None,
     progress: bool | None,
+    backend: str | None,
 ) -> None:
     """Benchmark methods on the cold-start protocol: MAE and NDCG@3 per scenario, over seeds.
 
@@ -129,6 +168,9 @@ def bench(
                 raise ConfigError(f"--preset {item!r} is not of the form METHOD=NAME")
             preset_layer.setdefault(name.strip(), {})["preset"] = value.strip()
         layers.append({"bench": cli, "methods": preset_layer})
+        if backend is not None:
+            selected = resolve_config(*layers, layer_from_overrides(sets)).methods
+            layers.append(_backend_layer(selected, backend))
         layers.append(layer_from_overrides(sets))
         cfg = resolve_config(*layers)
         results = run_bench(cfg, out=cfg.out, resume=resume, console=err, command=["metarec", *sys.argv[1:]])
