@@ -53,6 +53,9 @@ class BenchConfig:
     dataset: str = "ml-1m"
     #: Folder holding the raw dataset files (None: the loader's default).
     data_dir: str | None = None
+    #: TOML file for the data loader: the schema of a ``custom`` dataset, or a ``[loader]``
+    #: table of options for a built-in one (see :func:`metarec.data.load_split`).
+    dataset_config: str | None = None
     #: Run seeds. A seed decides the train/test user split AND the model initialisation, so the
     #: spread over seeds covers both sources of variation.
     seeds: tuple[int, ...] = (0, 1, 2)
@@ -159,7 +162,7 @@ def _jsonable(value: Any) -> Any:
 BENCH_FIELDS = tuple(f.name for f in dataclasses.fields(BenchConfig) if f.name != "method_settings")
 #: Fields that change the numbers; a resumed run must not change them.
 RESULT_FIELDS = (
-    "dataset", "data_dir", "offline", "epochs", "k", "clip_size", "n_boot", "ci_level",
+    "dataset", "data_dir", "dataset_config", "offline", "epochs", "k", "clip_size", "n_boot", "ci_level",
     "protocol", "synthetic", "method_settings",
 )
 

@@ -128,29 +128,58 @@ def table_console() -> Any:
     return console
 
 
-def rich_tables(views: Sequence[ResultsView]) -> list[Any]:
-    """One rich table per dataset."""
-    return [rich_table(g) for g in group_views(views)]
+def _label_width(views: Sequence[ResultsView]) -> int:
+    return max(len(f"{v.label}: {m}") if len(views) > 1 else len(m) for v in views for m in v.methods)
 
 
-def rich_table(views: Sequence[ResultsView], title: str | None = None) -> Any:
-    """The comparison table of views of ONE dataset (see :func:`rich_tables` for several)."""
+def rich_tables(views: Sequence[ResultsView], width: int | None = None) -> list[Any]:
+    """Rich tables, one per dataset; on a console narrower than one row needs (``width``),
+    one table per metric with ``± std`` under the mean, so that nothing is cut off."""
+    out = []
+    for g in group_views(views):
+        if width is None or width >= _label_width(g) + 16 + 19 * len(CELLS):
+            out.append(rich_table(g))
+        else:
+            out.extend(rich_table(g, compact=True, metric=i) for i in range(2))
+    return out
+
+
+def rich_table(
+    views: Sequence[ResultsView], title: str | None = None, *, compact: bool = False, metric: int | None = None
+) -> Any:
+    """The comparison table of views of ONE dataset (see :func:`rich_tables` for several).
+
+    ``compact``: ``± std`` on a second line, narrow method column; ``metric``: only MAE (0) or
+    only NDCG (1) rows.
+    """
     from rich.table import Table as RichTable
 
-    t = Table(views, pm="±")
+    t = Table(views, pm="\n±" if compact else "±")
     notes = ["* (bold) = best per column: lowest MAE, highest NDCG, at 4 decimals", *t.notes()[1:]]
-    table = RichTable(title=title or f"metarec bench · {views[0].dataset}", caption="; ".join(notes))
-    table.add_column("method", style="bold", no_wrap=True)
-    table.add_column("metric")
+    rows = [i for i, r in enumerate(t.rows) if metric is None or _metrics(r[0])[metric][0] == r[2]]
+    what = ""
+    if metric is not None:
+        what = " · " + ("MAE (lower is better)" if metric == 0 else f"NDCG@{views[0].k} (higher is better)")
+    table = RichTable(
+        title=title or f"metarec bench · {views[0].dataset}{what}", caption="; ".join(notes), show_lines=compact
+    )
+    if compact:
+        table.add_column("method", style="bold", overflow="fold", max_width=16)
+    else:
+        table.add_column("method", style="bold", no_wrap=True)
+    if metric is None:
+        table.add_column("metric", no_wrap=True)
     for c in t.cells:
-        table.add_column(t.header(c), justify="right", no_wrap=True)
-    for i, (v, m, key, label) in enumerate(t.rows):
+        table.add_column(t.header(c).replace(" (", "\n(") if compact else t.header(c), justify="right", no_wrap=True)
+    for i in rows:
+        v, m, key, label = t.rows[i]
         cells = []
         for c in t.cells:
             s = t.text(i, c)
             cells.append(f"[bold green]{s} *[/]" if t.is_best(i, c) else s)
-        first = i == 0 or t.rows[i - 1][:2] != (v, m)
-        table.add_row(t.row_label(i) if first else "", label, *cells, end_section=(key != "mae"))
+        first = metric is not None or i == 0 or t.rows[i - 1][:2] != (v, m)
+        lead = [t.row_label(i) if first else ""] + ([label] if metric is None else [])
+        table.add_row(*lead, *cells, end_section=(metric is None and key != "mae"))
     return table
 
 

@@ -192,17 +192,29 @@ def user_positions(user_ids: np.ndarray) -> np.ndarray:
 
 
 def _metric_fns(k: int, clip_size: int) -> dict[str, dict[str, Any]]:
-    """Per cell, the metric functions ``(pred, true, user) -> float`` used for bootstrap CIs."""
+    """Per scenario cell, the metric functions ``(pred, true, user) -> float`` for bootstrap CIs."""
     key = f"ndcg@{k}"
-    overall = {
-        "mae": lambda p, t, u: M.user_mae(p, t, u),
-        key: lambda p, t, u: M.user_ndcg(p, t, u, k=k),
-    }
     cell = {
         "mae": lambda p, t, u: M.mae(p, t),
         key: lambda p, t, u: M.clip_ndcg(p, t, k=k, clip_size=clip_size),
     }
-    return {c: (overall if c == "overall" else cell) for c in CELLS}
+    return {c: cell for c in SCENARIOS}
+
+
+def per_user_scores(pred: np.ndarray, true: np.ndarray, units: np.ndarray, metric: str, k: int) -> np.ndarray:
+    """Each user's MAE or NDCG@k (``metric`` = ``mae`` / ``ndcg@k``), users in order of first appearance."""
+    pos = user_positions(units) if len(units) else np.zeros(0, dtype=np.int64)
+    n_users = int(pos.max()) + 1 if len(pos) else 0
+    if metric == "mae":
+        sums = np.bincount(pos, weights=np.abs(pred - true), minlength=n_users)
+        return sums / np.maximum(np.bincount(pos, minlength=n_users), 1)
+    order = np.argsort(pos, kind="stable")
+    bounds = np.cumsum(np.bincount(pos, minlength=n_users))[:-1]
+    return np.array([M.ndcg_at_k(pred[g], true[g], k=k) for g in np.split(order, bounds)])
+
+
+def _mean_of_units(p: np.ndarray, t: np.ndarray, u: np.ndarray) -> float:
+    return float(np.mean(p))
 
 
 @dataclass
@@ -229,19 +241,30 @@ def cell_confidence_intervals(
     """
     alpha = 1.0 - level
     out: dict[str, dict[str, list[float]]] = {}
-    for cell, fns in _metric_fns(k, clip_size).items():
+    key = f"ndcg@{k}"
+    cell_fns = {"overall": {"mae": None, key: None}, **_metric_fns(k, clip_size)}
+    for cell, fns in cell_fns.items():
         out[cell] = {}
         for name, fn in fns.items():
             reps = []
             for st in strata:
-                m = np.ones(len(st.pred), dtype=bool) if cell == "overall" else st.scenario == cell
+                seed = derive_seed(st.seed, "bootstrap", cell, name)
+                if cell == "overall":
+                    # user_mae / user_ndcg are means of per-user scores: resampling users is
+                    # resampling those scores (same draws, same values, far faster)
+                    scores = per_user_scores(st.pred, st.true, st.units, name, k)
+                    reps.append(
+                        M.bootstrap_metric_replicates(
+                            scores, np.zeros_like(scores), np.arange(len(scores)), _mean_of_units,
+                            n_boot=n_boot, seed=seed,
+                        )
+                    )
+                    continue
+                m = st.scenario == cell
                 if not m.any():
                     continue
                 reps.append(
-                    M.bootstrap_metric_replicates(
-                        st.pred[m], st.true[m], st.units[m], fn, n_boot=n_boot,
-                        seed=derive_seed(st.seed, "bootstrap", cell, name),
-                    )
+                    M.bootstrap_metric_replicates(st.pred[m], st.true[m], st.units[m], fn, n_boot=n_boot, seed=seed)
                 )
             if not reps:
                 out[cell][name] = [float("nan"), float("nan")]
@@ -330,21 +353,11 @@ def _per_user_values(pr: Mapping[str, np.ndarray], cell: str, metric: str, k: in
     """Per-user values of one cell: MAE (mean abs error on the cell's ratings) or NDCG@k (overall only)."""
     m = np.ones(len(pr["prediction"]), dtype=bool) if cell == "overall" else pr["scenario"] == cell
     uid = pr["user_id"][m]
-    p, t = pr["prediction"][m], pr["rating"][m]
     pos = user_positions(uid) if len(uid) else np.zeros(0, dtype=np.int64)
-    n_users = int(pos.max()) + 1 if len(pos) else 0
-    keys: list[str] = [""] * n_users
+    keys: list[str] = [""] * (int(pos.max()) + 1 if len(pos) else 0)
     for i, u in zip(pos, uid):
         keys[i] = str(u)
-    if metric == "mae":
-        sums = np.bincount(pos, weights=np.abs(p - t), minlength=n_users)
-        counts = np.bincount(pos, minlength=n_users)
-        vals = sums / np.maximum(counts, 1)
-    else:
-        order = np.argsort(pos, kind="stable")
-        bounds = np.cumsum(np.bincount(pos, minlength=n_users))[:-1]
-        vals = np.array([M.ndcg_at_k(p[g], t[g], k=k) for g in np.split(order, bounds)])
-    return keys, vals
+    return keys, per_user_scores(pr["prediction"][m], pr["rating"][m], uid, metric, k)
 
 
 def paired_tests(

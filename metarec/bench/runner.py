@@ -224,10 +224,10 @@ _SPLIT_CACHE: dict[tuple, Any] = {}
 def load_bench_split(cfg: BenchConfig, seed: int) -> Any:
     """The seed's :class:`~metarec.data.Split` (cached per process: methods share splits)."""
     protocol = protocol_config(cfg)
-    key = (cfg.dataset, cfg.data_dir, repr(protocol), repr(sorted(cfg.synthetic.items())), seed)
+    key = (cfg.dataset, cfg.data_dir, cfg.dataset_config, repr(protocol), repr(sorted(cfg.synthetic.items())), seed)
     if key in _SPLIT_CACHE:
         return _SPLIT_CACHE[key]
-    if cfg.dataset == "synthetic":
+    if cfg.dataset == "synthetic" and cfg.dataset_config is None:
         from metarec.data.protocol import build_split
         from metarec.data.synthetic import make_synthetic
 
@@ -246,7 +246,7 @@ def load_bench_split(cfg: BenchConfig, seed: int) -> Any:
             ) from None
         split = load_split(
             cfg.dataset, data_dir=cfg.data_dir, protocol=protocol, seed=seed,
-            offline=cfg.offline, use_cache=cfg.use_cache,
+            offline=cfg.offline, use_cache=cfg.use_cache, config_path=cfg.dataset_config,
         )
     # keep only the latest few splits: a bench over many seeds must not hold them all
     if len(_SPLIT_CACHE) >= 4:
@@ -258,13 +258,17 @@ def load_bench_split(cfg: BenchConfig, seed: int) -> Any:
 def dataset_info(split: Any) -> dict[str, Any]:
     """What results.json says about the data: name, checksum, canonical flag, drops, protocol."""
     info = dict(split.info)
+    keep = (
+        "title", "non_canonical_files", "data_notes", "notes", "file_status", "data_dir", "loader_options",
+        "users_total", "users_kept", "items_in_trimmed_table", "split_time_utc", "paper_counts",
+    )
     return {
         "name": info.get("dataset"),
         "checksum": info.get("checksum"),
         "canonical": info.get("canonical"),
         "load_drops": info.get("load_drops", info.get("drops")),
         "protocol": info.get("protocol"),
-        **{k: v for k, v in info.items() if k in ("source_files", "notes", "users_total", "users_kept")},
+        **{k: info[k] for k in keep if k in info},
     }
 
 
@@ -343,7 +347,11 @@ def execute_run(spec: RunSpec, sink: Sink | None = None) -> dict[str, Any]:
         t0 = time.perf_counter()
         split = load_bench_split(cfg, spec.seed)
         timings["load_s"] = time.perf_counter() - t0
-        record["split"] = {k: v for k, v in split.info.items() if k not in ("protocol", "load_drops")}
+        record["split"] = {
+            k: v for k, v in split.info.items()
+            if k in ("seed", "train_users", "test_users", "validation_users", "users_warm", "users_cold", "items_warm",
+                     "items_cold", "query_scenarios_train", "query_scenarios_test", "cache", "load_seconds")
+        }
 
         cls = get_learner(spec.method)
         fields = [f.name for f in dataclasses.fields(cls.Config)]
@@ -532,6 +540,12 @@ def run_bench(
     out = Path(out or cfg.out or default_out_dir())
     cfg = dataclasses.replace(cfg, out=str(out))
     t_bench = time.perf_counter()
+    from metarec.runtime import resolve_device
+
+    try:
+        resolve_device(cfg.device)  # --device cuda without CUDA: one error now, not one per run
+    except (RuntimeError, ValueError) as exc:
+        raise BenchError(str(exc)) from None
     broken = check_methods(cfg)
     prepare_out_dir(cfg, out, resume)
     rd = RunDir(out)

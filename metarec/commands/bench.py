@@ -76,6 +76,8 @@ def _backend_layer(methods: tuple[str, ...], backend: str) -> dict[str, Any]:
 @click.option("--methods", "-m", help="Comma-separated learner names (see `metarec methods`). [default: global-mean,baseline-predictor]")
 @click.option("--dataset", "-d", help="ml-1m, book-crossing, synthetic, ... [default: ml-1m]")
 @click.option("--data-dir", type=click.Path(file_okay=False), help="Folder with the raw dataset files.")
+@click.option("--dataset-config", type=click.Path(dir_okay=False),
+              help="Loader TOML: a custom dataset's schema, or [loader] options of a built-in one.")
 @click.option("--seeds", "-s", help="Run seeds: 0,1,2 or 0-4 (each decides the user split and the initialisation). [default: 0,1,2]")
 @click.option("--device", type=click.Choice(DEVICE_CHOICES), help="auto = CUDA when available. [default: auto]")
 @click.option("--out", "-o", type=click.Path(file_okay=False), help="Output folder. [default: runs/<timestamp>]")
@@ -100,6 +102,7 @@ def bench(
     methods: str | None,
     dataset: str | None,
     data_dir: str | None,
+    dataset_config: str | None,
     seeds: str | None,
     device: str | None,
     out: str | None,
@@ -132,12 +135,13 @@ def bench(
     from rich.console import Console
 
     from metarec.bench.config import layer_from_file, layer_from_overrides, parse_methods, parse_seeds, resolve_config
-    from metarec.bench.report import rich_table, table_console, views_from_paths
-    from metarec.bench.runner import BenchError, run_bench
+    from metarec.bench.report import rich_tables, table_console, views_from_paths
+    from metarec.bench.runner import BenchError, default_out_dir, run_bench
     from metarec.config import ConfigError
 
     console = table_console()
     err = Console(stderr=True)
+    out_dir: Path | None = None
     try:
         layers: list[dict[str, Any]] = []
         if resume:
@@ -153,7 +157,7 @@ def bench(
         if seeds is not None:
             cli["seeds"] = parse_seeds(seeds)
         for name, value in (
-            ("dataset", dataset), ("data_dir", data_dir), ("device", device), ("out", out), ("jobs", jobs),
+            ("dataset", dataset), ("data_dir", data_dir), ("dataset_config", dataset_config), ("device", device), ("out", out), ("jobs", jobs),
             ("threads", threads), ("offline", offline), ("epochs", epochs), ("clip_size", clip_size),
             ("n_boot", n_boot), ("progress", progress),
         ):
@@ -173,13 +177,22 @@ def bench(
             layers.append(_backend_layer(selected, backend))
         layers.append(layer_from_overrides(sets))
         cfg = resolve_config(*layers)
-        results = run_bench(cfg, out=cfg.out, resume=resume, console=err, command=["metarec", *sys.argv[1:]])
+        out_dir = Path(cfg.out) if cfg.out else default_out_dir()
+        cfg.out = str(out_dir)
+        results = run_bench(cfg, out=out_dir, resume=resume, console=err, command=["metarec", *sys.argv[1:]])
     except (ConfigError, BenchError, FileNotFoundError) as exc:
         raise click.ClickException(str(exc)) from None
+    except KeyboardInterrupt:
+        err.print(
+            f"\n[yellow]interrupted[/]: finished runs and training checkpoints are kept; continue with\n"
+            f"  metarec bench --resume --out {out_dir}"
+        )
+        sys.exit(130)
 
     out_dir = Path(results["config"]["out"])
     if any(e.get("cells") for e in results["methods"].values()):
-        console.print(rich_table(views_from_paths([out_dir])))
+        for table in rich_tables(views_from_paths([out_dir]), width=console.width):
+            console.print(table)
     failed = [r for r in results["runs"] if r.get("status") != "ok"]
     err.print(f"results: {out_dir / 'results.json'} · predictions: {out_dir / 'predictions.csv'} · "
               f"summary: {out_dir / 'summary.md'} · wall time {results['wall_time_s']:.1f} s")

@@ -72,7 +72,7 @@ def report(paths: tuple[str, ...], reference: str | None, out: str | None, label
     all_views = views + refs
     if not all_views or not any(v.methods for v in all_views):
         raise click.ClickException("no successful results to show")
-    for table in rich_tables(all_views):
+    for table in rich_tables(all_views, width=console.width):
         console.print(table)
 
     single_run = len(paths) == 1 and Path(paths[0]).is_dir() and len(runs) == 1
