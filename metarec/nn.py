@@ -78,6 +78,7 @@ class MultiHotEmbedding(nn.Module):
         nn.init.uniform_(self.weight, -bound, bound)
 
     def forward(self, x: Tensor) -> Tensor:
+        """Pool the embedding rows of the active indices of ``x`` (``[..., L]``) into ``[..., dim]``."""
         mask = (x >= 0).to(self.weight.dtype)
         rows = self.weight[x.clamp(min=0)]
         summed = (rows * mask.unsqueeze(-1)).sum(-2)
@@ -123,9 +124,11 @@ class FeatureEmbedder(nn.Module):
 
     @property
     def out_dim(self) -> int:
+        """Width of the output: number of features times ``dim``."""
         return len(self.features) * self.dim
 
     def forward(self, x: Mapping[str, Tensor]) -> Tensor:
+        """Embed each feature of ``x`` (columns as in a :class:`~metarec.tasks.FeatureTable`) and concatenate."""
         parts = []
         for f in self.features:
             value = x[f.name]
@@ -167,6 +170,61 @@ class RatingMLP(nn.Module):
         self.head = mlp([width, *hidden, 1], activation=activation)
 
     def forward(self, user_x: Mapping[str, Tensor], items_x: Mapping[str, Tensor]) -> Tensor:
+        """Predicted ratings ``[..., N]`` of one user (or a batch) for ``N`` items."""
         items = self.item_embedder(items_x)
         user = broadcast_user(self.user_embedder(user_x), items)
         return self.head(torch.cat([items, user], dim=-1)).squeeze(-1)
+
+
+# --------------------------------------------------------------------------- attentive memories
+
+
+def cosine_attention(query: Tensor, keys: Tensor, temperature: float = 1.0, eps: float = 1e-8) -> Tensor:
+    """``softmax_k(cos(query, keys[k]) / temperature)``: ``query [..., D]``, ``keys [K, D]`` -> ``[..., K]``.
+
+    The read head of a key memory (MAMO's Eq. 3 with ``temperature=1``). Cosine similarity is
+    bounded in [-1, 1], so with ``temperature=1`` the largest attention weight of K slots is at
+    most ``e / (e + (K - 1) / e)``; a smaller temperature allows sharper reads.
+    """
+    if temperature <= 0:
+        raise ValueError(f"attention temperature must be > 0, got {temperature}")
+    q = query / query.norm(dim=-1, keepdim=True).clamp_min(eps)
+    k = keys / keys.norm(dim=-1, keepdim=True).clamp_min(eps)
+    return torch.softmax((q @ k.transpose(-1, -2)) / temperature, dim=-1)
+
+
+def attentive_write(
+    memory: Tensor,
+    attention: Tensor,
+    values: Tensor,
+    rate: float,
+    mode: Literal["sequential", "merged"] = "sequential",
+) -> Tensor:
+    """The memory after the NTM-style writes ``M <- rate * (a_b (x) v_b) + (1 - rate) * M``.
+
+    ``memory [K, ...]``, ``attention [B, K]``, ``values [B, ...]`` (one write per row ``b``).
+    ``sequential`` applies the B writes one after the other in row order -- computed in closed
+    form, ``M_B = (1-rate)^B M_0 + sum_b rate (1-rate)^(B-1-b) a_b (x) v_b`` -- and
+    ``merged`` applies ONE write of the batch mean of ``a_b (x) v_b``. Returns a new tensor.
+    """
+    if not 0.0 <= rate <= 1.0:
+        raise ValueError(f"memory write rate must be in [0, 1], got {rate}")
+    if mode not in ("sequential", "merged"):
+        raise ValueError(f"memory write mode must be 'sequential' or 'merged', got {mode!r}")
+    B = attention.shape[0]
+    if values.shape[0] != B or attention.shape[1] != memory.shape[0] or values.shape[1:] != memory.shape[1:]:
+        raise ValueError(
+            f"attentive_write: memory {list(memory.shape)}, attention {list(attention.shape)} and "
+            f"values {list(values.shape)} do not fit ([K, ...], [B, K], [B, ...])"
+        )
+    flat_v = values.reshape(B, -1).to(memory.dtype)
+    a = attention.to(memory.dtype)
+    if mode == "merged":
+        decay = 1.0 - rate
+        weights = torch.full((B,), rate / B, dtype=memory.dtype, device=memory.device)
+    else:
+        decay = (1.0 - rate) ** B
+        powers = torch.arange(B - 1, -1, -1, dtype=memory.dtype, device=memory.device)
+        weights = rate * (1.0 - rate) ** powers
+    update = (a * weights.unsqueeze(1)).transpose(0, 1) @ flat_v  # [K, prod(...)]
+    return decay * memory + update.reshape(memory.shape)
