@@ -278,3 +278,20 @@ def test_cli_bench_and_report(tmp_path):
     assert "a: global-mean" in md and "b: baseline-predictor" in md
     res = runner.invoke(main, ["bench", "--dataset", "synthetic", "--methods", "global-mean", "--seeds", "x"])
     assert res.exit_code != 0 and "cannot read seed" in res.output
+
+
+@pytest.mark.data
+def test_ml1m_simple_baselines_end_to_end(shared_data_dir, tmp_path):
+    """The acceptance run in small: real ML-1M, one seed; predictions.csv reproduces every number."""
+    cfg = resolve_config({"bench": {"dataset": "ml-1m", "data_dir": str(shared_data_dir), "seeds": [0],
+                                    "methods": ["global-mean", "baseline-predictor"], "n_boot": 50,
+                                    "progress": False, "threads": 1}})
+    results = run_bench(cfg, out=tmp_path / "ml", console=quiet())
+    assert results["dataset"]["name"] == "ml-1m"
+    assert results["dataset"]["canonical"] is False  # the shared ratings.dat is a reconstruction
+    assert results["dataset"]["checksum"]
+    cells = results["methods"]["baseline-predictor"]["cells"]
+    assert cells["overall"]["n"] == 5 * cells["overall"]["n_users_per_seed"][0]
+    assert 0 < cells["C-C"]["n"] < 100  # the cold/cold cell is tiny: hence its interval
+    assert cells["overall"]["mae"]["mean"] < results["methods"]["global-mean"]["cells"]["overall"]["mae"]["mean"]
+    assert recompute(tmp_path / "ml") == 0

@@ -98,8 +98,7 @@ class Table:
                 if n is not None:
                     ns.add(round(float(n), 1))
         if len(ns) == 1:
-            n = ns.pop()
-            return f"{cell} (n={int(n) if float(n).is_integer() else n})"
+            return f"{cell} (n={_count(ns.pop())})"
         return cell
 
     def notes(self) -> list[str]:
@@ -208,6 +207,11 @@ def _markdown_table(views: Sequence[ResultsView]) -> str:
     return "\n".join(lines)
 
 
+def _count(x: float) -> str:
+    """A count averaged over seeds: an integer when it is one, else one decimal."""
+    return str(int(x)) if float(x).is_integer() else f"{x:.1f}"
+
+
 def _ci(entry: Mapping[str, Any]) -> str:
     ci = entry.get("ci")
     if not ci or ci[0] is None:
@@ -267,7 +271,7 @@ def markdown_summary(results: Mapping[str, Any], extra: Sequence[ResultsView] = 
             cell = e["cells"][c]
             users = cell.get("n_users_per_seed") or []
             out.append(
-                f"| {m} | {c} | {cell['n']:g} | {sum(users) / max(len(users), 1):g} | "
+                f"| {m} | {c} | {_count(cell['n'])} | {_count(sum(users) / max(len(users), 1))} | "
                 f"{_fmt(float(cell['mae']['mean']) if cell['mae']['mean'] is not None else float('nan'))} | "
                 f"{_ci(cell['mae'])} | "
                 f"{_fmt(float(cell[key]['mean']) if cell[key]['mean'] is not None else float('nan'))} | "

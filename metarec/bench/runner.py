@@ -489,7 +489,7 @@ def _write_failed_import(rd: RunDir, method: str, seed: int, error: str) -> None
 
 
 def prepare_out_dir(cfg: BenchConfig, out: Path, resume: bool) -> BenchConfig:
-    """Create (or, resuming, check) the output folder; returns the config to run with."""
+    """Check that the output folder is free (or, resuming, that it continues ``cfg``)."""
     rd = RunDir(out)
     if resume:
         if not rd.config.exists():
@@ -516,7 +516,6 @@ def prepare_out_dir(cfg: BenchConfig, out: Path, resume: bool) -> BenchConfig:
         raise BenchError(
             f"{out} already holds a benchmark; pass --resume to continue it or choose another --out"
         )
-    out.mkdir(parents=True, exist_ok=True)
     return cfg
 
 
@@ -548,12 +547,13 @@ def run_bench(
         raise BenchError(str(exc)) from None
     broken = check_methods(cfg)
     prepare_out_dir(cfg, out, resume)
-    rd = RunDir(out)
-    write_json(rd.config, {"format": CONFIG_FORMAT, "config": cfg.to_dict()})
-
-    # Load the first split here: a wrong data folder fails now, with one clear error.
+    # Load the first split here: a wrong data folder fails now, with one clear error, and
+    # before the output folder is claimed.
     first_split = load_bench_split(cfg, cfg.seeds[0])
     data_info = dataset_info(first_split)
+    rd = RunDir(out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(rd.config, {"format": CONFIG_FORMAT, "config": cfg.to_dict()})
 
     plan: list[tuple[str, int]] = []
     for seed in cfg.seeds:  # seed-major: every method of a seed shares the (cached) split
