@@ -46,7 +46,8 @@ def _plot(views: Sequence[ResultsView], stem: str | Path, formats: Sequence[str]
         return []
     many = len(views) > 1
     cells = [c for c in CELLS if any(v.cell(m, c) for v, m in series)]
-    fig, axes = plt.subplots(1, 2, figsize=(max(8.0, 1.2 * len(cells) * max(1, len(series)) / 2 + 4), 4.2))
+    width_in = max(7.0, min(16.0, 2.0 + 0.3 * len(cells) * len(series)))
+    fig, axes = plt.subplots(2, 1, figsize=(width_in, 7.0), sharex=True)
     width = 0.8 / len(series)
     x = np.arange(len(cells))
     for ax, (pos, title) in zip(axes, ((0, "MAE (lower is better)"), (1, "NDCG@{k} (higher is better)"))):
@@ -71,14 +72,15 @@ def _plot(views: Sequence[ResultsView], stem: str | Path, formats: Sequence[str]
                 means.append(mean)
             label = f"{v.label}: {m}" if many else m
             hatch = "//" if v.published else None
-            ax.bar(x + (j - (len(series) - 1) / 2) * width, means, width, yerr=[lo, hi], capsize=2,
+            yerr = [lo, hi] if any(lo) or any(hi) else None  # published values carry no spread
+            ax.bar(x + (j - (len(series) - 1) / 2) * width, means, width, yerr=yerr, capsize=2,
                    label=label, hatch=hatch, alpha=0.9)
         ax.set_xticks(x)
         ax.set_xticklabels(cells)
         ax.set_title(title.format(k=views[0].k))
         ax.grid(axis="y", alpha=0.3)
     axes[1].set_ylim(bottom=max(0.0, axes[1].get_ylim()[0]))
-    axes[0].legend(fontsize="small", loc="best")
+    axes[0].legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
     datasets = ", ".join(sorted({v.dataset for v in views}))
     fig.suptitle(f"metarec bench · {datasets} · error bars: 95 % bootstrap CI over test users "
                  "(else ± std over seeds)", fontsize="small")
