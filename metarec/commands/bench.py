@@ -194,6 +194,8 @@ def bench(
         for table in rich_tables(views_from_paths([out_dir]), width=console.width):
             console.print(table)
     failed = [r for r in results["runs"] if r.get("status") != "ok"]
+    if not (out_dir / "plot.png").exists() and any(e.get("cells") for e in results["methods"].values()):
+        err.print("no plot: matplotlib is not installed (pip install 'metarec[plot]')")
     err.print(f"results: {out_dir / 'results.json'} · predictions: {out_dir / 'predictions.csv'} · "
               f"summary: {out_dir / 'summary.md'} · wall time {results['wall_time_s']:.1f} s")
     if failed:
