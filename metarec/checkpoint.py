@@ -76,7 +76,10 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    umask = os.umask(0)
+    os.umask(umask)
     try:
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual mode
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
@@ -94,39 +97,55 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 
 
 def save_state(path: str | Path, state: Any) -> None:
-    """Write ``state`` as ``<path>.npz`` (arrays) and ``<path>.json`` (structure), atomically.
+    """Write ``state`` as ``<path>.json`` (structure) plus an array file it names, atomically.
 
-    The JSON is written last and names the array file's checksum-free key set, so a reader that
-    finds the JSON also finds a complete array file.
+    The array file's name carries a digest of its content and the JSON is written last, so a
+    reader always finds the JSON paired with the arrays written with it -- a kill between the
+    two writes leaves the previous, complete state in place.
     """
-    path = Path(path)
-    skeleton, arrays = flatten_state(state)
+    import hashlib
     import io
 
+    path = Path(path)
+    skeleton, arrays = flatten_state(state)
     buf = io.BytesIO()
     np.savez(buf, **arrays)
-    atomic_write_bytes(path.with_suffix(".npz"), buf.getvalue())
+    data = buf.getvalue()
+    arrays_name = f"{path.name}.{hashlib.sha256(data).hexdigest()[:16]}.npz"
+    atomic_write_bytes(path.parent / arrays_name, data)
     atomic_write_text(
         path.with_suffix(".json"),
-        json.dumps({"format": "metarec-state-1", "keys": sorted(arrays), "state": skeleton}),
+        json.dumps({"format": "metarec-state-2", "arrays": arrays_name, "keys": sorted(arrays), "state": skeleton}),
     )
+    for stale in path.parent.glob(f"{path.name}.*.npz"):
+        if stale.name != arrays_name:
+            stale.unlink(missing_ok=True)
 
 
 def load_state(path: str | Path) -> Any:
     """Read a state written by :func:`save_state` (no pickle: ``allow_pickle=False``)."""
     path = Path(path)
-    meta = json.loads(path.with_suffix(".json").read_text("utf-8"))
-    if meta.get("format") != "metarec-state-1":
-        raise ValueError(f"{path.with_suffix('.json')}: not a metarec state file")
-    with np.load(path.with_suffix(".npz"), allow_pickle=False) as npz:
+    meta_path = path.with_suffix(".json")
+    meta = json.loads(meta_path.read_text("utf-8"))
+    if meta.get("format") != "metarec-state-2":
+        raise ValueError(f"{meta_path}: not a metarec state file (format {meta.get('format')!r})")
+    arrays_path = path.parent / meta["arrays"]
+    with np.load(arrays_path, allow_pickle=False) as npz:
         arrays = {k: npz[k] for k in npz.files}
     missing = set(meta["keys"]) - set(arrays)
     if missing:
-        raise ValueError(f"{path.with_suffix('.npz')}: incomplete state file, missing {sorted(missing)[:5]}")
+        raise ValueError(f"{arrays_path}: incomplete state file, missing {sorted(missing)[:5]}")
     return unflatten_state(meta["state"], arrays)
 
 
 def state_exists(path: str | Path) -> bool:
-    """Whether both files of a state written by :func:`save_state` exist."""
+    """Whether a complete state written by :func:`save_state` exists at ``path``."""
     path = Path(path)
-    return path.with_suffix(".json").exists() and path.with_suffix(".npz").exists()
+    meta_path = path.with_suffix(".json")
+    if not meta_path.exists():
+        return False
+    try:
+        arrays = json.loads(meta_path.read_text("utf-8")).get("arrays", "")
+    except (OSError, ValueError):
+        return False
+    return bool(arrays) and (path.parent / arrays).exists()
