@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from metarec.checkpoint import load_state, save_state
+from metarec.checkpoint import load_state, save_state, state_exists
 from metarec.config import ConfigError, build_config, parse_overrides
 from metarec.runtime import derive_seed, resolve_device, torch_generator
 from metarec.schema import SCENARIOS, Feature, FeatureSchema, scenario_code
@@ -121,7 +121,14 @@ def test_state_files_round_trip_nested_state_without_pickle(tmp_path):
     assert back["model"]["b"].dtype == torch.float64
     assert back["optimizer"]["state"][0]["step"].item() == 3.0  # integer keys survive
     assert back["__extra__"] == state["__extra__"]
-    np.load(tmp_path / "ckpt.npz", allow_pickle=False).close()
+    (arrays,) = tmp_path.glob("ckpt.*.npz")
+    np.load(arrays, allow_pickle=False).close()
+    # a second save replaces the pair; the old array file is removed, the JSON names the new one
+    state["model"]["w"] = torch.ones(3, 2)
+    save_state(tmp_path / "ckpt", state)
+    assert len(list(tmp_path.glob("ckpt.*.npz"))) == 1
+    assert torch.equal(load_state(tmp_path / "ckpt")["model"]["w"], torch.ones(3, 2))
+    assert state_exists(tmp_path / "ckpt") and not state_exists(tmp_path / "other")
 
 
 def test_runtime_seeds_and_devices():
