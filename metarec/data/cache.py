@@ -38,6 +38,7 @@ _TASK_FIELDS = (
 
 
 def cache_root() -> Path:
+    """Folder of processed-split caches: ``$METAREC_CACHE_DIR`` or ``<user cache>/processed``."""
     env = os.environ.get(ENV_CACHE_DIR)
     return Path(env).expanduser() if env else user_cache_root() / "processed"
 

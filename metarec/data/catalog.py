@@ -151,6 +151,7 @@ def loader_function(entry: DatasetEntry) -> Callable[..., Any]:
 
 
 def get_entry(name: str) -> DatasetEntry:
+    """The catalog entry of a built-in dataset (an error listing the known names otherwise)."""
     try:
         return CATALOG[name]
     except KeyError:
@@ -197,10 +198,12 @@ class Verification:
 
     @property
     def missing(self) -> list[str]:
+        """Files that are not there."""
         return [n for n, s in self.status.items() if s == "missing"]
 
     @property
     def non_canonical(self) -> dict[str, dict[str, str | None]]:
+        """Files whose checksum differs from the official release (theirs and the official md5)."""
         return {n: {"md5": self.md5[n], "official_md5": self.expected[n]} for n, s in self.status.items() if s == "non-canonical"}
 
     @property
@@ -214,9 +217,11 @@ class Verification:
 
     @property
     def checksum(self) -> str:
+        """One checksum over all files, recorded in every result."""
         return combined_checksum(self.md5)
 
     def summary(self) -> str:
+        """One line for ``metarec datasets``: missing, non-canonical or verified."""
         if self.missing:
             return f"missing {', '.join(self.missing)}"
         if self.non_canonical:

@@ -124,6 +124,7 @@ class FeatureSpec:
 
     @property
     def source(self) -> str:
+        """The column the feature is read from (its own name unless ``column`` says otherwise)."""
         return self.column or self.name
 
 
@@ -186,6 +187,7 @@ class DatasetSpec:
     base_dir: str = "."
 
     def resolve(self, path: str) -> Path:
+        """A path from the schema file, relative paths taken from the schema file's folder."""
         p = Path(path).expanduser()
         return p if p.is_absolute() else Path(self.base_dir) / p
 

@@ -185,6 +185,7 @@ def load_split(
 
 
 def available_datasets() -> list[str]:
+    """Names that :func:`load_split` accepts."""
     return [*CATALOG, "synthetic", "custom"]
 
 

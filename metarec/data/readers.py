@@ -61,6 +61,7 @@ class RawTable:
         return len(self.lines)
 
     def column(self, name: str) -> np.ndarray:
+        """The values of column ``name`` (an error naming the file and its columns otherwise)."""
         if name not in self.columns:
             known = ", ".join(self.columns) or "(none)"
             raise DataFormatError(self.path, f"missing column {name!r}; the file has: {known}")
@@ -87,6 +88,7 @@ def show(value: object) -> str:
 
 
 def read_bytes(path: str | Path) -> bytes:
+    """The file's bytes, with an error that names the file when it cannot be read."""
     path = Path(path)
     try:
         return path.read_bytes()
