@@ -217,6 +217,17 @@ if pytest is not None:
         assert "metarec[learn2learn]" in str(err.value)
         MAMLLearner.from_settings(schema, overrides=FAST)  # the default backend needs nothing
 
+    def test_bench_backend_option_sets_every_method_that_has_a_backend():
+        from metarec.commands.bench import _backend_layer
+        from metarec.config import ConfigError
+
+        layer = _backend_layer(("melu", "global-mean", "metacs-dnn"), "learn2learn")
+        assert layer == {"methods": {"melu": {"backend": "learn2learn"}, "metacs-dnn": {"backend": "learn2learn"}}}
+        with pytest.raises(ConfigError, match="mamo offers"):  # MAMO's own loop has no learn2learn backend
+            _backend_layer(("mamo", "melu"), "learn2learn")
+        with pytest.raises(ConfigError, match="none of the selected methods"):
+            _backend_layer(("global-mean",), "loop")
+
     @pytest.mark.parametrize("first_order", [False, True])
     def test_metasgd_engine_batched_matches_loop(first_order):
         """Meta-SGD on metarec's own backends (no learn2learn): same loss and gradients, step sizes included."""
