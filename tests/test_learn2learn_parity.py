@@ -189,7 +189,8 @@ if pytest is not None:
             pytest.skip(why)
         if not Path(python).exists():
             pytest.fail(f"METAREC_L2L_PYTHON={python} does not exist (build it with `make l2l`)")
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+        path = [str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])]
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(path)}
         proc = subprocess.run(
             [python, str(Path(__file__).resolve())], cwd=REPO, env=env, capture_output=True, text=True, timeout=600
         )
