@@ -1,0 +1,200 @@
+"""One MAMO meta-training epoch: all users of a batch adapted at once (torch.func) versus one user
+at a time (the per-user loop), in ONE run, on the same batches.
+
+Both learners are MAMO with the same settings and seed and differ only in ``backend``; the tests
+prove the two compute the same numbers, and this script checks it again on the way (the largest
+difference of the batch losses is reported). An epoch is every training user once, in the
+learner's own seeded epoch order, one meta-step (local adaptation of every user, global update,
+memory writes) per batch. The two backends alternate batch by batch, so that a change of load on
+a shared machine hits both; the epoch time of each is the sum of its batch times.
+
+    python benchmarks/bench_mamo_speed.py --data-dir ../shared/data --threads 2
+    python benchmarks/bench_mamo_speed.py --data-dir ../shared/data --device cuda
+
+``--loop-users N`` times the loop on the first N users' batches only and extrapolates its epoch
+time (reported as such); the default times the full epoch for both. The JSON (machine, load
+average, versions, git commit, data checksum, every batch time) goes to ``benchmarks/results/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
+                               capture_output=True, text=True)
+        return out.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def parse_sets(items: list[str]) -> dict:
+    from metarec.config import parse_overrides
+
+    return parse_overrides(items)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", choices=["ml-1m", "synthetic"], default=None, help="default: ml-1m when --data-dir is given")
+    p.add_argument("--data-dir", default=None, help="folder holding ml-1m/ (e.g. ../shared/data)")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    p.add_argument("--threads", type=int, default=2, help="torch intra-op threads on the CPU (the target: 2 cores)")
+    p.add_argument("--preset", default=None, help="a MAMO preset (default: the config defaults = paper ML values)")
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                   help="MAMO config override, e.g. --set batch_size=64 (repeatable)")
+    p.add_argument("--loop-users", type=int, default=None,
+                   help="time the loop on the batches of the first N users only and extrapolate (default: all)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=None, help="JSON path (default: benchmarks/results/mamo_speed_<data>_<device>_<time>.json)")
+    args = p.parse_args(argv)
+    load_before = os.getloadavg()
+    args.data = args.data or ("ml-1m" if args.data_dir else "synthetic")
+    if args.data == "ml-1m" and not args.data_dir:
+        p.error("--data ml-1m needs --data-dir")
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        p.error("--device cuda: no CUDA device visible to torch")
+
+    from metarec.methods.mamo import MAMO
+    from metarec.runtime import torch_generator
+
+    if args.data == "ml-1m":
+        from metarec.data import load_split
+
+        split = load_split("ml-1m", data_dir=args.data_dir, seed=args.seed)
+    else:
+        from metarec.data.protocol import build_split
+        from metarec.data.synthetic import make_synthetic
+
+        split = build_split(make_synthetic(n_users=2000, n_items=800, seed=args.seed), seed=args.seed)
+    train = split.train
+    overrides = parse_sets(args.sets)
+    learners = {
+        b: MAMO.from_settings(train.schema, preset=args.preset, overrides={**overrides, "backend": b},
+                              device=device, seed=args.seed)
+        for b in ("torch.func", "loop")
+    }
+    cfg = learners["torch.func"].config
+    # the learner's own epoch order (EpisodicLearner.meta_fit, epoch 0)
+    order = torch.randperm(len(train), generator=torch_generator(args.seed, "epoch-order", 0))
+    batches = [order[i : i + cfg.batch_size] for i in range(0, len(train), cfg.batch_size)]
+    loop_batches = len(batches)
+    if args.loop_users is not None:
+        loop_batches = max(1, -(-min(args.loop_users, len(train)) // cfg.batch_size))
+
+    # warm-up (allocator, first-call dispatch) on a batch that is not part of the epoch, then a reset
+    warm = train.batch(order[: cfg.batch_size], device=device)
+    for learner in learners.values():
+        learner.meta_step(warm)
+    learners = {
+        b: MAMO.from_settings(train.schema, preset=args.preset, overrides={**overrides, "backend": b},
+                              device=device, seed=args.seed)
+        for b in ("torch.func", "loop")
+    }
+
+    times: dict[str, list[float]] = {b: [] for b in learners}
+    losses: dict[str, list[float]] = {b: [] for b in learners}
+    for i, idx in enumerate(batches):
+        batch = train.batch(idx, device=device)
+        for b, learner in learners.items():
+            if b == "loop" and i >= loop_batches:
+                continue
+            sync(device)
+            t0 = time.perf_counter()
+            losses[b].append(learner.meta_step(batch))
+            sync(device)
+            times[b].append(time.perf_counter() - t0)
+        if (i + 1) % 20 == 0:
+            print(f"  batch {i + 1}/{len(batches)}: torch.func {sum(times['torch.func']):6.1f} s, "
+                  f"loop {sum(times['loop']):6.1f} s", flush=True)
+
+    users_loop = sum(len(batches[i]) for i in range(loop_batches))
+    epoch = {"torch.func": sum(times["torch.func"])}
+    epoch["loop"] = sum(times["loop"]) * len(train) / users_loop
+    ratio = epoch["loop"] / epoch["torch.func"]
+    # same numbers? (float32: the runs drift apart slowly over many meta-steps, so also the first)
+    diffs = [abs(x - y) for x, y in zip(losses["torch.func"], losses["loop"])]
+    diff, first_diff = max(diffs), diffs[0]
+    extrapolated = loop_batches < len(batches)
+    print(f"MAMO epoch over {len(train)} users ({len(batches)} batches of {cfg.batch_size}), {args.device}, "
+          f"{torch.get_num_threads()} threads:")
+    print(f"  batched (torch.func): {epoch['torch.func']:7.1f} s")
+    print(f"  per-user loop:        {epoch['loop']:7.1f} s" + (f" (extrapolated from {users_loop} users)" if extrapolated else ""))
+    print(f"  ratio loop / batched: {ratio:5.1f}x   (batch-loss difference: first {first_diff:.1e}, largest {diff:.1e})")
+
+    record = {
+        "what": "wall time of one MAMO meta-training epoch (every training user once, meta_step per batch)",
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "data": args.data,
+        "data_checksum": split.info.get("checksum"),
+        "data_canonical": split.info.get("canonical"),
+        "train_users": len(train),
+        "batches": len(batches),
+        "batch_size": cfg.batch_size,
+        "preset": args.preset,
+        "overrides": overrides,
+        "config": {k: v for k, v in vars(cfg).items() if k != "backend"},
+        "epoch_s": epoch,
+        "loop_extrapolated_from_users": users_loop if extrapolated else None,
+        "ratio_loop_over_batched": ratio,
+        "median_batch_s": {b: statistics.median(t) for b, t in times.items() if t},
+        "batch_s": times,
+        "max_abs_batch_loss_difference": diff,
+        "first_batch_loss_difference": first_diff,
+        "environment": {
+            "device": str(device),
+            "cuda_device": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+            "cpu": cpu_model(),
+            "cpu_count": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+            "load_average_before_after": [list(load_before), list(os.getloadavg())],
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "git_commit": git_commit(),
+            "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        },
+    }
+    out = Path(args.out) if args.out else REPO / "benchmarks" / "results" / (
+        f"mamo_speed_{args.data}_{args.device}_{datetime.now(timezone.utc).strftime('%Y%m%dT%H%M%SZ')}.json"
+    )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(record, indent=2, default=str) + "\n")
+    print(f"wrote {out} (load average before {load_before[0]:.2f}, after {os.getloadavg()[0]:.2f})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
