@@ -8,7 +8,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from baselines.s2meta import S2Meta, StopController, UpdateController, _take
+from baselines.s2meta import S2Meta, UpdateController, _take
 from metarec.checkpoint import load_state, save_state
 from metarec.cli import main
 from metarec.registry import get_learner, learner_entries
@@ -19,13 +19,6 @@ SMALL = dict(embedding_dim=4, side_width=8, hidden=(8, 4), lstm_hidden=8, max_st
 
 def _learner(split, seed=0, **overrides):
     return S2Meta.from_settings(split.train.schema, preset="paper", overrides={**SMALL, **overrides}, seed=seed)
-
-
-def _features(learner, batch):
-    return (
-        learner.inputs(batch.user_features, batch.support_features),
-        learner.inputs(batch.user_features, batch.query_features),
-    )
 
 
 # --------------------------------------------------------------------------- controllers
@@ -45,7 +38,7 @@ def test_update_controller_outputs_shapes_ranges_and_forget_init():
         assert h.shape == c.shape == (p.numel(), 16)
         assert torch.all((lr > 0) & (lr < 1)), "the learning rate is a sigmoid: inside (0, 1)"
         assert torch.all((f > 0) & (f < 1))
-        # The update rule itself: theta' = f * theta - lr * clamp(g, -1, 1).
+    # The update rule itself: theta' = f * theta - lr * clamp(g, -1, 1).
     for p, g, n, lr, f in zip(params, grads, new, lrs, forgets):
         torch.testing.assert_close(n, f * p - lr * g.clamp(-1, 1))
     # Forget-gate bias 5: f ~ sigmoid(5) = 0.9933 at initialisation.
