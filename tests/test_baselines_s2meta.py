@@ -144,20 +144,23 @@ def test_batched_adaptation_equals_one_user_at_a_time(synthetic_split):
 
 
 def test_evaluation_stop_rule_threshold_is_deterministic_and_sample_is_seeded(synthetic_split):
-    learner = _learner(synthetic_split)
-    batch = synthetic_split.test.batch(range(6))
+    batch = synthetic_split.test.batch(range(8))
+    never = _learner(synthetic_split, stop_threshold=0.999)
+    with torch.no_grad():
+        probs = never.adapt(batch).stop_probs  # p_t along the full trajectories
+    c = never.config
+    # A threshold inside the observed range, so that some users stop and others go on.
+    threshold = probs[c.min_steps :].median().item()
+    learner = _learner(synthetic_split, stop_threshold=threshold)
     with torch.no_grad():
         ad = learner.adapt(batch)
-    c = learner.config
-    probs = ad.stop_probs
-    # Threshold rule: a user stops at the first step t >= min_steps with p_t > 0.5.
-    for b in range(6):
-        expected = c.max_steps
-        for t in range(c.min_steps, probs.shape[0]):
-            if probs[t, b] > 0.5:
-                expected = t
-                break
-        assert ad.steps[b].item() == expected
+    # Threshold rule: a user stops at the first step t >= min_steps with p_t > threshold.
+    expected = []
+    for b in range(8):
+        over = [t for t in range(c.min_steps, c.max_steps) if probs[t, b] > threshold]
+        expected.append(over[0] if over else c.max_steps)
+    assert ad.steps.tolist() == expected
+    assert len(set(expected)) > 1
     assert torch.equal(learner.adapt_and_predict(batch), learner.adapt_and_predict(batch))
     sampled = _learner(synthetic_split, eval_stop_rule="sample")
     u1, u2 = sampled.eval_uniforms(batch), sampled.eval_uniforms(_take(batch, slice(2, 4)))
