@@ -9,19 +9,21 @@ step on each user's support set and by the global step.
 Deviations and open choices, and why:
 
 * **Meta-optimiser = plain SGD** at the stated rate 0.4. The paper gives only the rate. MeLU's
-  Adam at 0.4 diverges: every Adam step moves every weight by ~0.4, which wrecks a network whose
-  weights are ~0.1 (on synthetic data the loss reaches ~1e10 in the first epoch and the test MAE
-  ends at 2.3, against 0.79 for the global mean); ``overrides={"meta_optimizer": "adam"}`` reproduces it.
-* **Meta-gradient norm clipped at 1** (``grad_clip``), in the ``paper`` preset too. Plain SGD at
-  0.4 without it diverges as well: at initialisation the network predicts ~0 for ratings of
-  ~3.5, the first meta-gradients are large, and the loss is NaN within 5 meta-steps on
-  synthetic data (``overrides={"grad_clip": None}``). The MAMO authors report finite numbers, so
-  their run must have been stabilised somehow; clipping is the smallest change that does it
-  (with a clip of 10 the loss still spikes to ~1e12 in the first epoch before recovering).
+  Adam at 0.4 diverges: every Adam step moves every weight by ~0.4, which wrecks a network
+  whose weights are ~0.1 (on ML-1M the loss reaches ~1.7e8 in the first epoch and the model
+  ends as a constant predictor: validation MAE 0.913 after 2 epochs, global mean 0.918);
+  ``overrides={"meta_optimizer": "adam"}`` reproduces it.
+* **Meta-gradient norm clipped at 1** (``grad_clip``), in the ``paper`` preset too. Plain SGD
+  at 0.4 without it diverges as well: at initialisation the network predicts ~0 for ratings of
+  ~3.5, the first meta-gradients are large, and the loss is NaN in the first epoch on ML-1M
+  and within 5 meta-steps on synthetic data (``overrides={"grad_clip": None}``). The MAMO
+  authors report finite numbers, so their run must have been stabilised somehow; clipping is
+  the smallest change that does it (with a clip of 10 the loss still spikes to ~1e12 in the
+  first epoch on synthetic data before recovering).
 * **Local rate and steps** are MeLU's (5e-6, 1 step) in the ``paper`` preset, because neither the
   MAMO paper nor the retrievable part of the original paper states them; with 5e-6 the local
   step does nothing measurable, so the ``tuned`` preset (= the config defaults, what the harness
-  runs unless told otherwise) uses a local rate of 0.05 (see :data:`TUNED`).
+  runs unless told otherwise) uses 2 local steps of 0.01 (see :data:`TUNED`).
 * **Inputs, protocol, second order, clipping**: as in :mod:`baselines.melu`.
 * The original paper's own architecture and rates could not be retrieved (only its abstract);
   this is the MAMO authors' reading of it.
@@ -44,12 +46,14 @@ PAPER: dict[str, Any] = {
     "grad_clip": 1.0,
 }
 
-#: The paper preset with a local rate that adapts. Chosen on synthetic data (1,500 users,
-#: profile signal 0.6; test MAE): local lr {5e-6, 0.01, 0.05} x SGD rate {0.4, 0.1} x clip
-#: {1, 10}. Paper 0.605; local 0.05: 0.491 (SGD 0.1 and clip 10 give the same, 0.490).
+#: The paper preset with a local rate that adapts, picked on ML-1M validation users (20 % of the
+#: training users, seed 0; MAE after 20 epochs): paper 0.876 (global mean 0.918); local lr
+#: {5e-6, 0.01, 0.05} x SGD rate {0.4, 0.1}: best 0.811 (local 0.01, SGD 0.4); 2 local steps:
+#: 0.804 (local 0.02 x 2: 0.811). On synthetic data the same search preferred local 0.05.
 TUNED: dict[str, Any] = {
     **PAPER,
-    "inner_lr": 5e-2,
+    "inner_lr": 1e-2,
+    "inner_steps": 2,
 }
 
 

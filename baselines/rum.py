@@ -21,16 +21,21 @@ the one shared :func:`memory_read` consumes.
 How RUM is run inside the MAMO protocol -- choices the MAMO paper leaves open (appendix A.2:
 "memory initialised by each user's history records and locally updated"), each a config key:
 
-* **No ID embeddings.** Test users are unseen and cold items are barely seen, so ``p_u`` is a
-  linear map of the user's profile-feature embeddings and ``q_i`` of the item's feature
-  embeddings (schema features, :class:`metarec.nn.FeatureEmbedder`), not per-ID tables.
+* **No ID embeddings.** Test users are unseen and cold items are barely seen, so ``p_u`` is the
+  sum of one D-vector per value of the user's profile features and ``q_i`` the same over the
+  item's features (SVDFeature style, :class:`metarec.nn.FeatureEmbedder`; multi-valued
+  features: the mean of their values' vectors), not per-ID tables. The vectors start small
+  (``init_std`` 0.1, as MF does): with torch's N(0, 1) embedding init, dot products start at
+  ~sqrt(D) and SGD at the grid's rates diverges. A linear map from concatenated feature
+  embeddings to D (tried first) diverges under SGD too, because its gradient scales with the
+  squared norm of the whole concatenation.
 * **The memory is built from each user's support set** (the 15 earliest ratings), written in
   time order; query items are predicted from it. Item-level: K = 20 >= 15 slots, so the memory is
   all support items (padding masked); feature-level: 15 erase-add writes from ``memory_init``
   (zeros, or a learned initial memory).
 * **Ratings.** RUM was built for implicit feedback: its memory records *which* items a user
   consumed, not how they rated them. ``memory_values="item"`` (the paper) keeps that;
-  ``"rated_item"`` writes ``(r - mean) * q`` instead (item-level: the values; feature-level: the
+  ``"rated_item"`` writes ``(r - mean) * q`` instead (mean = the training mean) (item-level: the values; feature-level: the
   erase/add input, addressing still by ``q``), so the memory says whether the user liked what
   they saw -- for item-level RUM this turns the read into an attention-weighted item-kNN term.
 * **Local update** (``local_steps``, ``local_lr``): a few plain gradient steps on ``p_u`` (and
@@ -285,9 +290,11 @@ class RUMNet(nn.Module):
 
 # --------------------------------------------------------------------------- learners
 
-#: Names of the per-user entries passed to the engine next to the network's parameters.
-_USER_P, _USER_B = "user.p", "user.b"
-_KEYS, _VALUES, _VALID = "memory.keys", "memory.values", "memory.valid"
+#: Names of the per-user entries passed to the engine next to the network's parameters (a
+#: prefix no module attribute of :class:`RUMNet` has, so they never shadow a parameter).
+_STATE = "per_user."
+_USER_P, _USER_B = _STATE + "p", _STATE + "b"
+_KEYS, _VALUES, _VALID = _STATE + "keys", _STATE + "values", _STATE + "valid"
 
 
 class RUMLearner(EpisodicLearner):
@@ -307,7 +314,7 @@ class RUMLearner(EpisodicLearner):
         self.local_names = [_USER_P] + ([_USER_B] if c.user_bias else [])
 
         def forward(params: Mapping[str, Tensor], user_x: Mapping[str, Tensor], items_x: Mapping[str, Tensor]) -> Tensor:
-            net_params = {k: v for k, v in params.items() if not k.startswith(("user.", "memory."))}
+            net_params = {k: v for k, v in params.items() if not k.startswith(_STATE)}
             state = (params[_USER_P], params[_USER_B], params[_KEYS], params[_VALUES], params[_VALID])
             return functional_call(self.net, net_params, (items_x, *state))
 

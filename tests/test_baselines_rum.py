@@ -157,10 +157,25 @@ def test_local_step_moves_the_user_vector_towards_the_support_ratings(synthetic_
     state = {k: v.detach() for k, v in state.items()}
     before = engine.predict_batch(learner.forward, params, batch, user_params=state, items="support")
     fast = engine.adapt_batch(learner.forward, params, learner.local_names, batch, lr=0.5, steps=3, user_params=state)
-    assert set(fast) == {"user.p"}
+    assert set(fast) == {"per_user.p"}
     after = engine.predict_batch(learner.forward, params, batch, user_params={**state, **fast}, items="support")
     err = lambda p: ((p - batch.support_ratings) ** 2).mean(1)  # noqa: E731
     assert (err(after) < err(before)).all()
+
+
+@pytest.mark.parametrize("local_steps", [0, 1])
+def test_meta_step_trains_the_feature_memory_writer(synthetic_split, local_steps):
+    """The query loss reaches the keys and the erase/add maps through the 15 writes and the read."""
+    train = synthetic_split.train
+    learner = FeatureRUM.from_settings(
+        train.schema, preset="tuned", overrides={"l2": 0.0, "local_steps": local_steps}, seed=0
+    )
+    learner.on_fit_start(train)
+    names = ("memory.keys", "memory.erase.weight", "memory.add.weight")
+    before = {n: learner.params()[n].detach().clone() for n in names}
+    learner.meta_step(train.batch(torch.arange(16)))
+    for n in names:
+        assert not torch.equal(learner.params()[n], before[n]), n
 
 
 def _mae(pred, taskset):
