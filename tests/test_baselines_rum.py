@@ -198,10 +198,11 @@ def test_checkpoint_round_trip_gives_the_same_predictions(synthetic_split, batch
     from metarec.checkpoint import load_state, save_state
 
     train = synthetic_split.train
-    learner = FeatureRUM.from_settings(train.schema, preset="tuned", overrides={"epochs": 1, "memory_init": "learned"}, seed=0)
+    overrides = {"epochs": 1, "memory_init": "learned"}
+    learner = FeatureRUM.from_settings(train.schema, preset="tuned", overrides=overrides, seed=0)
     learner.meta_fit(train)
     save_state(tmp_path / "ckpt", learner.state_dict())
-    fresh = FeatureRUM.from_settings(train.schema, preset="tuned", overrides={"epochs": 1, "memory_init": "learned"}, seed=1)
+    fresh = FeatureRUM.from_settings(train.schema, preset="tuned", overrides=overrides, seed=1)
     fresh.load_state_dict(load_state(tmp_path / "ckpt"))
     torch.testing.assert_close(fresh.adapt_and_predict(batch), learner.adapt_and_predict(batch))
     assert fresh.epochs_done == 1
