@@ -224,6 +224,7 @@ class FeatureMemory(nn.Module):
         return memory * (1 - w * e) + w * a
 
     def forward(self, q: Tensor, x: Tensor, mask: Tensor, beta: float) -> tuple[Tensor, Tensor, Tensor]:
+        """Erase-add writes of the support items in time order; returns (keys, values, valid)."""
         b = q.shape[0]
         memory = self.init.expand(b, *self.init.shape)
         for s in range(q.shape[1]):  # time order; a padded position leaves the memory unchanged
@@ -352,6 +353,7 @@ class RUMLearner(EpisodicLearner):
         return {_USER_P: p, _USER_B: b_u, _KEYS: keys, _VALUES: values, _VALID: valid}
 
     def params(self) -> dict[str, Tensor]:
+        """The network's parameters by name (what the optional local step starts from)."""
         return dict(self.net.named_parameters())
 
     def meta_step(self, batch: TaskBatch) -> float:

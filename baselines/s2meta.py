@@ -159,6 +159,7 @@ class FeatureInputs(nn.Module):
 
     @property
     def out_dim(self) -> int:
+        """Width of the MLP input: user plus item projection (128 with the public config)."""
         return self.user_proj.out_features + self.item_proj.out_features
 
     def forward(self, user_x: Mapping[str, Tensor], items_x: Mapping[str, Tensor]) -> Tensor:
@@ -261,6 +262,7 @@ class CoordinateLSTM(nn.Module):
                 raise ValueError(f"unknown lstm_bias_init {lstm_bias_init!r}; use forget, reference or default")
 
     def initial_state(self, n: int) -> tuple[Tensor, Tensor]:
+        """The learned initial (h, c) repeated for ``n`` coordinates."""
         return self.h0.expand(n, -1).contiguous(), self.c0.expand(n, -1).contiguous()
 
     def step_tensors(self) -> tuple[Tensor | None, ...]:

@@ -214,9 +214,11 @@ class MAMORecommender(nn.Module):
         self.out_dim = out_dim
 
     def embed_user(self, profile: Tensor) -> Tensor:
+        """The user embedding e_u of Eq. 1 from the embedded profile."""
         return self.user_mlp(profile)
 
     def forward(self, user_x: Mapping[str, Tensor], items_x: Mapping[str, Tensor], task_weight: Tensor | None = None) -> Tensor:
+        """Predictions for one user's items (Eq. 2), with ``task_weight`` as the fast weight M_{u,I}."""
         e_u = self.user_mlp(user_x["profile"])
         e_i = self.item_mlp(items_x["profile"])
         x = torch.cat([broadcast_user(e_u, e_i), e_i], dim=-1)  # [e_u; e_i], Eq. 2
@@ -261,13 +263,16 @@ class MAMOMemory(nn.Module):
 
     @property
     def has_gradient_memory(self) -> bool:
+        """Whether the fast-gradient memory M_U exists (off in the no-feature-memory ablation)."""
         return bool(self.user_param_names)
 
     @property
     def has_task_memory(self) -> bool:
+        """Whether the task memory cube M_{U,I} exists (off in the no-task-memory ablation)."""
         return hasattr(self, "task")
 
     def gradient(self, name: str) -> Tensor:
+        """The M_U slots ``[K, ...]`` for user-MLP parameter ``name``."""
         return getattr(self, self._key(name))
 
     # -- reads (Eq. 3, 4, 7)
@@ -397,6 +402,7 @@ class MAMO(EpisodicLearner):
         return torch.func.functional_call(self.recommender, params, (user_x, items_x), {"task_weight": task_weight})
 
     def params(self) -> dict[str, Tensor]:
+        """The recommender's meta-parameters (phi_u, phi_i, phi_r) by name."""
         return dict(self.recommender.named_parameters())
 
     # ----------------------------------------------------------------- the pieces of a step
@@ -425,6 +431,7 @@ class MAMO(EpisodicLearner):
         return a, user_params
 
     def schedule(self, n_support: int, *, training: bool) -> tuple[int, Tensor | None]:
+        """Local steps and their support masks: one item per step by default (Algorithm 1)."""
         c: MAMOConfig = self.config
         epochs = c.local_epochs if training or c.eval_local_epochs is None else c.eval_local_epochs
         if c.local_batch_size is None:
