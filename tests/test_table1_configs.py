@@ -66,3 +66,15 @@ def test_table1_bx_config_runs_every_method_on_a_bx_fixture(tmp_path):
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     assert mod.main([str(out)]) == 0
+    # the speed table of the reproduction report is derived from the same results.json
+    spec = importlib.util.spec_from_file_location("speed_table", REPO / "benchmarks" / "speed_table.py")
+    speed = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(speed)
+    assert speed.main([str(out)]) == 0
+    import json
+
+    table = json.loads((out / "speed.json").read_text())
+    assert [r["method"] for r in table["rows"]] == list(cfg.methods)
+    mamo = next(r for r in table["rows"] if r["method"] == "mamo")
+    assert mamo["epochs"] == 1 and mamo["s_per_epoch"] > 0 and mamo["eval_users_per_s"] > 0
+    assert table["environment"]["git"] and table["environment"]["dataset"] == "book-crossing"
