@@ -23,6 +23,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from metarec.bench.environment import cpu_model, git_label
+
 REPO = Path(__file__).resolve().parents[1]
 
 CHILD = r"""
@@ -38,25 +40,6 @@ print(json.dumps({"import_s": t1 - t0, "load_s": t2 - t1, "cache_hit": split.inf
                   "checksum": split.info["checksum"], "canonical": split.info["canonical"],
                   "train_users": split.info["train_users"], "test_users": split.info["test_users"]}))
 """
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def git_commit() -> str:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "metarec"], cwd=REPO, capture_output=True, text=True).stdout.strip()
-        return out + ("+dirty" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def run_child(dataset: str, data_dir: str, seed: int, cache_dir: str, cores: int | None, threads: int) -> dict:
@@ -131,7 +114,7 @@ def main() -> None:
             "platform": platform.platform(),
             "numpy": numpy.__version__,
             "torch": torch.__version__,
-            "git_commit": git_commit(),
+            "git_commit": git_label(),
         },
         "time_utc": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "command": " ".join([Path(sys.executable).name, *sys.argv]),

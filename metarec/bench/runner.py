@@ -18,10 +18,8 @@ import concurrent.futures as cf
 import dataclasses
 import multiprocessing as mp
 import os
-import platform
 import resource
 import shutil
-import subprocess
 import sys
 import time
 import traceback
@@ -32,6 +30,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from metarec.bench.config import CONFIG_FORMAT, BenchConfig, differences, protocol_config
+from metarec.bench.environment import cpu_model, environment_info  # noqa: F401  (re-exported)
 from metarec.bench.progress import BenchProgress, ProgressCallback, Sink
 from metarec.bench.results import (
     RUN_FORMAT,
@@ -52,64 +51,6 @@ from metarec.schema import SCENARIOS
 
 class BenchError(RuntimeError):
     """The benchmark cannot start (bad method name, bad settings, unusable output folder)."""
-
-
-# ---------------------------------------------------------------------------- environment
-
-
-def _git_info() -> dict[str, Any]:
-    root = Path(__file__).resolve().parents[2]
-    try:
-        commit = subprocess.run(
-            ["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10
-        )
-        if commit.returncode != 0:
-            return {"commit": None, "dirty": None}
-        status = subprocess.run(
-            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True, text=True, timeout=10,
-        )
-        return {"commit": commit.stdout.strip(), "dirty": bool(status.stdout.strip())}
-    except (OSError, subprocess.SubprocessError):
-        return {"commit": None, "dirty": None}
-
-
-def cpu_model() -> str:
-    """The CPU's model name from /proc/cpuinfo (Linux), else :func:`platform.processor`."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
-            for line in fh:
-                if line.lower().startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def environment_info(device: str) -> dict[str, Any]:
-    """Versions, hardware and code revision: what someone needs to reproduce the numbers."""
-    import scipy
-    import torch
-
-    import metarec
-
-    info: dict[str, Any] = {
-        "python": sys.version.split()[0],
-        "torch": torch.__version__,
-        "numpy": np.__version__,
-        "scipy": scipy.__version__,
-        "metarec": metarec.__version__,
-        "platform": platform.platform(),
-        "cpu_model": cpu_model(),
-        "cpu_count": os.cpu_count(),
-        "device_requested": device,
-        "cuda_available": torch.cuda.is_available(),
-        "git": _git_info(),
-    }
-    if torch.cuda.is_available():
-        info["cuda_device"] = torch.cuda.get_device_name(0)
-        info["cuda_version"] = torch.version.cuda
-    return info
 
 
 # ---------------------------------------------------------------------------- memory
