@@ -14,7 +14,7 @@ from __future__ import annotations
 import abc
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, ClassVar, Iterable, Mapping, Sequence
+from typing import Any, ClassVar, Iterable, Literal, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -226,6 +226,23 @@ class EpisodicConfig(LearnerConfig):
             raise ValueError(f"epochs must be >= 0, got {self.epochs}")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+
+
+@dataclass
+class RatingMLPConfig(EpisodicConfig):
+    """Episodic training of :class:`metarec.nn.RatingMLP`: the network's settings (MeLU's sizes)."""
+
+    #: Embedding size per feature and hidden layers of the rating MLP (MeLU: 32 and 64-64).
+    embedding_dim: int = 32
+    hidden: tuple[int, ...] = (64, 64)
+    activation: str = "relu"
+    #: How a multi-valued feature (genres, directors) is pooled: mean (MeLU), sum, sigmoid (MAMO).
+    multi_pooling: Literal["mean", "sum", "sigmoid"] = "mean"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.embedding_dim < 1 or any(h < 1 for h in self.hidden):
+            raise ValueError(f"embedding_dim and hidden sizes must be >= 1, got {self.embedding_dim}, {self.hidden}")
 
 
 class EpisodicLearner(Learner):

@@ -13,7 +13,7 @@ from typing import Literal, Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
-from metarec.schema import Feature
+from metarec.schema import Feature, FeatureSchema
 
 MultiPooling = Literal["mean", "sum", "sigmoid"]
 
@@ -168,6 +168,19 @@ class RatingMLP(nn.Module):
         self.item_embedder = FeatureEmbedder(item_features, embedding_dim, multi_pooling=multi_pooling)
         width = self.user_embedder.out_dim + self.item_embedder.out_dim
         self.head = mlp([width, *hidden, 1], activation=activation)
+
+    @classmethod
+    def from_config(cls, schema: "FeatureSchema", config: object) -> "RatingMLP":
+        """Build from a schema and any config with ``embedding_dim``, ``hidden``, ``activation`` and
+        ``multi_pooling`` (e.g. :class:`metarec.learner.RatingMLPConfig`)."""
+        return cls(
+            schema.user_features,
+            schema.item_features,
+            embedding_dim=config.embedding_dim,
+            hidden=config.hidden,
+            activation=config.activation,
+            multi_pooling=config.multi_pooling,
+        )
 
     def forward(self, user_x: Mapping[str, Tensor], items_x: Mapping[str, Tensor]) -> Tensor:
         """Predicted ratings ``[..., N]`` of one user (or a batch) for ``N`` items."""

@@ -19,20 +19,15 @@ import torch
 from torch import Tensor, nn
 
 from metarec import engine
-from metarec.learner import EpisodicConfig, EpisodicLearner
+from metarec.learner import EpisodicLearner, RatingMLPConfig
 from metarec.nn import RatingMLP
 from metarec.tasks import TaskBatch
 
 
 @dataclass
-class MAMLConfig(EpisodicConfig):
+class MAMLConfig(RatingMLPConfig):
     """Settings of a MAML-trained rating model (defaults: MeLU's published values)."""
 
-    embedding_dim: int = 32
-    hidden: tuple[int, ...] = (64, 64)
-    activation: str = "relu"
-    #: How a multi-valued feature (genres, directors) is pooled: mean (MeLU), sum, sigmoid (MAMO).
-    multi_pooling: Literal["mean", "sum", "sigmoid"] = "mean"
     #: Local (inner) learning rate and number of plain gradient steps on the support set.
     inner_lr: float = 5e-6
     inner_steps: int = 1
@@ -75,14 +70,7 @@ class MAMLLearner(EpisodicLearner):
     def build_model(self) -> nn.Module:
         """The rating model; override to use another network (it must map ``(user_x, items_x)`` to ``[N]``)."""
         c = self.config
-        return RatingMLP(
-            self.schema.user_features,
-            self.schema.item_features,
-            embedding_dim=c.embedding_dim,
-            hidden=c.hidden,
-            activation=c.activation,
-            multi_pooling=c.multi_pooling,
-        )
+        return RatingMLP.from_config(self.schema, c)
 
     def local_parameter_names(self) -> list[str]:
         """Parameters adapted on each user's support set (the rest are global-only)."""

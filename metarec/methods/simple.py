@@ -18,13 +18,13 @@ support ratings in :meth:`adapt_and_predict`, exactly like the meta-learners the
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal, Mapping, Sequence
+from typing import Any, ClassVar, Mapping, Sequence
 
 import torch
 from torch import Tensor
 
 from metarec import engine
-from metarec.learner import Callback, EpisodicConfig, EpisodicLearner, Learner, LearnerConfig
+from metarec.learner import Callback, EpisodicLearner, Learner, LearnerConfig, RatingMLPConfig
 from metarec.nn import RatingMLP
 from metarec.tasks import TaskBatch, TaskSet
 
@@ -179,16 +179,10 @@ class BaselinePredictor(Learner):
 
 
 @dataclass
-class ProfileMLPConfig(EpisodicConfig):
-    """The rating network and its plain (non-meta) training; network defaults are MeLU's sizes."""
+class ProfileMLPConfig(RatingMLPConfig):
+    """The rating network and its plain (non-meta) training; network defaults are MeLU's sizes,
+    so that the gap to MeLU measures meta-learning and not capacity."""
 
-    #: Embedding size per feature and hidden layers: MeLU's decision network, so that the
-    #: gap to MeLU measures meta-learning and not capacity.
-    embedding_dim: int = 32
-    hidden: tuple[int, ...] = (64, 64)
-    activation: str = "relu"
-    #: Pooling of multi-valued features (genres, directors): mean (MeLU), sum or sigmoid (MAMO).
-    multi_pooling: Literal["mean", "sum", "sigmoid"] = "mean"
     #: Adam on the mean squared error of all the batch users' ratings (support and query).
     lr: float = 1e-3
     weight_decay: float = 0.0
@@ -199,8 +193,6 @@ class ProfileMLPConfig(EpisodicConfig):
         super().__post_init__()
         if self.lr <= 0:
             raise ValueError(f"lr must be positive, got {self.lr}")
-        if self.embedding_dim < 1 or any(h < 1 for h in self.hidden):
-            raise ValueError(f"embedding_dim and hidden sizes must be >= 1, got {self.embedding_dim}, {self.hidden}")
 
 
 class ProfileMLP(EpisodicLearner):
@@ -222,14 +214,7 @@ class ProfileMLP(EpisodicLearner):
 
     def build(self) -> None:
         c = self.config
-        self.model = RatingMLP(
-            self.schema.user_features,
-            self.schema.item_features,
-            embedding_dim=c.embedding_dim,
-            hidden=c.hidden,
-            activation=c.activation,
-            multi_pooling=c.multi_pooling,
-        ).to(self.device)
+        self.model = RatingMLP.from_config(self.schema, c).to(self.device)
         self.optimizer = engine.make_optimizer("adam", self.model.parameters(), c.lr, c.weight_decay)
 
     def meta_step(self, batch: TaskBatch) -> float:
