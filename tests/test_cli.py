@@ -21,12 +21,15 @@ def test_version():
     assert metarec.__version__ in result.output
 
 
-def test_methods_table_lists_builtins_with_their_source():
-    result = CliRunner().invoke(main, ["methods"], terminal_width=200)
+def test_methods_table_lists_every_method_with_its_source():
+    result = CliRunner().invoke(main, ["methods"], terminal_width=250)
     assert result.exit_code == 0, result.output
-    assert "mamo" in result.output
-    assert "global-mean" in result.output
-    assert "source package" in result.output
+    assert "skipped" not in result.output  # every registered learner imports
+    rows = {line.split("│")[1].strip(): line for line in result.output.splitlines() if line.count("│") >= 4}
+    for name in ("mamo", "global-mean", "baseline-predictor", "profile-mlp", "profile-mlp-finetune"):
+        assert "metarec" in rows[name], name
+    for name in ("melu", "metacs-dnn", "s2meta", "rum-item", "rum-feature"):
+        assert "baselines" in rows[name], name
 
 
 def test_unknown_command_fails_cleanly():
