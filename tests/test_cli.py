@@ -22,7 +22,7 @@ def test_version():
 
 
 def test_methods_table_lists_every_method_with_its_source():
-    result = CliRunner().invoke(main, ["methods"], terminal_width=250)
+    result = CliRunner().invoke(main, ["methods"], env={"COLUMNS": "250"})
     assert result.exit_code == 0, result.output
     assert "skipped" not in result.output  # every registered learner imports
     rows = {line.split("│")[1].strip(): line for line in result.output.splitlines() if line.count("│") >= 4}
