@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import gzip
 import json
 import math
 import sys
@@ -85,7 +86,9 @@ def mean_std(values: list[float]) -> tuple[float, float | None]:
 
 def read_rows(path: Path) -> "OrderedDict[tuple[str, int], list[dict]]":
     groups: "OrderedDict[tuple[str, int], list[dict]]" = OrderedDict()
-    with path.open(newline="", encoding="utf-8") as fh:
+    # committed results keep their predictions gzip-compressed (predictions.csv.gz)
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", newline="", encoding="utf-8") as fh:
         reader = csv.DictReader(fh)
         expected = ["method", "seed", "user_id", "item_id", "rating", "prediction", "scenario"]
         if reader.fieldnames != expected:
@@ -110,7 +113,10 @@ def main(argv: list[str] | None = None) -> int:
     info = results["metrics_info"]
     k, clip_size = int(info["k"]), int(info["clip_size"])
     key = f"ndcg@{k}"
-    groups = read_rows(args.run_dir / "predictions.csv")
+    pred_path = args.run_dir / "predictions.csv"
+    if not pred_path.exists() and pred_path.with_suffix(".csv.gz").exists():
+        pred_path = pred_path.with_suffix(".csv.gz")
+    groups = read_rows(pred_path)
 
     problems: list[str] = []
     checked, worst = 0, 0.0

@@ -295,3 +295,22 @@ def test_ml1m_simple_baselines_end_to_end(shared_data_dir, tmp_path):
     assert 0 < cells["C-C"]["n"] < 100  # the cold/cold cell is tiny: hence its interval
     assert cells["overall"]["mae"]["mean"] < results["methods"]["global-mean"]["cells"]["overall"]["mae"]["mean"]
     assert recompute(tmp_path / "ml") == 0
+
+
+def test_recompute_reads_gzipped_predictions(bench_run, tmp_path):
+    """Committed results keep predictions as predictions.csv.gz; the check must read them too."""
+    import gzip
+    import shutil
+
+    out, _ = bench_run
+    copy = tmp_path / "committed"
+    shutil.copytree(out, copy)
+    with open(copy / "predictions.csv", "rb") as src, gzip.open(copy / "predictions.csv.gz", "wb") as dst:
+        shutil.copyfileobj(src, dst)
+    (copy / "predictions.csv").unlink()
+    assert recompute(copy) == 0
+    # and it still catches a wrong number
+    results = json.loads((copy / "results.json").read_text())
+    results["methods"]["global-mean"]["cells"]["W-W"]["mae"]["mean"] += 0.01
+    (copy / "results.json").write_text(json.dumps(results))
+    assert recompute(copy) != 0
