@@ -33,7 +33,7 @@ $(BIN)/.installed: pyproject.toml
 venv: $(BIN)/.installed
 
 bench: venv
-	$(BIN)/metarec bench --methods $(METHODS) --dataset ml-1m --data-dir $(DATA_DIR) --seeds $(SEEDS)
+	$(BIN)/metarec bench --methods $(METHODS) --dataset ml-1m --data-dir $(DATA_DIR) --seeds $(SEEDS) --jobs 2 --threads 1
 
 # The learn2learn parity test runs for real: it needs its own environment (learn2learn imports
 # torchvision, which needs a different torch build than the CPU one above).
