@@ -289,3 +289,16 @@ def test_ml1m_acceptance_counts(shared_data_dir, tmp_path, monkeypatch):
     # the item split of the reconstructed file is close to the paper's 1,683 / 1,645
     assert abs(info["items_warm"] - 1683) < 150 and abs(info["items_cold"] - 1645) < 150
     assert len(split.train.items) == 3883  # every movie of movies.dat, so every rated one
+
+
+def test_relative_data_directory_is_not_applied_twice(tmp_path, monkeypatch):
+    """A relative --data-dir (e.g. ../shared/data) must reach every file, vocabularies included."""
+    write_ml1m(tmp_path / "data" / "ml-1m")
+    (tmp_path / "work").mkdir()
+    monkeypatch.chdir(tmp_path / "work")
+    data = load_movielens(Path("../data/ml-1m"))
+    assert data.schema.item_feature("genre").cardinality > 0
+    from metarec.data import load_split
+
+    split = load_split("ml-1m", data_dir="../data", seed=1, use_cache=False)
+    assert len(split.train) + len(split.test) == split.info["users_kept"]

@@ -108,8 +108,8 @@ def load_movielens(directory: str | Path, options: MovieLensOptions | None = Non
         FeatureSpec("rate", "categorical", vocabulary=RATES,
                     on_missing="category" if opts.missing_extra_info == "fallback" else "error"),
         FeatureSpec("year", "categorical", vocabulary=years),
-        FeatureSpec("genre", "multi_categorical", separator=", ", vocabulary_file=str(d / GENRE_FILE), value_map=annotated),
-        FeatureSpec("director", "multi_categorical", separator=", ", vocabulary_file=str(d / DIRECTOR_FILE),
+        FeatureSpec("genre", "multi_categorical", separator=", ", vocabulary_file=GENRE_FILE, value_map=annotated),
+        FeatureSpec("director", "multi_categorical", separator=", ", vocabulary_file=DIRECTOR_FILE,
                     value_map=annotated, strip_annotations=True),
     ]
     if opts.actors:
