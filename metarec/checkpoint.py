@@ -138,6 +138,14 @@ def load_state(path: str | Path) -> Any:
     return unflatten_state(meta["state"], arrays)
 
 
+def state_files(path: str | Path) -> tuple[Path, Path]:
+    """The ``(json, arrays)`` files of the state at ``path`` (the array file is named in the JSON)."""
+    path = Path(path)
+    meta_path = path.with_suffix(".json")
+    arrays = json.loads(meta_path.read_text("utf-8"))["arrays"]
+    return meta_path, path.parent / arrays
+
+
 def state_exists(path: str | Path) -> bool:
     """Whether a complete state written by :func:`save_state` exists at ``path``."""
     path = Path(path)

@@ -18,6 +18,7 @@ import pytest
 from click.testing import CliRunner
 
 from datafiles import write_ml1m
+from metarec.checkpoint import state_files
 from metarec.data import cache as split_cache
 from metarec.data import catalog, load_split
 from metarec.data.catalog import DataFile, Resource, dataset_dir, resolve_data_dir
@@ -238,7 +239,7 @@ def test_cache_hit_gives_identical_tasks_and_no_pickle(tmp_path):
         for k in x.items.columns:
             assert np.array_equal(x.items.columns[k].numpy(), y.items.columns[k].numpy())
     stem = Path(b.info["cache"]["path"])
-    with np.load(stem.with_suffix(".npz"), allow_pickle=False) as npz:
+    with np.load(state_files(stem)[1], allow_pickle=False) as npz:
         assert len(npz.files) > 0
     json.loads(stem.with_suffix(".json").read_text())
     for k in ("users_warm", "items_cold", "query_scenarios_test", "load_drops", "protocol"):
@@ -268,7 +269,7 @@ def test_damaged_cache_entry_is_rebuilt(tmp_path):
     write_ml1m(tmp_path / "ml-1m")
     a = load_split("ml-1m", data_dir=tmp_path)
     stem = Path(a.info["cache"]["path"])
-    stem.with_suffix(".npz").write_bytes(b"garbage")
+    state_files(stem)[1].write_bytes(b"garbage")
     b = load_split("ml-1m", data_dir=tmp_path)
     assert b.info["cache"]["hit"] is False and split_cache.tensors_equal(a.train, b.train)
     assert load_split("ml-1m", data_dir=tmp_path).info["cache"]["hit"] is True

@@ -50,7 +50,7 @@ def cache_key(parts: Mapping[str, Any]) -> str:
 
 
 def entry_path(dataset: str, key: str) -> Path:
-    """Stem of a cache entry (``.npz`` and ``.json`` are added)."""
+    """Stem of a cache entry (see :func:`metarec.checkpoint.save_state` for its files)."""
     return cache_root() / dataset / f"split-{key}"
 
 
@@ -125,7 +125,7 @@ def list_entries(dataset: str | None = None) -> list[Path]:
     out = []
     for d in dirs:
         if d.is_dir():
-            out.extend(sorted(p.with_suffix("") for p in d.glob("split-*.json") if p.with_suffix(".npz").exists()))
+            out.extend(sorted(p.with_suffix("") for p in d.glob("split-*.json") if state_exists(p.with_suffix(""))))
     return out
 
 
