@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -28,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from metarec.bench.environment import cpu_model, git_label
+from metarec.bench.environment import timing_environment
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -131,17 +130,9 @@ def main(argv: list[str] | None = None) -> int:
         "warmup": args.warmup,
         "results": results,
         "environment": {
-            "device": str(device),
-            "cuda_device": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
-            "cpu": cpu_model(),
-            "cpu_count": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(),
+            **timing_environment(device),
             "load_average_before_after": [list(load_before), list(os.getloadavg())],
-            "python": platform.python_version(),
-            "torch": torch.__version__,
             "learn2learn": learn2learn.__version__,
-            "git_commit": git_label(),
-            "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         },
     }
     out = Path(args.out) if args.out else REPO / "benchmarks" / "results" / (

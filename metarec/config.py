@@ -90,14 +90,15 @@ def build_config(cls: type[T], *layers: Mapping[str, Any] | None, where: str = "
 
 def config_to_dict(config: Any) -> dict[str, Any]:
     """A JSON-friendly dict of a config dataclass (tuples become lists)."""
-    return _jsonable(dataclasses.asdict(config))
+    return jsonable(dataclasses.asdict(config))
 
 
-def _jsonable(value: Any) -> Any:
+def jsonable(value: Any) -> Any:
+    """``value`` with tuples turned into lists, recursively (what JSON can hold and give back)."""
     if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
+        return {k: jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
+        return [jsonable(v) for v in value]
     return value
 
 

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Mapping, Sequence
 
-from metarec.config import ConfigError, build_config, load_toml, parse_overrides
+from metarec.config import ConfigError, build_config, jsonable, load_toml, parse_overrides
 
 #: Format tag of the saved resolved configuration (``config.json`` of a run directory).
 CONFIG_FORMAT = "metarec-bench-config-1"
@@ -133,9 +133,9 @@ class BenchConfig:
         d["methods"] = list(self.methods)
         d["seeds"] = list(self.seeds)
         d["method_settings"] = {
-            k: {"preset": v.preset, "overrides": _jsonable(v.overrides)} for k, v in self.method_settings.items()
+            k: {"preset": v.preset, "overrides": jsonable(v.overrides)} for k, v in self.method_settings.items()
         }
-        return _jsonable(d)
+        return jsonable(d)
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "BenchConfig":
@@ -147,14 +147,6 @@ class BenchConfig:
             k: MethodSettings(preset=v.get("preset"), overrides=dict(v.get("overrides", {}))) for k, v in ms.items()
         }
         return cfg
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    return value
 
 
 # ---------------------------------------------------------------------------- parsing helpers

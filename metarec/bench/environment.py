@@ -79,3 +79,23 @@ def environment_info(device: str) -> dict[str, Any]:
         info["cuda_device"] = torch.cuda.get_device_name(0)
         info["cuda_version"] = torch.version.cuda
     return info
+
+
+def timing_environment(device: "object") -> dict[str, Any]:
+    """What a speed measurement records about its machine: device, CPU, threads, versions, commit, time."""
+    from datetime import datetime, timezone
+
+    import torch
+
+    device = torch.device(device)
+    return {
+        "device": str(device),
+        "cuda_device": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+        "cpu": cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "git_commit": git_label(),
+        "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
