@@ -72,6 +72,8 @@ def test_files_and_structure(bench_run):
     assert results["dataset"]["name"] == "synthetic" and results["dataset"]["checksum"].startswith("sha256:")
     assert results["dataset"]["canonical"] is True
     env = results["environment"]
+    for run in results["runs"]:
+        assert set(run["git"]) == {"commit", "dirty"}  # each run names the code it ran
     for key in ("python", "torch", "numpy", "cpu_model", "git", "device_requested"):
         assert key in env
     assert results["protocol"]["n_support"] == 15

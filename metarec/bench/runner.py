@@ -30,7 +30,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from metarec.bench.config import CONFIG_FORMAT, BenchConfig, differences, protocol_config
-from metarec.bench.environment import cpu_model, environment_info  # noqa: F401  (re-exported)
+from metarec.bench.environment import cpu_model, environment_info, git_info  # noqa: F401  (re-exported)
 from metarec.bench.progress import BenchProgress, ProgressCallback, Sink
 from metarec.bench.results import (
     RUN_FORMAT,
@@ -276,6 +276,8 @@ def execute_run(spec: RunSpec, sink: Sink | None = None) -> dict[str, Any]:
         "status": "running",
         "preset": settings.preset,
         "threads": spec.threads,
+        # a resumed benchmark mixes runs of different invocations: each run names its own code
+        "git": git_info(),
     }
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
