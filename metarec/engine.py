@@ -230,7 +230,8 @@ def _split_user_params(user_params: Mapping[str, Tensor] | None) -> Params:
     return dict(user_params) if user_params else {}
 
 
-def _take(d: Mapping[str, Tensor], b: int) -> Params:
+def user_row(d: Mapping[str, Tensor], b: int) -> Params:
+    """Entry ``b`` of every tensor of a batched dict: one user's features or parameters."""
     return {k: v[b] for k, v in d.items()}
 
 
@@ -333,14 +334,14 @@ def adapt_and_query_losses_looped(
     per_user = _split_user_params(user_params)
     losses, adapted = [], []
     for b in range(len(batch)):
-        p = {**params, **_take(per_user, b)}
-        user_x = _take(batch.user_features, b)
+        p = {**params, **user_row(per_user, b)}
+        user_x = user_row(batch.user_features, b)
         fast = inner_adapt_looped(
-            forward, p, adapt, user_x, _take(batch.support_features, b), batch.support_ratings[b],
+            forward, p, adapt, user_x, user_row(batch.support_features, b), batch.support_ratings[b],
             batch.support_mask[b], lr=lr, steps=steps, first_order=first_order, loss_fn=loss_fn,
             step_masks=step_masks,
         )
-        pred = forward(fast, user_x, _take(batch.query_features, b))
+        pred = forward(fast, user_x, user_row(batch.query_features, b))
         losses.append(loss_fn(pred, batch.query_ratings[b], batch.query_mask[b]))
         adapted.append(select(fast, adapt))
     stacked = {n: torch.stack([a[n] for a in adapted]) for n in adapt}
@@ -474,11 +475,11 @@ def user_gradients_looped(
     x_all, y_all, m_all = _items(batch, items)
     out: list[Params] = []
     for b in range(len(batch)):
-        p = {**shared, **_take(per_user, b)}
+        p = {**shared, **user_row(per_user, b)}
         with torch.enable_grad():
             sub = {n: p[n].detach().requires_grad_(True) for n in names}
             loss = loss_fn(
-                forward({**p, **sub}, _detached(_take(batch.user_features, b)), _detached(_take(x_all, b))),
+                forward({**p, **sub}, _detached(user_row(batch.user_features, b)), _detached(user_row(x_all, b))),
                 y_all[b], m_all[b],
             )
             grads = torch.autograd.grad(loss, [sub[n] for n in names], allow_unused=True)

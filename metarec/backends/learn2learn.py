@@ -30,7 +30,7 @@ from typing import Literal, Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
-from metarec.engine import Forward, LossFn, Params, masked_mse
+from metarec.engine import Forward, LossFn, Params, masked_mse, user_row
 from metarec.tasks import TaskBatch
 
 Algorithm = Literal["maml", "metasgd"]
@@ -77,10 +77,6 @@ class LocalParameters(nn.Module):
     def as_dict(self) -> Params:
         """``{model parameter name: current tensor}`` (adapted tensors in a learn2learn clone)."""
         return {name: self._parameters[f"p{i}"] for i, name in enumerate(self.names)}
-
-
-def _row(features: Mapping[str, Tensor], b: int) -> Params:
-    return {k: v[b] for k, v in features.items()}
 
 
 class Learn2LearnInnerLoop:
@@ -153,14 +149,22 @@ class Learn2LearnInnerLoop:
         """Per-user query loss after adaptation, ``[B]``, one task at a time (the meta-objective)."""
         losses = []
         for b in range(len(batch)):
-            user_x = _row(batch.user_features, b)
-            fast = self.adapt(
-                forward, params, user_x, _row(batch.support_features, b), batch.support_ratings[b],
-                batch.support_mask[b], steps=steps, loss_fn=loss_fn,
-            )
-            pred = forward(fast, user_x, _row(batch.query_features, b))
+            user_x, fast = self._adapt_user(forward, params, batch, b, steps=steps, loss_fn=loss_fn)
+            pred = forward(fast, user_x, user_row(batch.query_features, b))
             losses.append(loss_fn(pred, batch.query_ratings[b], batch.query_mask[b]))
         return torch.stack(losses)
+
+    def _adapt_user(
+        self, forward: Forward, params: Mapping[str, Tensor], batch: TaskBatch, b: int, *,
+        steps: int, loss_fn: LossFn, first_order: bool | None = None,
+    ) -> tuple[Params, Params]:
+        """User ``b``'s features and its parameters after adaptation on its support set."""
+        user_x = user_row(batch.user_features, b)
+        fast = self.adapt(
+            forward, params, user_x, user_row(batch.support_features, b), batch.support_ratings[b],
+            batch.support_mask[b], steps=steps, first_order=first_order, loss_fn=loss_fn,
+        )
+        return user_x, fast
 
     def adapt_and_predict(
         self,
@@ -174,12 +178,10 @@ class Learn2LearnInnerLoop:
         """Evaluation: adapt each user first-order and predict its query, ``[B, Q]`` (no outer graph)."""
         preds = []
         for b in range(len(batch)):
-            user_x = _row(batch.user_features, b)
             with torch.enable_grad():  # callers may predict under no_grad; adaptation needs gradients
-                fast = self.adapt(
-                    forward, params, user_x, _row(batch.support_features, b), batch.support_ratings[b],
-                    batch.support_mask[b], steps=steps, first_order=True, loss_fn=loss_fn,
+                user_x, fast = self._adapt_user(
+                    forward, params, batch, b, steps=steps, loss_fn=loss_fn, first_order=True
                 )
             with torch.no_grad():
-                preds.append(forward(fast, user_x, _row(batch.query_features, b)))
+                preds.append(forward(fast, user_x, user_row(batch.query_features, b)))
         return torch.stack(preds)
