@@ -316,3 +316,24 @@ def test_recompute_reads_gzipped_predictions(bench_run, tmp_path):
     results["methods"]["global-mean"]["cells"]["W-W"]["mae"]["mean"] += 0.01
     (copy / "results.json").write_text(json.dumps(results))
     assert recompute(copy) != 0
+
+
+def test_resume_extends_a_finished_benchmark_with_seeds_and_methods(tmp_path):
+    """More seeds (or methods) on --resume run only the new runs; the finished ones are kept as they are."""
+    out = tmp_path / "run"
+    run_bench(small_config(methods=["global-mean"], seeds=[0]), out=out, console=quiet())
+    first = (out / "runs").glob("*.json")
+    before = {p.name: p.read_bytes() for p in first}
+    results = run_bench(small_config(methods=["global-mean", "baseline-predictor"], seeds=[1]), out=out,
+                        resume=True, console=quiet())
+    runs = {(r["method"], r["seed"]) for r in results["runs"]}
+    assert runs == {("global-mean", 0), ("global-mean", 1), ("baseline-predictor", 0), ("baseline-predictor", 1)}
+    assert all((out / "runs" / name).read_bytes() == data for name, data in before.items())
+    saved = json.loads((out / "config.json").read_text())["config"]
+    assert saved["seeds"] == [0, 1] and saved["methods"] == ["global-mean", "baseline-predictor"]
+    assert recompute(out) == 0
+    # a method already in the folder cannot change its settings on the way
+    changed = resolve_config({"bench": {**small_config().to_dict(), "methods": ["baseline-predictor"], "seeds": [0, 1]},
+                              "methods": {"baseline-predictor": {"user_reg": 3.0}}})
+    with pytest.raises(BenchError, match="settings of baseline-predictor"):
+        run_bench(changed, out=out, resume=True, console=quiet())

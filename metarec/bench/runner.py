@@ -29,7 +29,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from metarec.bench.config import CONFIG_FORMAT, BenchConfig, differences, protocol_config
+from metarec.bench.config import CONFIG_FORMAT, RESULT_FIELDS, BenchConfig, differences, protocol_config
 from metarec.bench.environment import cpu_model, environment_info, git_info  # noqa: F401  (re-exported)
 from metarec.bench.progress import BenchProgress, ProgressCallback, Sink
 from metarec.bench.results import (
@@ -44,7 +44,7 @@ from metarec.bench.results import (
     write_json,
 )
 from metarec.checkpoint import load_state, save_state
-from metarec.config import ConfigError, build_config
+from metarec.config import ConfigError, build_config, jsonable
 from metarec.learner import Callback
 from metarec.schema import SCENARIOS
 
@@ -432,7 +432,12 @@ def _write_failed_import(rd: RunDir, method: str, seed: int, error: str) -> None
 
 
 def prepare_out_dir(cfg: BenchConfig, out: Path, resume: bool) -> BenchConfig:
-    """Check that the output folder is free (or, resuming, that it continues ``cfg``)."""
+    """Check that the output folder is free (or, resuming, that it continues ``cfg``).
+
+    Resuming may *extend* a benchmark with more seeds or methods (every run is independent and
+    its record names the code it ran): the returned config holds the union, saved ones first.
+    Result-relevant settings (data, protocol, method settings, ...) must not change.
+    """
     rd = RunDir(out)
     if resume:
         if not rd.config.exists():
@@ -441,20 +446,24 @@ def prepare_out_dir(cfg: BenchConfig, out: Path, resume: bool) -> BenchConfig:
         if saved.get("format") != CONFIG_FORMAT:
             raise BenchError(f"{rd.config}: unknown format {saved.get('format')!r}")
         saved_cfg = BenchConfig.from_dict(saved["config"])
-        diff = differences(saved_cfg, cfg)
-        extra_methods = [m for m in cfg.methods if m not in saved_cfg.methods]
-        extra_seeds = [s for s in cfg.seeds if s not in saved_cfg.seeds]
+        diff = differences(saved_cfg, cfg, [f for f in RESULT_FIELDS if f != "method_settings"])
+        # a method already in the folder must keep its settings; added methods bring their own
+        def settings(c: BenchConfig, m: str) -> dict[str, Any]:
+            return jsonable(dataclasses.asdict(c.settings_for(m)))
+
+        diff += [
+            f"settings of {m}: {settings(saved_cfg, m)} -> {settings(cfg, m)}"
+            for m in saved_cfg.methods
+            if m in cfg.methods and settings(saved_cfg, m) != settings(cfg, m)
+        ]
         if diff:
             raise BenchError(
                 f"--resume: these settings differ from the interrupted run in {out}: " + "; ".join(diff)
                 + ". Resume with the same settings, or start a new --out folder."
             )
-        if extra_methods or extra_seeds:
-            raise BenchError(
-                f"--resume: {out} was started with methods {list(saved_cfg.methods)} and seeds "
-                f"{list(saved_cfg.seeds)}; adding methods/seeds to a run is not supported"
-            )
-        return cfg
+        methods = (*saved_cfg.methods, *[m for m in cfg.methods if m not in saved_cfg.methods])
+        seeds = (*saved_cfg.seeds, *[s for s in cfg.seeds if s not in saved_cfg.seeds])
+        return dataclasses.replace(cfg, methods=tuple(methods), seeds=tuple(seeds))
     if rd.config.exists() or rd.run_files() or rd.results.exists() or (out / "checkpoints").exists():
         raise BenchError(
             f"{out} already holds a benchmark; pass --resume to continue it or choose another --out"
@@ -489,7 +498,7 @@ def run_bench(
     except (RuntimeError, ValueError) as exc:
         raise BenchError(str(exc)) from None
     broken = check_methods(cfg)
-    prepare_out_dir(cfg, out, resume)
+    cfg = prepare_out_dir(cfg, out, resume)
     # Load the first split here: a wrong data folder fails now, with one clear error, and
     # before the output folder is claimed.
     first_split = load_bench_split(cfg, cfg.seeds[0])

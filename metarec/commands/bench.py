@@ -86,7 +86,7 @@ def _backend_layer(methods: tuple[str, ...], backend: str) -> dict[str, Any]:
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
               help="Override a setting: mamo.epochs=3, jobs=2, protocol.n_support=10 (repeatable).")
 @click.option("--preset", "presets", multiple=True, metavar="METHOD=NAME", help="Use a named preset of a method (repeatable).")
-@click.option("--resume", is_flag=True, help="Continue an interrupted benchmark in --out (default: the latest under runs/).")
+@click.option("--resume", is_flag=True, help="Continue an interrupted benchmark in --out (default: the latest under runs/), or extend a finished one with more --seeds/--methods.")
 @click.option("--jobs", "-j", type=click.IntRange(min=1), help="Runs executed in parallel processes. [default: 1]")
 @click.option("--threads", type=click.IntRange(min=1), help="torch threads per run. [default: cores / jobs]")
 @click.option("--offline/--online", default=None, help="Forbid / allow network access when loading data. [default: offline]")
