@@ -1,12 +1,15 @@
-"""One MAMO meta-training epoch: all users of a batch adapted at once (torch.func) versus one user
-at a time (the per-user loop), in ONE run, on the same batches.
+"""One MAMO meta-training epoch: all users of a batch adapted at once versus one user at a time (the
+per-user loop), in ONE run, on the same batches.
 
-Both learners are MAMO with the same settings and seed and differ only in ``backend``; the tests
-prove the two compute the same numbers, and this script checks it again on the way (the largest
-difference of the batch losses is reported). An epoch is every training user once, in the
-learner's own seeded epoch order, one meta-step (local adaptation of every user, global update,
-memory writes) per batch. The two backends alternate batch by batch, so that a change of load on
-a shared machine hits both; the epoch time of each is the sum of its batch times.
+The learners are MAMO with the same settings and seed and differ only in ``backend``: ``lowrank``
+(batched, per-user weights kept as rank-one factors; the default), ``torch.func`` (batched, a copy
+of the local parameters per user under vmap) and ``loop`` (one user at a time). The tests prove
+they compute the same numbers, and this script checks it again on the way (the largest difference
+of the batch losses is reported). An epoch is every training user once, in the learner's own
+seeded epoch order, one meta-step (local adaptation of every user, global update, memory writes)
+per batch. The backends take turns batch by batch, so that a change of load on a shared machine
+hits all of them; the epoch time of each is the sum of its batch times. The target ratio is
+loop / ``lowrank``.
 
     python benchmarks/bench_mamo_speed.py --data-dir ../shared/data --threads 2
     python benchmarks/bench_mamo_speed.py --data-dir ../shared/data --device cuda
@@ -56,6 +59,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="MAMO config override, e.g. --set batch_size=64 (repeatable)")
     p.add_argument("--loop-users", type=int, default=None,
                    help="time the loop on the batches of the first N users only and extrapolate (default: all)")
+    p.add_argument("--backends", default="lowrank,torch.func,loop",
+                   help="comma-separated MAMO backends to time; the ratio is loop over each batched one")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="JSON path (default: benchmarks/results/mamo_speed_<data>_<device>_<time>.json)")
     args = p.parse_args(argv)
@@ -82,12 +87,20 @@ def main(argv: list[str] | None = None) -> int:
         split = build_split(make_synthetic(n_users=2000, n_items=800, seed=args.seed), seed=args.seed)
     train = split.train
     overrides = parse_sets(args.sets)
-    learners = {
-        b: MAMO.from_settings(train.schema, preset=args.preset, overrides={**overrides, "backend": b},
-                              device=device, seed=args.seed)
-        for b in ("torch.func", "loop")
-    }
-    cfg = learners["torch.func"].config
+    backends = [b.strip() for b in args.backends.split(",") if b.strip()]
+    if "loop" not in backends or len(backends) < 2:
+        p.error("--backends must name loop and at least one batched backend")
+    batched = [b for b in backends if b != "loop"]
+
+    def build() -> dict:
+        return {
+            b: MAMO.from_settings(train.schema, preset=args.preset, overrides={**overrides, "backend": b},
+                                  device=device, seed=args.seed)
+            for b in backends
+        }
+
+    learners = build()
+    cfg = learners[batched[0]].config
     # the learner's own epoch order (EpisodicLearner.meta_fit, epoch 0)
     order = torch.randperm(len(train), generator=torch_generator(args.seed, "epoch-order", 0))
     batches = [order[i : i + cfg.batch_size] for i in range(0, len(train), cfg.batch_size)]
@@ -99,11 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     warm = train.batch(order[: cfg.batch_size], device=device)
     for learner in learners.values():
         learner.meta_step(warm)
-    learners = {
-        b: MAMO.from_settings(train.schema, preset=args.preset, overrides={**overrides, "backend": b},
-                              device=device, seed=args.seed)
-        for b in ("torch.func", "loop")
-    }
+    learners = build()
 
     times: dict[str, list[float]] = {b: [] for b in learners}
     losses: dict[str, list[float]] = {b: [] for b in learners}
@@ -118,22 +127,26 @@ def main(argv: list[str] | None = None) -> int:
             sync(device)
             times[b].append(time.perf_counter() - t0)
         if (i + 1) % 20 == 0:
-            print(f"  batch {i + 1}/{len(batches)}: torch.func {sum(times['torch.func']):6.1f} s, "
-                  f"loop {sum(times['loop']):6.1f} s", flush=True)
+            print(f"  batch {i + 1}/{len(batches)}: " + ", ".join(f"{b} {sum(t):6.1f} s" for b, t in times.items()), flush=True)
 
     users_loop = sum(len(batches[i]) for i in range(loop_batches))
-    epoch = {"torch.func": sum(times["torch.func"])}
+    epoch = {b: sum(times[b]) for b in batched}
     epoch["loop"] = sum(times["loop"]) * len(train) / users_loop
-    ratio = epoch["loop"] / epoch["torch.func"]
+    ratios = {b: epoch["loop"] / epoch[b] for b in batched}
+    ratio = ratios[batched[0]]
     # same numbers? (float32: the runs drift apart slowly over many meta-steps, so also the first)
-    diffs = [abs(x - y) for x, y in zip(losses["torch.func"], losses["loop"])]
-    diff, first_diff = max(diffs), diffs[0]
+    differences = {}
+    for b in batched:
+        d = [abs(x - y) for x, y in zip(losses[b], losses["loop"])]
+        differences[b] = {"first": d[0], "largest": max(d)}
+    diff, first_diff = differences[batched[0]]["largest"], differences[batched[0]]["first"]
     extrapolated = loop_batches < len(batches)
     print(f"MAMO epoch over {len(train)} users ({len(batches)} batches of {cfg.batch_size}), {args.device}, "
           f"{torch.get_num_threads()} threads:")
-    print(f"  batched (torch.func): {epoch['torch.func']:7.1f} s")
-    print(f"  per-user loop:        {epoch['loop']:7.1f} s" + (f" (extrapolated from {users_loop} users)" if extrapolated else ""))
-    print(f"  ratio loop / batched: {ratio:5.1f}x   (batch-loss difference: first {first_diff:.1e}, largest {diff:.1e})")
+    for b in batched:
+        print(f"  batched ({b}): {epoch[b]:7.1f} s   loop / {b}: {ratios[b]:5.1f}x   (batch-loss difference vs loop: "
+              f"first {differences[b]['first']:.1e}, largest {differences[b]['largest']:.1e})")
+    print(f"  per-user loop: {epoch['loop']:7.1f} s" + (f" (extrapolated from {users_loop} users)" if extrapolated else ""))
 
     record = {
         "what": "wall time of one MAMO meta-training epoch (every training user once, meta_step per batch)",
@@ -147,9 +160,13 @@ def main(argv: list[str] | None = None) -> int:
         "preset": args.preset,
         "overrides": overrides,
         "config": {k: v for k, v in vars(cfg).items() if k != "backend"},
+        "backends": backends,
         "epoch_s": epoch,
         "loop_extrapolated_from_users": users_loop if extrapolated else None,
+        "batched_backend": batched[0],
         "ratio_loop_over_batched": ratio,
+        "ratio_loop_over": ratios,
+        "batch_loss_difference_vs_loop": differences,
         "median_batch_s": {b: statistics.median(t) for b, t in times.items() if t},
         "batch_s": times,
         "max_abs_batch_loss_difference": diff,

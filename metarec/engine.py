@@ -41,6 +41,24 @@ def masked_mse(pred: Tensor, target: Tensor, mask: Tensor) -> Tensor:
     return ((pred - target) ** 2 * m).sum() / m.sum().clamp_min(1.0)
 
 
+def _masked_mse_per_user(pred: Tensor, target: Tensor, mask: Tensor) -> Tensor:
+    m = mask.to(pred.dtype)
+    return ((pred - target) ** 2 * m).sum(-1) / m.sum(-1).clamp_min(1.0)
+
+
+masked_mse.per_user = _masked_mse_per_user  # type: ignore[attr-defined]
+
+
+def per_user(loss_fn: LossFn) -> LossFn:
+    """``loss_fn`` (which sees one user's ``[N]`` items) over a batch: ``[B, N] -> [B]``.
+
+    A loss may carry its own batched twin as ``loss_fn.per_user`` (the built-in ones do: the
+    same arithmetic without the overhead of :func:`torch.vmap` at every local step); any other
+    loss is vmapped.
+    """
+    return getattr(loss_fn, "per_user", None) or vmap(loss_fn)
+
+
 def rating_cross_entropy(rating_min: float, n_classes: int) -> LossFn:
     """A loss for rating *classifiers*: ``pred`` are logits ``[N, n_classes]`` over the rating
     values ``rating_min, rating_min + 1, ...``; ``target`` are ratings; mean over the mask.
@@ -51,13 +69,20 @@ def rating_cross_entropy(rating_min: float, n_classes: int) -> LossFn:
     if n_classes < 2:
         raise ValueError(f"a rating classifier needs at least 2 classes, got {n_classes}")
 
-    def loss(pred: Tensor, target: Tensor, mask: Tensor) -> Tensor:
+    def nll_and_mask(pred: Tensor, target: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
         cls = (target - rating_min).round().long().clamp(0, n_classes - 1)
         logp = torch.log_softmax(pred, dim=-1)
-        nll = -torch.gather(logp, -1, cls.unsqueeze(-1)).squeeze(-1)
-        m = mask.to(nll.dtype)
+        return -torch.gather(logp, -1, cls.unsqueeze(-1)).squeeze(-1), mask.to(pred.dtype)
+
+    def loss(pred: Tensor, target: Tensor, mask: Tensor) -> Tensor:
+        nll, m = nll_and_mask(pred, target, mask)
         return (nll * m).sum() / m.sum().clamp_min(1.0)
 
+    def loss_per_user(pred: Tensor, target: Tensor, mask: Tensor) -> Tensor:
+        nll, m = nll_and_mask(pred, target, mask)
+        return (nll * m).sum(-1) / m.sum(-1).clamp_min(1.0)
+
+    loss.per_user = loss_per_user  # type: ignore[attr-defined]
     return loss
 
 
@@ -118,8 +143,12 @@ def _check_schedule(step_masks: Tensor | None, steps: int, n_support: int) -> No
         )
 
 
-def _step_items(step_masks: Tensor | None, steps: int) -> list[Tensor | None]:
-    """Per step, the indices of the support items it uses (None = all of them).
+StepItems = slice | Tensor | None
+
+
+def step_items(step_masks: Tensor | None, steps: int) -> list[StepItems]:
+    """Per step, the support items it uses: a ``slice`` for a contiguous run (a view, no copy),
+    else an index tensor; None = all of them.
 
     Taking only those items (rather than masking all of them) makes a step's forward and
     backward pass cost what its items cost: item-by-item SGD runs 15 one-item steps, not 15
@@ -127,12 +156,27 @@ def _step_items(step_masks: Tensor | None, steps: int) -> list[Tensor | None]:
     """
     if step_masks is None:
         return [None] * steps
-    rows = step_masks.detach().cpu()
-    return [None if bool(r.all()) else r.nonzero().squeeze(1).to(step_masks.device) for r in rows]
+    out: list[StepItems] = []
+    for r in step_masks.detach().cpu():
+        idx = r.nonzero().squeeze(1)
+        if bool(r.all()):
+            out.append(None)
+        elif len(idx) and int(idx[-1]) - int(idx[0]) + 1 == len(idx):
+            out.append(slice(int(idx[0]), int(idx[-1]) + 1))
+        else:
+            out.append(idx.to(step_masks.device))
+    return out
+
+
+def n_step_items(idx: StepItems, n_support: int) -> int:
+    """How many support items a step of :func:`step_items` uses."""
+    if idx is None:
+        return n_support
+    return idx.stop - idx.start if isinstance(idx, slice) else len(idx)
 
 
 def _support_at(
-    idx: Tensor | None, support_x: Mapping[str, Tensor], support_y: Tensor, support_mask: Tensor
+    idx: StepItems, support_x: Mapping[str, Tensor], support_y: Tensor, support_mask: Tensor
 ) -> tuple[Mapping[str, Tensor], Tensor, Tensor]:
     if idx is None:
         return support_x, support_y, support_mask
@@ -169,7 +213,7 @@ def inner_adapt(
     """
     _check_schedule(step_masks, steps, support_y.shape[-1])
     fast: Params = dict(params)
-    for idx in _step_items(step_masks, steps):
+    for idx in step_items(step_masks, steps):
         x, y, mask = _support_at(idx, support_x, support_y, support_mask)
         # First order: the step's gradient is a constant for the outer loop, so compute it on
         # detached inputs -- the outer autograd graph then records only the updates themselves,
@@ -206,7 +250,7 @@ def inner_adapt_looped(
     _check_schedule(step_masks, steps, support_y.shape[-1])
     fast: Params = dict(params)
     with torch.enable_grad():
-        for idx in _step_items(step_masks, steps):
+        for idx in step_items(step_masks, steps):
             x, y, mask = _support_at(idx, support_x, support_y, support_mask)
             sub = {}
             for name in adapt:

@@ -8,7 +8,7 @@ inputs (one user) and on batched ones, and under :func:`torch.func.vmap`.
 from __future__ import annotations
 
 import math
-from typing import Literal, Mapping, Sequence
+from typing import Literal, Mapping, Protocol, Sequence, runtime_checkable
 
 import torch
 from torch import Tensor, nn
@@ -206,31 +206,45 @@ def cosine_attention(query: Tensor, keys: Tensor, temperature: float = 1.0, eps:
     return torch.softmax((q @ k.transpose(-1, -2)) / temperature, dim=-1)
 
 
+@runtime_checkable
+class BatchOfMatrices(Protocol):
+    """Per-row values kept implicitly (e.g. :class:`metarec.lowrank.FastLinear`): all a memory
+    write needs is their weighted sums ``sum_b weights[b, k] v_b``, ``[K, ...]``."""
+
+    def weighted_sum(self, weights: Tensor) -> Tensor:
+        """``sum_b weights[b, k] v_b`` for every column ``k`` of ``weights [B, K]``: ``[K, ...]``."""
+        ...
+
+
 def attentive_write(
     memory: Tensor,
     attention: Tensor,
-    values: Tensor,
+    values: Tensor | BatchOfMatrices,
     rate: float,
     mode: Literal["sequential", "merged"] = "sequential",
 ) -> Tensor:
     """The memory after the NTM-style writes ``M <- rate * (a_b (x) v_b) + (1 - rate) * M``.
 
-    ``memory [K, ...]``, ``attention [B, K]``, ``values [B, ...]`` (one write per row ``b``).
-    ``sequential`` applies the B writes one after the other in row order -- computed in closed
-    form, ``M_B = (1-rate)^B M_0 + sum_b rate (1-rate)^(B-1-b) a_b (x) v_b`` -- and
-    ``merged`` applies ONE write of the batch mean of ``a_b (x) v_b``. Returns a new tensor.
+    ``memory [K, ...]``, ``attention [B, K]``, ``values [B, ...]`` (one write per row ``b``), or
+    a :class:`BatchOfMatrices` that never builds its rows. ``sequential`` applies the B writes
+    one after the other in row order -- computed in closed form,
+    ``M_B = (1-rate)^B M_0 + sum_b rate (1-rate)^(B-1-b) a_b (x) v_b`` -- and ``merged`` applies
+    ONE write of the batch mean of ``a_b (x) v_b``. Returns a new tensor.
     """
     if not 0.0 <= rate <= 1.0:
         raise ValueError(f"memory write rate must be in [0, 1], got {rate}")
     if mode not in ("sequential", "merged"):
         raise ValueError(f"memory write mode must be 'sequential' or 'merged', got {mode!r}")
     B = attention.shape[0]
-    if values.shape[0] != B or attention.shape[1] != memory.shape[0] or values.shape[1:] != memory.shape[1:]:
+    dense = isinstance(values, Tensor)
+    if attention.shape[1] != memory.shape[0] or (
+        dense and (values.shape[0] != B or values.shape[1:] != memory.shape[1:])
+    ):
+        shape = list(values.shape) if dense else type(values).__name__
         raise ValueError(
             f"attentive_write: memory {list(memory.shape)}, attention {list(attention.shape)} and "
-            f"values {list(values.shape)} do not fit ([K, ...], [B, K], [B, ...])"
+            f"values {shape} do not fit ([K, ...], [B, K], [B, ...])"
         )
-    flat_v = values.reshape(B, -1).to(memory.dtype)
     a = attention.to(memory.dtype)
     if mode == "merged":
         decay = 1.0 - rate
@@ -239,5 +253,11 @@ def attentive_write(
         decay = (1.0 - rate) ** B
         powers = torch.arange(B - 1, -1, -1, dtype=memory.dtype, device=memory.device)
         weights = rate * (1.0 - rate) ** powers
-    update = (a * weights.unsqueeze(1)).transpose(0, 1) @ flat_v  # [K, prod(...)]
+    coeff = a * weights.unsqueeze(1)  # [B, K]: how much of row b goes into slot k
+    if dense:
+        update = coeff.transpose(0, 1) @ values.reshape(B, -1).to(memory.dtype)  # [K, prod(...)]
+    else:
+        update = values.weighted_sum(coeff).to(memory.dtype)
+        if update.shape != memory.shape:
+            raise ValueError(f"attentive_write: values sum to {list(update.shape)}, memory is {list(memory.shape)}")
     return decay * memory + update.reshape(memory.shape)

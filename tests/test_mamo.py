@@ -182,20 +182,37 @@ def _double_learner(schema, **overrides):
         torch.set_default_dtype(old)
 
 
+BACKEND_CASES = {
+    "paper": {},
+    "tuned": {"attention_temperature": 0.15, "memory_write": "merged", "meta_optimizer": "adam", "meta_lr": 1e-3},
+    "classification": {"output": "classification", "gradient_source": "support", "memory_grad_clip": 0.05},
+    "minibatch-steps": {"local_batch_size": 4, "local_epochs": 2, "n_layers": 3},
+    "no-task-memory": {"task_memory": False, "local_batch_size": None, "local_epochs": 3},
+    "maml": {"task_memory": False, "feature_memory": False},
+}
+
+
 @pytest.mark.parametrize("first_order", [True, False], ids=["first-order", "second-order"])
-def test_batched_and_looped_backends_train_identically(synthetic_split, first_order):
+@pytest.mark.parametrize("case", list(BACKEND_CASES))
+def test_the_three_backends_train_identically(synthetic_split, first_order, case):
+    """lowrank (factored fast weights), torch.func (a copy per user) and the per-user loop: the
+    same losses, global parameters, memories and predictions, in float64."""
     schema = synthetic_split.train.schema
     batches = [synthetic_split.train.batch(list(range(i, i + 8))) for i in (0, 8)]
-    runs = []
-    for backend in ("torch.func", "loop"):
-        m = _double_learner(schema, backend=backend, first_order=first_order)
+    runs = {}
+    for backend in ("lowrank", "torch.func", "loop"):
+        m = _double_learner(schema, backend=backend, first_order=first_order, local_lr=0.05, **BACKEND_CASES[case])
         losses = [m.meta_step(b) for b in batches]
-        runs.append((losses, global_state(m), memory_state(m), m.predict(synthetic_split.test.subset(range(10)))))
-    (lb, gb, mb, pb), (ll, gl, ml, pl) = runs
-    assert all(abs(x - y) < 1e-5 for x, y in zip(lb, ll))
-    assert_states_equal(gb, gl, exact=False, atol=1e-5)
-    assert_states_equal(mb, ml, exact=False, atol=1e-5)
-    assert torch.allclose(pb, pl, atol=1e-5)
+        runs[backend] = (losses, global_state(m), memory_state(m), m.predict(synthetic_split.test.subset(range(10))))
+    ref = runs["loop"]
+    for backend in ("lowrank", "torch.func"):
+        lb, gb, mb, pb = runs[backend]
+        assert all(abs(x - y) < 1e-8 for x, y in zip(lb, ref[0])), backend
+        assert_states_equal(gb, ref[1], exact=False, atol=1e-8)
+        assert_states_equal(mb, ref[2], exact=False, atol=1e-8)
+        assert torch.allclose(pb, ref[3], atol=1e-8), backend
+    # and the step did something: a second batch moved the parameters
+    assert not torch.allclose(runs["lowrank"][3], runs["lowrank"][3].mean())
 
 
 def test_second_order_differs_from_first_order(synthetic_split):

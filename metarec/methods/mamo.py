@@ -65,7 +65,11 @@ from torch import Tensor, nn
 
 from metarec import engine
 from metarec.learner import EpisodicConfig, EpisodicLearner
-from metarec.nn import FeatureEmbedder, attentive_write, broadcast_user, cosine_attention, make_activation, mlp
+from metarec.lowrank import Outer
+from metarec.methods import mamo_lowrank
+from metarec.nn import (
+    BatchOfMatrices, FeatureEmbedder, attentive_write, broadcast_user, cosine_attention, make_activation, mlp,
+)
 from metarec.schema import FeatureSchema
 from metarec.tasks import TaskBatch
 
@@ -143,8 +147,11 @@ class MAMOConfig(EpisodicConfig):
     grad_clip: float | None = None
 
     # -- execution
-    #: ``torch.func`` (all users of a batch at once) or ``loop`` (one user at a time; same numbers).
-    backend: Literal["torch.func", "loop"] = "torch.func"
+    #: How the users of a batch are adapted (the same numbers, tested): ``lowrank`` (all at once,
+    #: every local step kept as rank-one factors, :mod:`metarec.lowrank`; fastest), ``torch.func``
+    #: (all at once, a copy of the local parameters per user, :mod:`metarec.engine`) or ``loop``
+    #: (one user at a time, the reference).
+    backend: Literal["lowrank", "torch.func", "loop"] = "lowrank"
     #: Users adapted at once inside vmap (None = the whole batch); bounds memory.
     chunk_size: int | None = None
     epochs: int = 15
@@ -295,14 +302,18 @@ class MAMOMemory(nn.Module):
         attention: Tensor,
         *,
         profile: Tensor,
-        gradients: Mapping[str, Tensor] | None,
-        task: Tensor | None,
+        gradients: Mapping[str, Tensor | BatchOfMatrices] | None,
+        task: Tensor | BatchOfMatrices | None,
         alpha: float,
         beta: float,
         gamma: float,
         mode: Literal["sequential", "merged"],
     ) -> None:
-        """Write a batch of users: ``M <- rate * (a_u (x) x_u) + (1 - rate) * M`` for each memory."""
+        """Write a batch of users: ``M <- rate * (a_u (x) x_u) + (1 - rate) * M`` for each memory.
+
+        Gradients and fast weights are ``[B, ...]`` tensors or factored batches (the ``lowrank``
+        backend's :class:`~metarec.lowrank.Outer` / :class:`~metarec.lowrank.FastLinear`).
+        """
         a = attention.detach()
         self.profile = attentive_write(self.profile, a, profile.detach(), alpha, mode)
         if self.has_gradient_memory:
@@ -391,6 +402,7 @@ class MAMO(EpisodicLearner):
             self.local_names.append(TASK_MEMORY)
         self.optimizer = engine.make_optimizer(c.meta_optimizer, self._global_parameters(), c.meta_lr, c.weight_decay)
         self._diag = {"attention_max": 0.0, "attention_entropy": 0.0, "batches": 0}
+        self._step_items: dict[tuple[int, bool], list[engine.StepItems]] = {}
 
     def _global_parameters(self) -> list[Tensor]:
         return [*self.user_embedder.parameters(), *self.item_embedder.parameters(), *self.recommender.parameters()]
@@ -456,30 +468,80 @@ class MAMO(EpisodicLearner):
             at, items = {**user_params, **fast}, "query"
         else:
             at, items = user_params, "support"
-        grads = fn(self.forward, self.params(), self.user_param_names, eb, user_params=at, items=items, loss_fn=self.loss_fn)
-        if c.memory_grad_clip is not None:
-            grads = _clip_per_user(grads, c.memory_grad_clip)
-        return grads
+        return fn(self.forward, self.params(), self.user_param_names, eb, user_params=at, items=items, loss_fn=self.loss_fn)
 
     # ----------------------------------------------------------------- training (Algorithm 1)
     def meta_step(self, batch: TaskBatch) -> float:
         c: MAMOConfig = self.config
-        looped = c.backend == "loop"
         self.recommender.train()
         eb = self.embed(batch)
-        a, user_params = self.read(eb.user_features["profile"])
-        losses, fast = self._adapt(eb, user_params, training=True, looped=looped)
+        if c.backend == "lowrank":
+            a, losses, grads, task = self._local_learning_lowrank(eb)
+        else:
+            looped = c.backend == "loop"
+            a, user_params = self.read(eb.user_features["profile"])
+            losses, fast = self._adapt(eb, user_params, training=True, looped=looped)
+            grads = (self._written_gradients(eb, user_params, fast, looped=looped)
+                     if c.feature_memory else None)  # before the global step moves phi
+            task = fast.get(TASK_MEMORY)
+        if grads is not None and c.memory_grad_clip is not None:
+            grads = _clip_per_user({n: g.materialize() if isinstance(g, Outer) else g for n, g in grads.items()},
+                                   c.memory_grad_clip)
         loss = losses.mean() if c.meta_reduction == "mean" else losses.sum()
-        grads = (self._written_gradients(eb, user_params, fast, looped=looped)
-                 if c.feature_memory else None)  # before the global step moves phi
         value = engine.outer_step(self.optimizer, loss, grad_clip=c.grad_clip)
         if a is not None:
             self.memory.write(
                 a, profile=eb.user_features["profile"], gradients=grads,
-                task=fast.get(TASK_MEMORY), alpha=c.alpha, beta=c.beta, gamma=c.gamma, mode=c.memory_write,
+                task=task, alpha=c.alpha, beta=c.beta, gamma=c.gamma, mode=c.memory_write,
             )
             self._track(a)
         return value if c.meta_reduction == "mean" else value / len(batch)
+
+    # ----------------------------------------------------------------- the lowrank backend
+    def factored(self, attention: Tensor | None, *, detach: bool = False) -> mamo_lowrank.FactoredRecommender:
+        """The recommender for users with memory ``attention``, per-user weights kept factored."""
+        c: MAMOConfig = self.config
+        params = self.params()
+        if detach:
+            params = {k: v.detach() for k, v in params.items()}
+            attention = None if attention is None else attention.detach()
+        return mamo_lowrank.factored_recommender(
+            self.recommender, params, attention=attention,
+            gradient_slots=self.memory.gradient if c.feature_memory else None,
+            task_slots=self.memory.task if c.task_memory else None, tau=c.tau,
+        )
+
+    def _adapt_lowrank(self, eb: TaskBatch, net: mamo_lowrank.FactoredRecommender, *, training: bool):
+        c: MAMOConfig = self.config
+        key = (eb.support_ratings.shape[1], training)
+        if key not in self._step_items:  # the same for every batch: work it out once
+            self._step_items[key] = engine.step_items(*reversed(self.schedule(key[0], training=training)))
+        return mamo_lowrank.adapt(
+            net, eb.user_features["profile"], eb.support_features["profile"], eb.support_ratings, eb.support_mask,
+            step_items=self._step_items[key], lr=c.local_lr, loss_fn=self.loss_fn,
+            first_order=c.first_order or not training,
+        )
+
+    def _local_learning_lowrank(self, eb: TaskBatch):
+        """Attention, query losses ``[B]``, the gradients to write into M_U and the adapted M_{u,I}."""
+        c: MAMOConfig = self.config
+        profile = eb.user_features["profile"]
+        a = self.memory.attention(profile, c.attention_temperature) if self.uses_attention else None
+        start = self.factored(a)
+        net = self._adapt_lowrank(eb, start, training=True)
+        taps: list = []
+        pred = net(profile, eb.query_features["profile"], taps)
+        losses = mamo_lowrank.user_losses(self.loss_fn, pred, eb.query_ratings, eb.query_mask)
+        grads = None
+        if c.feature_memory and c.gradient_source == "query":
+            grads = mamo_lowrank.user_mlp_gradients(net, losses.sum(), taps)
+        elif c.feature_memory:
+            grads = mamo_lowrank.point_gradients(
+                start, profile, eb.support_features["profile"], eb.support_ratings, eb.support_mask, loss_fn=self.loss_fn,
+            )
+        # written as they are: factored, never one [d, 2d] matrix per user
+        task = net.task if c.task_memory else None
+        return a, losses, grads, task
 
     def _track(self, a: Tensor) -> None:
         with torch.no_grad():
@@ -506,6 +568,14 @@ class MAMO(EpisodicLearner):
     def adapt_and_predict(self, batch: TaskBatch) -> Tensor:
         c: MAMOConfig = self.config
         self.recommender.eval()
+        if c.backend == "lowrank":
+            with torch.no_grad():
+                eb = self.embed(batch)
+                profile = eb.user_features["profile"]
+                a = self.memory.attention(profile, c.attention_temperature) if self.uses_attention else None
+            net = self._adapt_lowrank(eb, self.factored(a, detach=True), training=False)
+            with torch.no_grad():
+                return self.to_rating(net(profile, eb.query_features["profile"]))
         with torch.no_grad():
             eb = self.embed(batch)
             _, user_params = self.read(eb.user_features["profile"])

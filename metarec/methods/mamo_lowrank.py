@@ -1,0 +1,240 @@
+"""MAMO's recommender on factored fast weights (:mod:`metarec.lowrank`): the ``lowrank`` backend.
+
+The ``torch.func`` backend gives every user of a batch a copy of all ~225k local numbers of the
+recommender (``d = 100``) and rewrites it at each of the 15 item-by-item local steps: the batch is
+bound by memory bandwidth. Here no per-user weight exists: every linear layer is a
+:class:`~metarec.lowrank.FastLinear` whose personal part is MAMO's memory mixture (``phi_u - tau
+a_u^T M_U`` for the user MLP, ``a_u^T M_{U,I}`` for the task layer) plus the rank-one updates of the
+local steps. Same equations, same numbers (float64 tests against the other two backends), a
+fraction of the memory traffic.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Callable, Mapping, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from metarec.engine import StepItems, n_step_items, per_user
+from metarec.lowrank import FastLinear, Layer, Tap, output_gradients, run, sgd_step, weight_gradients
+
+LossFn = Callable[[Tensor, Tensor, Tensor], Tensor]
+
+
+@dataclass(frozen=True)
+class FactoredRecommender:
+    """``MAMORecommender``'s forward (Eq. 1-2) for a batch of users with factored per-user weights.
+
+    ``user``, ``item`` and ``head`` are the MLPs as layer lists, ``task`` the memory layer
+    ``M_{u,I}`` (or the plain FC layer of the no-task-memory ablation). ``user_names`` names the
+    parameters of the user MLP's linear layers in order (``(weight, bias)`` per layer).
+    """
+
+    user: tuple[Layer, ...]
+    item: tuple[Layer, ...]
+    task: FastLinear
+    memory_act: Callable[[Tensor], Tensor]
+    head: tuple[Layer, ...]
+    out_dim: int
+    user_names: tuple[tuple[str, str], ...]
+
+    def linears(self) -> list[FastLinear]:
+        """The linear layers in the order :meth:`__call__` records their taps."""
+        return [*_linears(self.user), *_linears(self.item), self.task, *_linears(self.head)]
+
+    @property
+    def n_user_layers(self) -> int:
+        """How many of :meth:`linears` (the first ones) belong to the user MLP."""
+        return len(self.user_names)
+
+    def replace_linears(self, new: Sequence[FastLinear]) -> FactoredRecommender:
+        """The same network with its linear layers replaced, in :meth:`linears` order."""
+        it = iter(new)
+        swap = lambda layers: tuple(next(it) if isinstance(x, FastLinear) else x for x in layers)  # noqa: E731
+        user, item = swap(self.user), swap(self.item)
+        task = next(it)
+        head = swap(self.head)
+        if next(it, None) is not None:
+            raise ValueError("replace_linears: more layers than the network has")
+        return dataclasses.replace(self, user=user, item=item, task=task, head=head)
+
+    def detach(self) -> FactoredRecommender:
+        """The network cut from the autograd graph (a first-order step's evaluation point)."""
+        return self.replace_linears([layer.detach() for layer in self.linears()])
+
+    def with_steps_of(self, other: FactoredRecommender) -> FactoredRecommender:
+        """This network's base with the local steps ``other`` took (see :meth:`FastLinear.with_steps_of`)."""
+        return self.replace_linears([a.with_steps_of(b) for a, b in zip(self.linears(), other.linears())])
+
+    def user_base(self, profile: Tensor) -> Tensor:
+        """The first user layer's base output ``[B, 1, h]``: the same at every local step."""
+        return self.user[0].base(profile.unsqueeze(1))
+
+    def item_base(self, items: Tensor) -> Tensor:
+        """The first item layer's base output ``[B, n, h]`` (all support items in one product)."""
+        return self.item[0].base(items)
+
+    def __call__(
+        self,
+        profile: Tensor,
+        items: Tensor,
+        taps: list[Tap] | None = None,
+        *,
+        user_base: Tensor | None = None,
+        item_base: Tensor | None = None,
+    ) -> Tensor:
+        """Predictions ``[B, n]`` (or ``[B, n, classes]``) from ``profile [B, D_u]``, ``items [B, n, D_i]``.
+
+        ``user_base`` / ``item_base``: :meth:`user_base` / :meth:`item_base` of these inputs, when
+        already computed.
+        """
+        e_u = run(self.user, profile.unsqueeze(1), taps, first_base=user_base)  # [B, 1, d]
+        e_i = run(self.item, items, taps, first_base=item_base)  # [B, n, d]
+        x = torch.cat([e_u.expand(-1, e_i.shape[1], -1), e_i], dim=-1)  # [e_u; e_i], Eq. 2
+        out = run(self.head, self.memory_act(run([self.task], x, taps)), taps)
+        return out.squeeze(-1) if self.out_dim == 1 else out
+
+
+def _linears(layers: Sequence[Layer]) -> list[FastLinear]:
+    return [x for x in layers if isinstance(x, FastLinear)]
+
+
+def factored_recommender(
+    recommender: nn.Module,
+    params: Mapping[str, Tensor],
+    *,
+    attention: Tensor | None,
+    gradient_slots: Callable[[str], Tensor] | None,
+    task_slots: Tensor | None,
+    tau: float,
+) -> FactoredRecommender:
+    """The recommender with parameters ``params`` (phi) for users with memory ``attention [B, K]``.
+
+    ``gradient_slots(name)`` gives ``M_U``'s ``[K, *shape]`` slots of a user-MLP parameter (None:
+    no feature memory, ``theta_u = phi_u``); ``task_slots`` is ``M_{U,I} [K, d, 2d]`` (None: the
+    recommender's own ``task_layer``).
+    """
+
+    def layers(seq: nn.Sequential, prefix: str, personal: bool) -> tuple[Layer, ...]:
+        out: list[Layer] = []
+        for j, module in enumerate(seq):
+            if not isinstance(module, nn.Linear):
+                out.append(module)
+                continue
+            w, b = params[f"{prefix}.{j}.weight"], params.get(f"{prefix}.{j}.bias")
+            if personal:  # theta_u = phi_u - tau * a_u^T M_U (Eq. 4, 9), kept as a slot mixture
+                bias = None if b is None else b - tau * (attention @ gradient_slots(f"{prefix}.{j}.bias"))
+                out.append(FastLinear.mixture(w, gradient_slots(f"{prefix}.{j}.weight"), -tau * attention, bias=bias))
+            else:
+                out.append(FastLinear(weight=w, bias=b))
+        return tuple(out)
+
+    personal = gradient_slots is not None
+    user_names = tuple(
+        (f"user_mlp.{j}.weight", f"user_mlp.{j}.bias")
+        for j, module in enumerate(recommender.user_mlp) if isinstance(module, nn.Linear)
+    )
+    if task_slots is not None:
+        task = FastLinear(slots=task_slots, slot_coef=attention)  # M_{u,I} = a_u^T M_{U,I} (Eq. 7)
+    else:
+        task = FastLinear(weight=params["task_layer.weight"])
+    return FactoredRecommender(
+        user=layers(recommender.user_mlp, "user_mlp", personal),
+        item=layers(recommender.item_mlp, "item_mlp", False),
+        task=task,
+        memory_act=recommender.memory_act,
+        head=layers(recommender.head, "head", False),
+        out_dim=recommender.out_dim,
+        user_names=user_names,
+    )
+
+
+def user_losses(loss_fn: LossFn, pred: Tensor, target: Tensor, mask: Tensor) -> Tensor:
+    """Each user's own loss ``[B]`` (``loss_fn`` sees one user, as in :mod:`metarec.engine`)."""
+    return per_user(loss_fn)(pred, target, mask)
+
+
+def adapt(
+    net: FactoredRecommender,
+    profile: Tensor,
+    support: Tensor,
+    support_y: Tensor,
+    support_mask: Tensor,
+    *,
+    step_items: Sequence[StepItems],
+    lr: float,
+    loss_fn: LossFn,
+    first_order: bool,
+) -> FactoredRecommender:
+    """Local learning (Eq. 10-11): one SGD step on every linear layer per entry of ``step_items``.
+
+    ``step_items[t]`` are the support positions of step ``t`` (None = all); the same schedule as
+    :func:`metarec.engine.inner_adapt`. First order: each step's gradient is a constant for the
+    outer loop (evaluated on the detached network and inputs, as the engine does), so the steps
+    are taken on a detached copy, written in place into reserved factors, and handed to ``net``
+    at the end. The first layers' base outputs (user profile, support items) are computed once.
+    """
+    if first_order:
+        rank = sum(n_step_items(idx, support.shape[1]) for idx in step_items)
+        point = net.detach()
+        point = point.replace_linears([layer.reserve(rank, profile.shape[0]) for layer in point.linears()])
+        profile, support = profile.detach(), support.detach()
+    else:
+        point = net
+    with torch.enable_grad():  # the profile and the support items are the same at every step
+        user_base, item_base = point.user_base(profile), point.item_base(support)
+    if first_order:  # leaves: the taps then have a graph to differentiate, nothing reaches the outer loop
+        user_base, item_base = _grad_leaf(user_base), _grad_leaf(item_base)
+    at = 0
+    for idx in step_items:
+        x, ib = (support, item_base) if idx is None else (support[:, idx], item_base[:, idx])
+        y = support_y if idx is None else support_y[:, idx]
+        m = support_mask if idx is None else support_mask[:, idx]
+        with torch.enable_grad():
+            taps: list[Tap] = []
+            losses = user_losses(loss_fn, point(profile, x, taps, user_base=user_base, item_base=ib), y, m)
+            deltas = output_gradients(losses.sum(), taps, create_graph=not first_order)
+        if first_order:
+            for layer, (x_in, _), d in zip(point.linears(), taps, deltas):
+                layer.sgd_(x_in.detach(), d.detach(), lr, at)
+            at += x.shape[1]
+        else:
+            point = point.replace_linears(sgd_step(point.linears(), taps, deltas, lr, first_order=False))
+    return net.with_steps_of(point) if first_order else point
+
+
+def _grad_leaf(x: Tensor) -> Tensor:
+    """``x`` detached, asking for grad: the taps of a first-order step then have a graph to
+    differentiate, while nothing reaches the outer loop."""
+    return x.detach().requires_grad_(True)
+
+
+def point_gradients(
+    net: FactoredRecommender, profile: Tensor, items: Tensor, target: Tensor, mask: Tensor, *, loss_fn: LossFn
+) -> dict[str, Tensor]:
+    """Each user's gradient of their loss on ``items`` w.r.t. the user-MLP parameters at ``net``."""
+    with torch.enable_grad():
+        taps: list[Tap] = []
+        losses = user_losses(loss_fn, net.detach()(_grad_leaf(profile), _grad_leaf(items), taps), target, mask)
+        return user_mlp_gradients(net, losses.sum(), taps)
+
+
+def user_mlp_gradients(net: FactoredRecommender, loss: Tensor, taps: Sequence[Tap]) -> dict[str, Tensor]:
+    """Each user's gradient of ``loss`` (a sum of per-user losses) w.r.t. the user-MLP parameters.
+
+    ``taps`` are those of the forward pass that produced ``loss``; the graph is kept for the outer
+    backward. Returns ``{name: [B, *shape]}`` with no graph (MAMO writes it into ``M_U``, Eq. 6).
+    """
+    k = net.n_user_layers
+    deltas = output_gradients(loss, taps[:k], retain_graph=True)
+    out: dict[str, Tensor] = {}
+    for (w_name, b_name), tap, delta in zip(net.user_names, taps[:k], deltas):
+        gw, gb = weight_gradients((tap[0].detach(), tap[1]), delta.detach())
+        out[w_name], out[b_name] = gw, gb
+    return out
+
+
+__all__ = ["FactoredRecommender", "adapt", "factored_recommender", "point_gradients", "user_losses", "user_mlp_gradients"]
