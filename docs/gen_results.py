@@ -261,6 +261,11 @@ def _missing_methods(datasets: Iterable[str], covered: Mapping[str, set[str]]) -
     return lines
 
 
+def _demote(markdown: str) -> str:
+    """A notes file's headings as bold lines, so that they do not break the page's outline."""
+    return "\n".join(f"**{line.lstrip('#').strip()}**" if line.startswith("#") else line for line in markdown.splitlines())
+
+
 def render(results_dir: Path, reference_path: Path | None = None) -> str:
     """The generated part of the Results page (markdown)."""
     results_dir = Path(results_dir)
@@ -294,6 +299,11 @@ def render(results_dir: Path, reference_path: Path | None = None) -> str:
         out.append("")
         out.append(run_summary(path, data))
         out.append("")
+        notes = path.parent / "NOTES.md"
+        if notes.exists():  # how the folder was produced and what deviates: it travels with the numbers
+            out.append(f'??? note "How these results were produced (`{_rel(notes)}`)"')
+            out.extend(("    " + line).rstrip() for line in _demote(notes.read_text()).splitlines())
+            out.append("")
         out.append(results_table(data, reference.get(ds, {})))
         out.append("")
     for ds, methods in reference.items():

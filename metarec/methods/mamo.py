@@ -16,8 +16,10 @@ Memories (Eq. 3-8), K slots ("user preference types"):
 * preference memory cube ``M_{U,I} [K, d, 2d]`` -- fast weights ``M_{u,I} = a_u^T M_{U,I}`` (Eq. 7),
   adapted locally with the other local parameters.
 
-Training (Algorithm 1), one meta-step per batch of users, all users of a batch adapted at once by
-:mod:`metarec.engine`: read every user's attention, bias and fast weights from the memories as they
+Training (Algorithm 1), one meta-step per batch of users, all users of a batch adapted at once
+(``backend``: :mod:`metarec.lowrank` keeps each user's adapted weights as rank-one factors, the
+default; ``torch.func`` gives each user a copy under :mod:`metarec.engine`'s vmap; ``loop`` adapts
+one user at a time -- the same numbers): read every user's attention, bias and fast weights from the memories as they
 are at the start of the batch; adapt ``theta_u, theta_i, theta_r, M_{u,I}`` by plain gradient steps
 of rate ``rho`` on the support set (Eq. 11); update the global parameters with rate ``lambda`` from
 the query losses (Eq. 12); then write every user's profile, gradient and adapted fast weights into
@@ -152,7 +154,7 @@ class MAMOConfig(EpisodicConfig):
     #: (all at once, a copy of the local parameters per user, :mod:`metarec.engine`) or ``loop``
     #: (one user at a time, the reference).
     backend: Literal["lowrank", "torch.func", "loop"] = "lowrank"
-    #: Users adapted at once inside vmap (None = the whole batch); bounds memory.
+    #: ``torch.func`` backend only: users adapted at once inside vmap (None = the whole batch).
     chunk_size: int | None = None
     epochs: int = 15
     batch_size: int = 32
