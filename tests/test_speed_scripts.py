@@ -1,0 +1,45 @@
+"""The MAMO speed script runs end to end and records what it measured (not how fast: the
+benchmark itself is run by hand, see ``docs/methods/mamo.md``)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _script():
+    spec = importlib.util.spec_from_file_location("bench_mamo_speed", REPO / "benchmarks" / "bench_mamo_speed.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_mamo_speed_script_times_the_backends_on_the_same_batches(tmp_path):
+    out = tmp_path / "speed.json"
+    rc = _script().main([
+        "--data", "synthetic", "--threads", "1", "--backends", "lowrank,loop",
+        "--set", "embedding_dim=8", "--set", "batch_size=64", "--loop-users", "100", "--out", str(out),
+    ])
+    assert rc == 0
+    record = json.loads(out.read_text())
+    assert record["train_users"] == 1600 and record["batches"] == 25 and record["batch_size"] == 64
+    assert set(record["epoch_s"]) == {"lowrank", "loop"}
+    assert len(record["batch_s"]["lowrank"]) == 25
+    assert len(record["batch_s"]["loop"]) == 2 and record["loop_extrapolated_from_users"] == 128
+    assert record["ratio_loop_over"]["lowrank"] == pytest.approx(record["epoch_s"]["loop"] / record["epoch_s"]["lowrank"])
+    # the loop's epoch is extrapolated from its two batches
+    assert record["epoch_s"]["loop"] == pytest.approx(sum(record["batch_s"]["loop"]) * 1600 / 128)
+    # the backends computed the same first meta-step
+    assert record["batch_loss_difference_vs_loop"]["lowrank"]["first"] < 1e-5
+    env = record["environment"]
+    assert env["torch_threads"] == 1 and env["git_commit"] and "load_average_before_after" in env
+
+
+def test_mamo_speed_script_needs_the_loop_and_a_batched_backend(tmp_path):
+    with pytest.raises(SystemExit):
+        _script().main(["--data", "synthetic", "--backends", "lowrank", "--out", str(tmp_path / "x.json")])
