@@ -17,42 +17,19 @@ hits both) and reports medians, and their ratio, from this one run. The JSON goe
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
-import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
 
-from metarec.bench.environment import timing_environment
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-def load_tasks(args: argparse.Namespace):
-    from metarec.data import load_split
-    from metarec.data.protocol import build_split
-    from metarec.data.synthetic import make_synthetic
-
-    if args.data == "ml-1m":
-        return load_split("ml-1m", data_dir=args.data_dir, seed=0).train
-    return build_split(make_synthetic(n_users=600, n_items=400, seed=0), seed=0).train
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+from metarec.bench.timing import add_machine_options, load_timing_split, machine_from_options, timed, write_record
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    p.add_argument("--threads", type=int, default=1, help="torch intra-op threads (CPU)")
-    p.add_argument("--data", choices=["ml-1m", "synthetic"], default=None, help="default: ml-1m when --data-dir is given")
-    p.add_argument("--data-dir", default=None)
+    add_machine_options(p, threads=1)
     p.add_argument("--method", default="melu", help="a MAML-family learner with a 'backend' config field")
     p.add_argument("--users", type=int, default=32, help="users per meta-batch")
     p.add_argument("--steps", type=int, nargs="+", default=[1, 5], help="inner steps to measure")
@@ -62,14 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=None, help="JSON path (default: benchmarks/results/l2l_speed_<device>_<time>.json)")
     args = p.parse_args(argv)
     load_before = os.getloadavg()
-    args.data = args.data or ("ml-1m" if args.data_dir else "synthetic")
-    if args.data == "ml-1m" and not args.data_dir:
-        p.error("--data ml-1m needs --data-dir")
-
-    torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        p.error("--device cuda: no CUDA device visible to torch")
+    device = machine_from_options(p, args)
 
     import learn2learn
 
@@ -77,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     from metarec.runtime import torch_generator
 
     cls = get_learner(args.method)
-    train = load_tasks(args)
+    train = load_timing_split(args, synthetic_users=600, synthetic_items=400).train
     n_batches = args.warmup + args.repeats
     if len(train) < args.users:
         raise SystemExit(f"only {len(train)} training users, fewer than --users {args.users}")
@@ -99,12 +69,9 @@ def main(argv: list[str] | None = None) -> int:
             times: dict[str, list[float]] = {b: [] for b in learners}
             for i, batch in enumerate(batches):
                 for b, learner in learners.items():
-                    sync(device)
-                    t0 = time.perf_counter()
-                    learner.meta_step(batch)
-                    sync(device)
+                    _, seconds = timed(device, lambda: learner.meta_step(batch))
                     if i >= args.warmup:
-                        times[b].append(time.perf_counter() - t0)
+                        times[b].append(seconds)
             med = {b: statistics.median(t) for b, t in times.items()}
             row = {
                 "inner_steps": steps,
@@ -129,17 +96,9 @@ def main(argv: list[str] | None = None) -> int:
         "repeats": args.repeats,
         "warmup": args.warmup,
         "results": results,
-        "environment": {
-            **timing_environment(device),
-            "load_average_before_after": [list(load_before), list(os.getloadavg())],
-            "learn2learn": learn2learn.__version__,
-        },
     }
-    out = Path(args.out) if args.out else REPO / "benchmarks" / "results" / (
-        f"l2l_speed_{args.device}_{datetime.now(timezone.utc).strftime('%Y%m%dT%H%M%SZ')}.json"
-    )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(record, indent=2) + "\n")
+    out = write_record(record, args.out, prefix=f"l2l_speed_{args.device}", device=device, load_before=load_before,
+                       extra_environment={"learn2learn": learn2learn.__version__})
     print(f"wrote {out} (load average before {load_before[0]:.2f}, after {os.getloadavg()[0]:.2f})")
     return 0
 

@@ -22,24 +22,14 @@ average, versions, git commit, data checksum, every batch time) goes to ``benchm
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
-import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
 
-from metarec.bench.environment import timing_environment
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+from metarec.bench.timing import add_machine_options, load_timing_split, machine_from_options, timed, write_record
 
 
 def parse_sets(items: list[str]) -> dict:
@@ -50,10 +40,7 @@ def parse_sets(items: list[str]) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--data", choices=["ml-1m", "synthetic"], default=None, help="default: ml-1m when --data-dir is given")
-    p.add_argument("--data-dir", default=None, help="folder holding ml-1m/ (e.g. ../shared/data)")
-    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    p.add_argument("--threads", type=int, default=2, help="torch intra-op threads on the CPU (the target: 2 cores)")
+    add_machine_options(p, threads=2)  # the target: 2 CPU cores
     p.add_argument("--preset", default=None, help="a MAMO preset (default: the config defaults = paper ML values)")
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                    help="MAMO config override, e.g. --set batch_size=64 (repeatable)")
@@ -65,26 +52,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=None, help="JSON path (default: benchmarks/results/mamo_speed_<data>_<device>_<time>.json)")
     args = p.parse_args(argv)
     load_before = os.getloadavg()
-    args.data = args.data or ("ml-1m" if args.data_dir else "synthetic")
-    if args.data == "ml-1m" and not args.data_dir:
-        p.error("--data ml-1m needs --data-dir")
-    torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        p.error("--device cuda: no CUDA device visible to torch")
+    device = machine_from_options(p, args)
 
     from metarec.methods.mamo import MAMO
     from metarec.runtime import torch_generator
 
-    if args.data == "ml-1m":
-        from metarec.data import load_split
-
-        split = load_split("ml-1m", data_dir=args.data_dir, seed=args.seed)
-    else:
-        from metarec.data.protocol import build_split
-        from metarec.data.synthetic import make_synthetic
-
-        split = build_split(make_synthetic(n_users=2000, n_items=800, seed=args.seed), seed=args.seed)
+    split = load_timing_split(args, synthetic_users=2000, synthetic_items=800, seed=args.seed)
     train = split.train
     overrides = parse_sets(args.sets)
     backends = [b.strip() for b in args.backends.split(",") if b.strip()]
@@ -121,11 +94,9 @@ def main(argv: list[str] | None = None) -> int:
         for b, learner in learners.items():
             if b == "loop" and i >= loop_batches:
                 continue
-            sync(device)
-            t0 = time.perf_counter()
-            losses[b].append(learner.meta_step(batch))
-            sync(device)
-            times[b].append(time.perf_counter() - t0)
+            loss, seconds = timed(device, lambda: learner.meta_step(batch))
+            losses[b].append(loss)
+            times[b].append(seconds)
         if (i + 1) % 20 == 0:
             print(f"  batch {i + 1}/{len(batches)}: " + ", ".join(f"{b} {sum(t):6.1f} s" for b, t in times.items()), flush=True)
 
@@ -171,16 +142,8 @@ def main(argv: list[str] | None = None) -> int:
         "batch_s": times,
         "max_abs_batch_loss_difference": diff,
         "first_batch_loss_difference": first_diff,
-        "environment": {
-            **timing_environment(device),
-            "load_average_before_after": [list(load_before), list(os.getloadavg())],
-        },
     }
-    out = Path(args.out) if args.out else REPO / "benchmarks" / "results" / (
-        f"mamo_speed_{args.data}_{args.device}_{datetime.now(timezone.utc).strftime('%Y%m%dT%H%M%SZ')}.json"
-    )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(record, indent=2, default=str) + "\n")
+    out = write_record(record, args.out, prefix=f"mamo_speed_{args.data}_{args.device}", device=device, load_before=load_before)
     print(f"wrote {out} (load average before {load_before[0]:.2f}, after {os.getloadavg()[0]:.2f})")
     return 0
 
