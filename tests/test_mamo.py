@@ -3,7 +3,6 @@ checkpoints, ablations, and learning on synthetic data with planted user types."
 
 from __future__ import annotations
 
-import dataclasses
 import math
 
 import pytest

@@ -43,3 +43,23 @@ def test_mamo_speed_script_times_the_backends_on_the_same_batches(tmp_path):
 def test_mamo_speed_script_needs_the_loop_and_a_batched_backend(tmp_path):
     with pytest.raises(SystemExit):
         _script().main(["--data", "synthetic", "--backends", "lowrank", "--out", str(tmp_path / "x.json")])
+
+
+def test_methods_speed_script_times_each_method_with_its_table1_settings(tmp_path):
+    spec = importlib.util.spec_from_file_location("bench_methods_speed", REPO / "benchmarks" / "bench_methods_speed.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    out = tmp_path / "methods.json"
+    rc = mod.main(["--threads", "1", "--methods", "mamo,global-mean", "--train-users", "16", "--eval-users", "8",
+                   "--out", str(out)])
+    assert rc == 0
+    record = json.loads(out.read_text())
+    mamo, mean = record["rows"]
+    assert mamo["method"] == "mamo" and mamo["preset"] == "tuned"  # the Table 1 config's preset
+    assert mamo["overrides"]["epochs"] == 1 and mamo["train_users_timed"] == 16 and mamo["eval_users"] == 8
+    assert mamo["s_per_epoch"] == pytest.approx(mamo["fit_s"] * record["train_users"] / 16)
+    assert mean["s_per_epoch"] is None and mean["whole_fit_s"] == pytest.approx(mean["fit_s"])
+    assert all(r["eval_users_per_s"] > 0 and r["peak_rss_mb"] > 0 for r in record["rows"])
+    assert record["environment"]["device"] == "cpu"
+    with pytest.raises(SystemExit):
+        mod.main(["--methods", "no-such-method", "--out", str(tmp_path / "x.json")])

@@ -76,22 +76,30 @@ def timed(device: torch.device, fn: Callable[[], T]) -> tuple[T, float]:
     return result, time.perf_counter() - t0
 
 
-def write_record(record: dict[str, Any], out: str | Path | None, *, prefix: str, device: torch.device,
+def default_record_path(prefix: str) -> Path:
+    """``benchmarks/results/<prefix>_<UTC time>.json``."""
+    return RESULTS_DIR / f"{prefix}_{datetime.now(timezone.utc).strftime('%Y%m%dT%H%M%SZ')}.json"
+
+
+def write_record(record: dict[str, Any], out: str | Path | None, *, device: torch.device, prefix: str | None = None,
                  load_before: tuple[float, float, float], extra_environment: dict[str, Any] | None = None) -> Path:
     """Add the machine (and the load average before and after) to ``record`` and write it as JSON.
 
-    ``out`` None: ``benchmarks/results/<prefix>_<UTC time>.json``.
+    ``out`` None: :func:`default_record_path` of ``prefix``. Writing the same path again replaces
+    the file, so a script may write its record after every measurement and keep what it had
+    when it is stopped.
     """
     record = {**record, "environment": {
         **timing_environment(device),
         "load_average_before_after": [list(load_before), list(os.getloadavg())],
         **(extra_environment or {}),
     }}
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    path = Path(out) if out else RESULTS_DIR / f"{prefix}_{stamp}.json"
+    if not out and not prefix:
+        raise ValueError("write_record needs an output path or a prefix for the default one")
+    path = Path(out) if out else default_record_path(prefix)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(record, indent=2, default=str) + "\n")
     return path
 
 
-__all__ = ["RESULTS_DIR", "add_machine_options", "load_timing_split", "machine_from_options", "timed", "write_record"]
+__all__ = ["RESULTS_DIR", "add_machine_options", "default_record_path", "load_timing_split", "machine_from_options", "timed", "write_record"]
