@@ -217,6 +217,10 @@ def _speed_value(value: Any) -> str:
     return str(value)
 
 
+#: Mappings of a speed record that describe its setup rather than summarise its measurement.
+NOT_SUMMARIES = ("environment", "config", "overrides", "batch_s")
+
+
 def speed_table(path: Path) -> str:
     """A speed file as a table: its records (``rows`` or ``results``, nested keys flattened) and its setup."""
     data = _read(path)
@@ -235,6 +239,9 @@ def speed_table(path: Path) -> str:
         ))
     out.extend(f"- {item}" for item in items)
     out.append("")
+    if not rows:  # a single measurement (e.g. bench_mamo_speed.py): its summaries as one row
+        summary = {k: v for k, v in data.items() if isinstance(v, Mapping) and k not in NOT_SUMMARIES}
+        rows = [summary] if summary else []
     if not rows or not isinstance(rows, list) or not all(isinstance(r, Mapping) for r in rows):
         out.append("*(this file holds no list of records under `rows` or `results`)*")
         return "\n".join(out)

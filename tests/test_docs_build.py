@@ -119,6 +119,14 @@ def test_results_page_is_generated_from_results_files(tmp_path):
     assert "No speed measurements are committed yet" not in page
     assert "| inner_steps | order | median_s.learn2learn | median_s.torch.func | ratio_l2l_over_engine |" in page
     assert "| 1 | first | 0.25 | 0.0125 | 20 |" in page
+    # one measurement without a list of records (benchmarks/bench_mamo_speed.py): its summaries as a row
+    (results_dir / "mamo_speed_ml-1m_cpu_20260101T000000Z.json").write_text(json.dumps({
+        "what": "one MAMO epoch", "epoch_s": {"lowrank": 7.0, "loop": 98.0}, "ratio_loop_over": {"lowrank": 14.0},
+        "batch_s": {"lowrank": [0.1, 0.2]}, "config": {"embedding_dim": 100}, "environment": {"device": "cpu"},
+    }))
+    page = gen.render(results_dir)
+    assert "| epoch_s.lowrank | epoch_s.loop | ratio_loop_over.lowrank |" in page
+    assert "| 7 | 98 | 14 |" in page
 
 
 def test_paper_reference_matches_the_published_table():
