@@ -295,20 +295,21 @@ def render(results_dir: Path, reference_path: Path | None = None) -> str:
         out.append(f"    output folder under `{_rel(results_dir)}/`; the tables appear here at the next build.")
         out.append("")
     covered: dict[str, set[str]] = {}
-    for path in results:
-        data = _read(path)
+    # the fullest comparison first (a folder of one method's presets after the Table 1 run)
+    loaded = sorted(((path, _read(path)) for path in results), key=lambda pd: (-len(pd[1].get("methods", {})), str(pd[0])))
+    for path, data in loaded:
         if data.get("format") != RESULTS_FORMAT:
             raise ValueError(f"{path}: expected format {RESULTS_FORMAT!r}, got {data.get('format')!r}")
         ds = data.get("dataset", {}).get("name") or data.get("config", {}).get("dataset", "?")
         covered.setdefault(ds, set()).update(m for m, e in data.get("methods", {}).items() if e.get("cells"))
-        label = data.get("label") or path.parent.name
+        label = path.parent.name  # the committed folder, as readers find it on disk
         out.append(f"### {DATASET_NAMES.get(ds, ds)} — `{label}`")
         out.append("")
         out.append(run_summary(path, data))
         out.append("")
         notes = path.parent / "NOTES.md"
         if notes.exists():  # how the folder was produced and what deviates: it travels with the numbers
-            out.append(f'??? note "How these results were produced (`{_rel(notes)}`)"')
+            out.append(f'???+ note "Notes: how these results were produced and what they show (`{_rel(notes)}`)"')
             out.extend(("    " + line).rstrip() for line in _demote(notes.read_text()).splitlines())
             out.append("")
         out.append(results_table(data, reference.get(ds, {})))

@@ -102,10 +102,10 @@ def test_results_page_is_generated_from_results_files(tmp_path):
     expected = f"{cell['mean']:.4f} ± {cell['std']:.4f}<br><small>[{cell['ci'][0]:.4f}, {cell['ci'][1]:.4f}]</small>"
     assert expected in page, "the page must show exactly the numbers of results.json"
     assert "**global-mean**" in page and "**baseline-predictor**" in page
-    assert "How these results were produced" not in page
+    assert "Notes: how these results were produced" not in page
     (results_dir / "smoke" / "NOTES.md").write_text("# How\n\n* s2Meta ran 1 epoch, not 20.\n")
     page = gen.render(results_dir)
-    assert '??? note "How these results were produced' in page and "    * s2Meta ran 1 epoch, not 20." in page
+    assert '???+ note "Notes: how these results were produced' in page and "    * s2Meta ran 1 epoch, not 20." in page
     assert "    **How**" in page
 
     speed = results_dir / "l2l_speed_cpu_20260101T000000Z.json"  # the shape benchmarks/bench_l2l_speed.py writes
