@@ -32,13 +32,13 @@ REPO = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = REPO / "benchmarks" / "configs" / "table1-ml1m.toml"
 
 
-def method_settings(config_path: Path | None, methods: list[str] | None) -> tuple[list[str], dict]:
-    """The methods to time and each one's ``(preset, overrides)`` from a bench config file."""
+def one_epoch_config(config_path: Path | None):
+    """The bench config's method settings with the harness's bench-wide ``epochs = 1`` on top:
+    every learner that has epochs trains one, the others (closed-form baselines) fit as usual."""
     from metarec.bench.config import layer_from_file, resolve_config
 
-    cfg = resolve_config(layer_from_file(config_path)) if config_path else resolve_config({})
-    names = methods or list(cfg.methods)
-    return names, {m: cfg.settings_for(m) for m in names}
+    layers = [layer_from_file(config_path)] if config_path else []
+    return resolve_config(*layers, {"bench": {"epochs": 1}})
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -62,8 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     from metarec.registry import get_learner
 
     try:
-        names, settings = method_settings(Path(args.config) if args.config else None,
-                                          [m.strip() for m in args.methods.split(",")] if args.methods else None)
+        cfg = one_epoch_config(Path(args.config) if args.config else None)
+        names = [m.strip() for m in args.methods.split(",")] if args.methods else list(cfg.methods)
         classes = {m: get_learner(m) for m in names}
     except (ConfigError, KeyError, OSError) as exc:
         p.error(str(exc))
@@ -91,17 +91,18 @@ def main(argv: list[str] | None = None) -> int:
     }
     rows = record["rows"]
     for name in names:
-        cls, s = classes[name], settings[name]
-        has_epochs = "epochs" in {f.name for f in dataclasses.fields(cls.Config)}
-        overrides = {**s.overrides, **({"epochs": 1} if has_epochs else {})}
-        learner = cls.from_settings(train.schema, preset=s.preset, overrides=overrides, device=device, seed=args.seed)
+        cls, preset = classes[name], cfg.settings_for(name).preset
+        fields = [f.name for f in dataclasses.fields(cls.Config)]
+        has_epochs = "epochs" in fields
+        overrides = cfg.learner_overrides(name, fields)
+        learner = cls.from_settings(train.schema, preset=preset, overrides=overrides, device=device, seed=args.seed)
         with PeakMemory(device) as memory:
             _, fit_s = timed(device, lambda: learner.meta_fit(train_part))
             _, predict_s = timed(device, lambda: learner.predict(test_part))
             peak = memory.read()
         row = {
             "method": name,
-            "preset": s.preset,
+            "preset": preset,
             "overrides": overrides,
             "fit_s": fit_s,
             "train_users_timed": n_train,

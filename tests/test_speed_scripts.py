@@ -12,11 +12,16 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _script():
-    spec = importlib.util.spec_from_file_location("bench_mamo_speed", REPO / "benchmarks" / "bench_mamo_speed.py")
+def _load(script: str):
+    """A script of ``benchmarks/`` as a module (they are not a package)."""
+    spec = importlib.util.spec_from_file_location(script, REPO / "benchmarks" / f"{script}.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
+
+
+def _script():
+    return _load("bench_mamo_speed")
 
 
 def test_mamo_speed_script_times_the_backends_on_the_same_batches(tmp_path):
@@ -46,9 +51,7 @@ def test_mamo_speed_script_needs_the_loop_and_a_batched_backend(tmp_path):
 
 
 def test_methods_speed_script_times_each_method_with_its_table1_settings(tmp_path):
-    spec = importlib.util.spec_from_file_location("bench_methods_speed", REPO / "benchmarks" / "bench_methods_speed.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = _load("bench_methods_speed")
     out = tmp_path / "methods.json"
     rc = mod.main(["--threads", "1", "--methods", "mamo,global-mean", "--train-users", "16", "--eval-users", "8",
                    "--out", str(out)])

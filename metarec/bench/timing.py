@@ -89,13 +89,13 @@ def write_record(record: dict[str, Any], out: str | Path | None, *, device: torc
     the file, so a script may write its record after every measurement and keep what it had
     when it is stopped.
     """
+    if not out and not prefix:
+        raise ValueError("write_record needs an output path or a prefix for the default one")
     record = {**record, "environment": {
         **timing_environment(device),
         "load_average_before_after": [list(load_before), list(os.getloadavg())],
         **(extra_environment or {}),
     }}
-    if not out and not prefix:
-        raise ValueError("write_record needs an output path or a prefix for the default one")
     path = Path(out) if out else default_record_path(prefix)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(record, indent=2, default=str) + "\n")
