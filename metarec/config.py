@@ -7,6 +7,8 @@ offending key and list the valid ones.
 
 from __future__ import annotations
 
+from metarec.errors import UserError
+
 import dataclasses
 import difflib
 import sys
@@ -23,7 +25,7 @@ else:  # pragma: no cover - exercised on Python 3.10 only
 T = TypeVar("T")
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A configuration key or value is not valid; the message says which and what to do."""
 
 

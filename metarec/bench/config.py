@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -82,6 +84,10 @@ class BenchConfig:
     progress: bool = True
     #: Keep each run's training checkpoints after it finished (they are deleted otherwise).
     keep_checkpoints: bool = False
+    #: Where runs execute: ``process`` (worker processes: a run that crashes or exits cannot take
+    #: the benchmark down) or ``inline`` (the driver's process: for learners defined in a
+    #: notebook or ``__main__``; survives exceptions and ``sys.exit``, not ``os._exit``).
+    executor: Literal["process", "inline"] = "process"
     #: Overrides of :class:`metarec.data.ProtocolConfig` (e.g. ``n_support``).
     protocol: dict[str, Any] = field(default_factory=dict)
     #: Arguments of :func:`metarec.data.synthetic.make_synthetic` when ``dataset = "synthetic"``.
@@ -97,21 +103,20 @@ class BenchConfig:
             raise ValueError(f"methods lists {', '.join(dupes)} more than once")
         if not self.seeds:
             raise ValueError("seeds is empty: give at least one seed")
-        if any(s < 0 for s in self.seeds):
-            raise ValueError(f"seeds must be non-negative integers, got {list(self.seeds)}")
+        if len(self.seeds) > MAX_SEEDS:
+            raise ValueError(f"seeds: {len(self.seeds)} seeds given, at most {MAX_SEEDS} allowed")
+        for s in self.seeds:
+            _check_int("seeds", s, 0, MAX_SEED)
         if len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"seeds contain duplicates: {list(self.seeds)}")
-        if self.jobs < 1:
-            raise ValueError(f"jobs must be >= 1, got {self.jobs}")
-        if self.threads is not None and self.threads < 1:
-            raise ValueError(f"threads must be >= 1, got {self.threads}")
-        if self.epochs is not None and self.epochs < 0:
-            raise ValueError(f"epochs must be >= 0, got {self.epochs}")
-        for name in ("k", "clip_size", "n_boot"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if not 0.0 < self.ci_level < 1.0:
-            raise ValueError(f"ci_level must be in (0, 1), got {self.ci_level}")
+        for name, (lo, hi) in int_bounds().items():
+            value = getattr(self, name)
+            if value is not None:
+                _check_int(name, value, lo, hi)
+        if isinstance(self.ci_level, bool) or not isinstance(self.ci_level, (int, float)) or not (
+            math.isfinite(self.ci_level) and 0.0 < self.ci_level < 1.0
+        ):
+            raise ValueError(f"ci_level = {self.ci_level!r} is out of range: allowed (0, 1), e.g. 0.95")
 
     # ------------------------------------------------------------------ per method
     def settings_for(self, method: str) -> MethodSettings:
@@ -149,6 +154,72 @@ class BenchConfig:
         return cfg
 
 
+# ---------------------------------------------------------------------------- bounds
+
+#: Largest seed (seeds feed numpy's and torch's generators) and most seeds per benchmark.
+MAX_SEED = 2**31 - 1
+MAX_SEEDS = 1000
+#: Most bootstrap resamples (memory grows with resamples x test users).
+MAX_N_BOOT = 100_000
+MAX_EPOCHS = 100_000
+
+
+def cpu_cores() -> int:
+    """CPU cores this process may use."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def int_bounds() -> dict[str, tuple[int, int]]:
+    """Allowed ranges (inclusive) of the bench's integer settings; threads and jobs follow the cores."""
+    cores4 = 4 * cpu_cores()
+    return {
+        "jobs": (1, cores4),
+        "threads": (1, cores4),
+        "epochs": (0, MAX_EPOCHS),
+        "k": (1, 1000),
+        "clip_size": (1, 100_000),
+        "n_boot": (1, MAX_N_BOOT),
+    }
+
+
+def _check_int(name: str, value: Any, lo: int, hi: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{name} = {value!r} must be a whole number in {lo}..{hi}")
+    if not lo <= value <= hi:
+        note = f" (4 x the {cpu_cores()} CPU cores)" if name in ("jobs", "threads") else ""
+        raise ValueError(f"{name} = {value} is out of range: allowed {lo}..{hi}{note}")
+
+
+_LEARNING_RATE = re.compile(r"(^|_)lr($|_)|learning_rate")
+#: Largest learning rate the harness accepts for any method setting named like one.
+MAX_LEARNING_RATE = 10.0
+
+
+def check_values(where: str, value: Any) -> None:
+    """Refuse non-finite numbers anywhere in ``value`` and learning rates outside (0, 10].
+
+    Applies to every method setting and the protocol/synthetic tables, whatever the method:
+    the key is named in the error (``methods.mamo.lr = nan: ...``).
+    """
+    if isinstance(value, Mapping):
+        for k, v in value.items():
+            check_values(f"{where}.{k}", v)
+        return
+    if isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            check_values(f"{where}[{i}]", v)
+        return
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{where} = {value!r}: must be a finite number")
+    key = where.rsplit(".", 1)[-1]
+    if _LEARNING_RATE.search(key) and isinstance(value, (int, float)) and not isinstance(value, bool):
+        if not 0 < value <= MAX_LEARNING_RATE:
+            raise ConfigError(f"{where} = {value!r} is out of range: a learning rate must be in (0, {MAX_LEARNING_RATE:g}]")
+
+
 # ---------------------------------------------------------------------------- parsing helpers
 
 BENCH_FIELDS = tuple(f.name for f in dataclasses.fields(BenchConfig) if f.name != "method_settings")
@@ -172,6 +243,8 @@ def parse_seeds(text: str | Sequence[int]) -> tuple[int, ...]:
             lo, hi = int(m.group(1)), int(m.group(2))
             if hi < lo:
                 raise ConfigError(f"seed range {part!r} is empty (end before start)")
+            if hi - lo + 1 + len(seeds) > MAX_SEEDS or hi > MAX_SEED:
+                raise ConfigError(f"seeds {part!r}: at most {MAX_SEEDS} seeds, each in 0..{MAX_SEED}")
             seeds.extend(range(lo, hi + 1))
         elif re.fullmatch(r"\d+", part):
             seeds.append(int(part))
@@ -303,6 +376,10 @@ def resolve_config(*layers: Mapping[str, Any]) -> BenchConfig:
             raise ConfigError(f"methods.{name}.preset must be a string, got {preset!r}")
         settings[name] = MethodSettings(preset=preset, overrides=table)
     cfg.method_settings = settings
+    check_values("protocol", cfg.protocol)
+    check_values("synthetic", cfg.synthetic)
+    for name, ms in settings.items():
+        check_values(f"methods.{name}", ms.overrides)
     # Protocol keys are checked now, not after an hour of training.
     protocol_config(cfg)
     return cfg
@@ -313,6 +390,17 @@ def protocol_config(cfg: BenchConfig) -> Any:
     from metarec.data.protocol import ProtocolConfig
 
     return build_config(ProtocolConfig, cfg.protocol, where="protocol")
+
+
+def run_settings(cfg: BenchConfig, method: str) -> dict[str, Any]:
+    """The settings that decide one run's numbers: the bench's result fields and the method's own.
+
+    Stored in every run record; ``--resume`` keeps a finished run only when these still match.
+    """
+    d = cfg.to_dict()
+    out = {f: d.get(f) for f in RESULT_FIELDS if f != "method_settings"}
+    out["method"] = d["method_settings"].get(method, {"preset": None, "overrides": {}})
+    return out
 
 
 def differences(a: BenchConfig, b: BenchConfig, fields: Sequence[str] = RESULT_FIELDS) -> list[str]:
@@ -333,4 +421,5 @@ __all__ = [
     "parse_seeds",
     "protocol_config",
     "resolve_config",
+    "run_settings",
 ]

@@ -8,7 +8,12 @@ whether runs execute sequentially or in parallel:
 * ``("fit", key, total_batches, epochs_left, first_epoch)`` -- training starts
 * ``("advance", key, n_batches)`` -- batches done since the last event
 * ``("epoch", key, epoch, epochs_total, loss)`` -- an epoch finished
+* ``("predict_start", key, n_users)`` / ``("predict", key, users_done)`` -- predicting the test users
+* ``("note", key, text)`` -- something the user should know (a damaged checkpoint replaced, ...)
 * ``("done", key, status, summary)`` -- the run finished (``status`` ok / failed)
+
+Every finished run prints one line (also without the live display: ``--no-progress`` or
+output that is not a terminal), and so does every note.
 """
 
 from __future__ import annotations
@@ -116,6 +121,14 @@ class BenchProgress:
                 self.progress.update(
                     task, description=f"{self._label(key)} · epoch {first + 1}/{first + epochs_left}"
                 )
+        elif kind == "predict_start":
+            task = self._task(key)
+            self.progress.reset(task, total=max(int(event[2]), 1))
+            self.progress.update(task, description=f"{self._label(key)} · predicting test users")
+        elif kind == "predict":
+            self.progress.update(self._task(key), completed=int(event[2]))
+        elif kind == "note":
+            self.console.print(f"[yellow]note[/] {self._label(key)}: {event[2]}")
         elif kind == "advance":
             self.progress.advance(self._task(key), event[2])
         elif kind == "epoch":

@@ -430,13 +430,19 @@ def build_results(
     dataset: Mapping[str, Any],
     wall_time_s: float | None = None,
     command: Sequence[str] | None = None,
+    dropped: Sequence[Mapping[str, Any]] = (),
 ) -> dict[str, Any]:
-    """Rebuild ``results.json`` and ``predictions.csv`` from the per-run files; returns the results."""
+    """Rebuild ``results.json`` and ``predictions.csv`` from the per-run files; returns the results.
+
+    ``dropped`` lists runs removed from the benchmark with ``--drop-failed`` (``method``,
+    ``seed``, ``error``): they are neither missing nor failed, and results.json lists them.
+    """
     methods = list(config["methods"])
     seeds = [int(s) for s in config["seeds"]]
     k, clip_size = int(config["k"]), int(config["clip_size"])
     n_boot, level = int(config["n_boot"]), float(config["ci_level"])
-    found = collect_runs(rd, methods, seeds)
+    dropped_keys = {(str(d["method"]), int(d["seed"])) for d in dropped}
+    found = {k: v for k, v in collect_runs(rd, methods, seeds).items() if k not in dropped_keys}
 
     method_runs: dict[str, list[dict[str, Any]]] = {}
     method_preds: dict[str, dict[int, dict[str, np.ndarray]]] = {}
@@ -445,7 +451,7 @@ def build_results(
     for m in methods:
         ok = [found[(m, s)] for s in seeds if (m, s) in found and found[(m, s)]["status"] == "ok"]
         failed = [found[(m, s)] for s in seeds if (m, s) in found and found[(m, s)]["status"] != "ok"]
-        missing = [s for s in seeds if (m, s) not in found]
+        missing = [s for s in seeds if (m, s) not in found and (m, s) not in dropped_keys]
         preds = {int(r["seed"]): load_run_predictions(rd, m, int(r["seed"])) for r in ok}
         method_runs[m], method_preds[m] = ok, preds
         for r in ok:
@@ -456,12 +462,17 @@ def build_results(
             "seeds_ok": [int(r["seed"]) for r in ok],
             "seeds_failed": [int(r["seed"]) for r in failed],
             "seeds_missing": missing,
+            "seeds_dropped": [s for s in seeds if (m, s) in dropped_keys],
             "errors": [{"seed": r["seed"], "error": r.get("error"), "traceback": r.get("traceback")} for r in failed],
         }
         if ok:
             entry.update(aggregate_method(ok, preds, k=k, clip_size=clip_size, n_boot=n_boot, level=level))
             entry["preset"] = ok[0].get("preset")
             entry["learner_config"] = ok[0].get("learner_config")
+            entry["learner_class"] = ok[0].get("learner_class")
+            entry["learner_distribution"] = ok[0].get("learner_distribution")
+            if any(r.get("untrained") for r in ok):
+                entry["untrained"] = True
         summary[m] = entry
 
     tests = paired_tests(method_runs, method_preds, k=k) if sum(1 for r in method_runs.values() if r) > 1 else []
@@ -492,6 +503,7 @@ def build_results(
         "methods": summary,
         "paired_tests": tests,
         "runs": runs,
+        "dropped_runs": [dict(d) for d in dropped],
     }
     header = ",".join(PREDICTION_COLUMNS) + "\n"
     write_text(rd.predictions, header + "".join(parts))

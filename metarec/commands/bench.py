@@ -20,15 +20,10 @@ def _latest_run_dir(root: Path = Path("runs")) -> Path | None:
 
 def _saved_layer(out: Path) -> dict[str, Any]:
     """The resolved config of an earlier run as the lowest layer of a resumed one."""
-    from metarec.bench.config import CONFIG_FORMAT
-    from metarec.bench.results import read_json
+    from metarec.bench.results import RunDir
+    from metarec.bench.rundir import read_folder_config
 
-    path = out / "config.json"
-    if not path.exists():
-        raise click.ClickException(f"--resume: {out} holds no config.json; it is not a metarec bench folder")
-    saved = read_json(path)
-    if saved.get("format") != CONFIG_FORMAT:
-        raise click.ClickException(f"{path}: unknown format {saved.get('format')!r}")
+    saved = read_folder_config(RunDir(out))
     bench = dict(saved["config"])
     methods = {
         name: {**({"preset": s["preset"]} if s.get("preset") is not None else {}), **s.get("overrides", {})}
@@ -72,6 +67,23 @@ def _backend_layer(methods: tuple[str, ...], backend: str) -> dict[str, Any]:
     return {"methods": chosen}
 
 
+def _check_selected(selected: tuple[str, ...], given: dict[str, Any], resume: bool) -> None:
+    """A ``--set``/``--preset`` for a method that is not selected is a mistake, not a no-op."""
+    import difflib
+
+    from metarec.config import ConfigError
+
+    for name in given:
+        if name in selected:
+            continue
+        hint = difflib.get_close_matches(name, selected, n=1, cutoff=0.3)
+        did = f" (did you mean {hint[0]!r}?)" if hint else ""
+        raise ConfigError(
+            f"--set/--preset for {name!r}, which is not among the selected methods ({', '.join(selected)}){did}; "
+            f"add it to --methods or drop the setting"
+        )
+
+
 @click.command("bench")
 @click.option("--methods", "-m", help="Comma-separated learner names (see `metarec methods`). [default: global-mean,baseline-predictor]")
 @click.option("--dataset", "-d", help="ml-1m, book-crossing, synthetic, ... [default: ml-1m]")
@@ -86,7 +98,8 @@ def _backend_layer(methods: tuple[str, ...], backend: str) -> dict[str, Any]:
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
               help="Override a setting: mamo.epochs=3, jobs=2, protocol.n_support=10 (repeatable).")
 @click.option("--preset", "presets", multiple=True, metavar="METHOD=NAME", help="Use a named preset of a method (repeatable).")
-@click.option("--resume", is_flag=True, help="Continue an interrupted benchmark in --out (default: the latest under runs/), or extend a finished one with more --seeds/--methods.")
+@click.option("--resume", is_flag=True, help="Continue an interrupted benchmark in --out (default: the latest under runs/), or extend a finished one with more --seeds/--methods. Failed runs are re-attempted.")
+@click.option("--drop-failed", is_flag=True, help="With --resume: drop the failed runs from the benchmark instead of re-attempting them (listed in results.json).")
 @click.option("--jobs", "-j", type=click.IntRange(min=1), help="Runs executed in parallel processes. [default: 1]")
 @click.option("--threads", type=click.IntRange(min=1), help="torch threads per run. [default: cores / jobs]")
 @click.option("--offline/--online", default=None, help="Forbid / allow network access when loading data. [default: offline]")
@@ -110,6 +123,7 @@ def bench(
     sets: tuple[str, ...],
     presets: tuple[str, ...],
     resume: bool,
+    drop_failed: bool,
     jobs: int | None,
     threads: int | None,
     offline: bool | None,
@@ -147,7 +161,7 @@ def bench(
         if resume:
             out_path = Path(out) if out else _latest_run_dir()
             if out_path is None:
-                raise click.ClickException("--resume: no earlier benchmark under runs/; name it with --out")
+                raise BenchError("--resume: no earlier benchmark under runs/; name it with --out")
             out = str(out_path)
             layers.append(_saved_layer(out_path))
         layers.extend(layer_from_file(f) for f in config_files)
@@ -175,13 +189,14 @@ def bench(
         if backend is not None:
             selected = resolve_config(*layers, layer_from_overrides(sets)).methods
             layers.append(_backend_layer(selected, backend))
-        layers.append(layer_from_overrides(sets))
+        set_layer = layer_from_overrides(sets)
+        layers.append(set_layer)
         cfg = resolve_config(*layers)
+        _check_selected(cfg.methods, {**set_layer["methods"], **preset_layer}, resume)
         out_dir = Path(cfg.out) if cfg.out else default_out_dir()
         cfg.out = str(out_dir)
-        results = run_bench(cfg, out=out_dir, resume=resume, console=err, command=["metarec", *sys.argv[1:]])
-    except (ConfigError, BenchError, FileNotFoundError) as exc:
-        raise click.ClickException(str(exc)) from None
+        results = run_bench(cfg, out=out_dir, resume=resume, drop_failed_runs=drop_failed, console=err,
+                            command=["metarec", *sys.argv[1:]])
     except KeyboardInterrupt:
         err.print(
             f"\n[yellow]interrupted[/]: finished runs and training checkpoints are kept; continue with\n"
@@ -194,6 +209,11 @@ def bench(
         for table in rich_tables(views_from_paths([out_dir]), width=console.width):
             console.print(table)
     failed = [r for r in results["runs"] if r.get("status") != "ok"]
+    untrained = sorted({r["method"] for r in results["runs"] if r.get("untrained")})
+    if untrained:
+        err.print(f"[yellow]untrained[/]: {', '.join(untrained)} ran with epochs = 0 (initial parameters evaluated)")
+    for d in results.get("dropped_runs", []):
+        err.print(f"dropped: {d['method']} seed {d['seed']} (--drop-failed): {d.get('error')}")
     if not (out_dir / "plot.png").exists() and any(e.get("cells") for e in results["methods"].values()):
         err.print("no plot: matplotlib is not installed (pip install 'metarec[plot]')")
     err.print(f"results: {out_dir / 'results.json'} · predictions: {out_dir / 'predictions.csv'} · "

@@ -13,6 +13,8 @@ flagged non-canonical, and that flag travels into every split and result made fr
 
 from __future__ import annotations
 
+from metarec.errors import UserError
+
 import importlib
 import os
 from dataclasses import dataclass, field
@@ -150,13 +152,24 @@ def loader_function(entry: DatasetEntry) -> Callable[..., Any]:
     return _import(entry.loader)
 
 
+class UnknownDatasetError(UserError, KeyError):
+    """No dataset of that name; the message lists the known ones (and the closest match)."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0])
+
+
 def get_entry(name: str) -> DatasetEntry:
     """The catalog entry of a built-in dataset (an error listing the known names otherwise)."""
     try:
         return CATALOG[name]
     except KeyError:
-        known = ", ".join([*CATALOG, *VIRTUAL_DATASETS])
-        raise KeyError(f"unknown dataset {name!r}; known: {known}") from None
+        import difflib
+
+        names = [*CATALOG, *VIRTUAL_DATASETS]
+        hint = difflib.get_close_matches(name, names, n=1, cutoff=0.5)
+        did = f" (did you mean {hint[0]!r}?)" if hint else ""
+        raise UnknownDatasetError(f"unknown dataset {name!r}{did}; known: {', '.join(names)}") from None
 
 
 # ------------------------------------------------------------------------------ directories

@@ -8,6 +8,8 @@ links, caps the total extracted size, and writes only the members the catalog na
 
 from __future__ import annotations
 
+from metarec.errors import UserError
+
 import hashlib
 import os
 import stat
@@ -21,7 +23,7 @@ from typing import Callable, Mapping
 from metarec.data.catalog import DatasetEntry, Resource, dataset_dir, resolve_data_dir, verify
 
 
-class DownloadError(RuntimeError):
+class DownloadError(UserError, RuntimeError):
     """A download failed or its content does not match the published checksum."""
 
 

@@ -23,6 +23,8 @@ Defaults are the paper's:
 
 from __future__ import annotations
 
+from metarec.errors import UserError
+
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Literal
 
@@ -35,7 +37,7 @@ from metarec.schema import SCENARIOS
 from metarec.tasks import TaskSet
 
 
-class ProtocolError(ValueError):
+class ProtocolError(UserError, ValueError):
     """The data cannot satisfy the protocol as configured (the message says what to change)."""
 
 

@@ -9,6 +9,8 @@ whose only job is to find and describe the first bad line.
 
 from __future__ import annotations
 
+from metarec.errors import UserError
+
 import csv
 import io
 import re
@@ -20,7 +22,7 @@ from typing import Sequence
 import numpy as np
 
 
-class DataFormatError(ValueError):
+class DataFormatError(UserError, ValueError):
     """A data file cannot be read as declared; the message names the file, line and value."""
 
     def __init__(self, path: str | Path, message: str, line: int | None = None, *, unit: str = "line") -> None:
@@ -30,7 +32,7 @@ class DataFormatError(ValueError):
         super().__init__(f"{where}: {message}")
 
 
-class DataNotFoundError(FileNotFoundError):
+class DataNotFoundError(UserError, FileNotFoundError):
     """Dataset files are missing; the message says which files to put where (or how to download)."""
 
 

@@ -1,0 +1,237 @@
+"""Where runs execute: a small interface, and the local process-pool implementation.
+
+The driver (:func:`metarec.bench.runner.run_bench`) hands :class:`~metarec.bench.run.RunSpec`
+objects to an executor and reads back one :class:`RunOutcome` per run, whatever happened to
+it. An executor must
+
+* run each spec through :func:`metarec.bench.run.execute_run` (which writes the run's files),
+* forward the run's progress events to the driver's sink,
+* turn a run whose process died (``os._exit``, a segfault, the out-of-memory killer's SIGKILL)
+  into a failed outcome naming the cause -- exit code or signal -- and a run record saying so,
+* replace a dead worker, so that every other run still executes.
+
+:class:`ProcessExecutor` does this with local worker processes (``spawn``; ``--jobs`` of them,
+also one for ``--jobs 1``: a method that ends its process cannot end the benchmark). Each
+worker talks to the driver over its own pipe, so a worker killed mid-message corrupts nothing
+shared. :class:`InlineExecutor` runs in the driver's process (``executor = "inline"``: for
+learners registered in a notebook or ``__main__``, which a worker cannot import; it survives
+``sys.exit`` and exceptions, not ``os._exit``). A Ray executor implements the same interface.
+"""
+
+from __future__ import annotations
+
+import abc
+import collections
+import multiprocessing as mp
+import signal
+import traceback
+from dataclasses import dataclass
+from multiprocessing.connection import wait
+from typing import Any, Iterator
+
+from metarec.bench.progress import Sink
+from metarec.bench.results import RunDir, write_json
+from metarec.bench.run import RunSpec, execute_run, failure_record
+
+
+@dataclass
+class RunOutcome:
+    """What became of one submitted run."""
+
+    spec: RunSpec
+    status: str  # "ok" or "failed"
+    error: str | None = None
+    #: Why a run failed: ``{"kind": "exception" | "sys.exit" | "exit-code" | "signal", ...}``.
+    failure: dict[str, Any] | None = None
+
+
+def describe_exit(exitcode: int | None) -> tuple[str, dict[str, Any]]:
+    """The cause of a worker's death as a sentence and as data (exit code or signal name)."""
+    if exitcode is None:
+        return "the worker process vanished", {"kind": "unknown"}
+    if exitcode < 0:
+        try:
+            name = signal.Signals(-exitcode).name
+        except ValueError:
+            name = f"signal {-exitcode}"
+        hint = {
+            "SIGKILL": " (the out-of-memory killer, or kill -9)",
+            "SIGSEGV": " (a segmentation fault in native code)",
+            "SIGABRT": " (an abort in native code)",
+            "SIGBUS": " (a bus error in native code)",
+        }.get(name, "")
+        return f"the worker process was killed by {name}{hint}", {"kind": "signal", "signal": name, "exitcode": exitcode}
+    return (
+        f"the worker process exited with code {exitcode} before the run finished (os._exit or a fatal error)",
+        {"kind": "exit-code", "exitcode": exitcode},
+    )
+
+
+class RunExecutor(abc.ABC):
+    """Executes run specs; :meth:`outcomes` yields one :class:`RunOutcome` per submitted spec."""
+
+    def __init__(self, sink: Sink) -> None:
+        self.sink = sink
+
+    @abc.abstractmethod
+    def submit(self, spec: RunSpec) -> None:
+        """Queue one run."""
+
+    @abc.abstractmethod
+    def outcomes(self) -> Iterator[RunOutcome]:
+        """Yield outcomes as runs finish, until every submitted run has one."""
+
+    def close(self) -> None:
+        """Stop every worker (runs still executing are abandoned; their checkpoints stay)."""
+
+    def __enter__(self) -> "RunExecutor":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def record_death(self, spec: RunSpec, exitcode: int | None) -> RunOutcome:
+        """Write the run record of a run whose process died, report it, and return its outcome."""
+        message, failure = describe_exit(exitcode)
+        error = f"WorkerDied: {message}"
+        write_json(RunDir(spec.out_dir).run_json(spec.method, spec.seed), failure_record(spec, error, failure))
+        self.sink(("done", spec.key, "failed", f"[red]{error}[/]"))
+        return RunOutcome(spec, "failed", error, failure)
+
+
+class InlineExecutor(RunExecutor):
+    """Runs in the driver's own process, one after another."""
+
+    def __init__(self, sink: Sink) -> None:
+        super().__init__(sink)
+        self._queue: collections.deque[RunSpec] = collections.deque()
+
+    def submit(self, spec: RunSpec) -> None:
+        self._queue.append(spec)
+
+    def outcomes(self) -> Iterator[RunOutcome]:
+        while self._queue:
+            spec = self._queue.popleft()
+            res = execute_run(spec, sink=self.sink)
+            yield RunOutcome(spec, res["status"], res.get("error"))
+
+
+def _worker_main(conn: Any) -> None:
+    """A worker process: execute the specs the driver sends until it sends None."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's to handle
+
+    def sink(event: tuple) -> None:
+        conn.send(("event", event))
+
+    while True:
+        spec = conn.recv()
+        if spec is None:
+            return
+        try:
+            res = execute_run(spec, sink=sink)
+        except BaseException:  # execute_run records its own failures; this is a harness bug
+            res = {"status": "failed", "error": traceback.format_exc()}
+        conn.send(("result", res))
+
+
+class _Worker:
+    def __init__(self, ctx: Any) -> None:
+        self.conn, child = ctx.Pipe(duplex=True)
+        self.process = ctx.Process(target=_worker_main, args=(child,), daemon=True)
+        self.process.start()
+        child.close()
+        self.spec: RunSpec | None = None
+
+
+class ProcessExecutor(RunExecutor):
+    """``jobs`` local worker processes; a dead one is replaced and its run recorded as failed."""
+
+    def __init__(self, sink: Sink, jobs: int) -> None:
+        super().__init__(sink)
+        self.jobs = max(1, int(jobs))
+        self._ctx = mp.get_context("spawn")
+        self._pending: collections.deque[RunSpec] = collections.deque()
+        self._workers: list[_Worker] = []
+        self.replaced = 0  # dead workers replaced (for the record)
+
+    def submit(self, spec: RunSpec) -> None:
+        self._pending.append(spec)
+
+    def _dispatch(self) -> None:
+        for w in [w for w in self._workers if w.spec is None and not w.process.is_alive()]:
+            self._workers.remove(w)  # an idle worker that died (nothing to record)
+            w.conn.close()
+        while self._pending:
+            idle = next((w for w in self._workers if w.spec is None), None)
+            if idle is None:
+                if len(self._workers) >= self.jobs:
+                    return
+                idle = _Worker(self._ctx)
+                self._workers.append(idle)
+            idle.spec = self._pending.popleft()
+            idle.conn.send(idle.spec)
+
+    def _receive(self, w: _Worker) -> RunOutcome | None:
+        """Handle every message waiting on ``w``'s pipe; the run's outcome if it finished."""
+        outcome = None
+        while w.conn.poll():
+            kind, payload = w.conn.recv()
+            if kind == "event":
+                self.sink(payload)
+            elif kind == "result" and w.spec is not None:
+                outcome = RunOutcome(w.spec, payload["status"], payload.get("error"))
+                w.spec = None
+        return outcome
+
+    def outcomes(self) -> Iterator[RunOutcome]:
+        self._dispatch()
+        while any(w.spec is not None for w in self._workers):
+            busy = [w for w in self._workers if w.spec is not None]
+            ready = set(wait([x for w in busy for x in (w.conn, w.process.sentinel)], timeout=0.5))
+            for w in busy:
+                if w.conn not in ready and w.process.sentinel not in ready:
+                    continue
+                try:
+                    outcome = self._receive(w)
+                except (EOFError, OSError):
+                    outcome = None
+                    w.process.join(timeout=5)
+                if outcome is not None:
+                    yield outcome
+                    continue
+                if not w.process.is_alive():
+                    w.process.join()
+                    spec, w.spec = w.spec, None
+                    self._workers.remove(w)
+                    w.conn.close()
+                    if spec is not None:
+                        self.replaced += 1
+                        yield self.record_death(spec, w.process.exitcode)
+            self._dispatch()
+
+    def close(self) -> None:
+        for w in self._workers:
+            try:
+                if w.spec is None and w.process.is_alive():
+                    w.conn.send(None)
+            except OSError:
+                pass
+        for w in self._workers:
+            w.process.join(timeout=5 if w.spec is None else 0)
+            if w.process.is_alive():
+                w.process.terminate()
+                w.process.join(timeout=5)
+            w.conn.close()
+        self._workers = []
+
+
+def make_executor(kind: str, sink: Sink, jobs: int) -> RunExecutor:
+    """The executor named by the bench setting ``executor``."""
+    if kind == "inline":
+        return InlineExecutor(sink)
+    if kind == "process":
+        return ProcessExecutor(sink, jobs)
+    raise ValueError(f"unknown executor {kind!r}; use 'process' or 'inline'")
+
+
+__all__ = ["InlineExecutor", "ProcessExecutor", "RunExecutor", "RunOutcome", "describe_exit", "make_executor"]
