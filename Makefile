@@ -20,9 +20,15 @@ TORCH_INDEX_ARG := $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX) --extra-index-
 .PHONY: help venv bench test test-fast docs serve-docs l2l clean
 
 help:
-	@echo "make bench   - set up .venv and run: metarec bench --methods $(METHODS) --dataset ml-1m --data-dir $(DATA_DIR)"
-	@echo "make test    - set up .venv (and the learn2learn env) and run the test suite"
-	@echo "make docs    - build the documentation site into site/ (strict)"
+	@echo "make help        - this list"
+	@echo "make venv        - create .venv and install metarec (CPU torch) with the dev, docs and plot extras"
+	@echo "make bench       - set up .venv and run: metarec bench --methods $(METHODS) --dataset ml-1m --data-dir $(DATA_DIR)"
+	@echo "make test        - set up .venv (and the learn2learn env) and run the whole test suite"
+	@echo "make test-fast   - run the tests not marked slow"
+	@echo "make l2l         - create the separate learn2learn environment ($(L2L_VENV)) for the parity test"
+	@echo "make docs        - build the documentation site into site/ (strict)"
+	@echo "make serve-docs  - serve the documentation locally with live reload"
+	@echo "make clean       - remove the virtual environments and build outputs"
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)

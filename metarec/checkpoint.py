@@ -115,23 +115,62 @@ def save_state(path: str | Path, state: Any) -> None:
     atomic_write_bytes(path.parent / arrays_name, data)
     atomic_write_text(
         path.with_suffix(".json"),
-        json.dumps({"format": "metarec-state-2", "arrays": arrays_name, "keys": sorted(arrays), "state": skeleton}),
+        json.dumps({"format": "metarec-state-2", "arrays": arrays_name, "arrays_sha256": hashlib.sha256(data).hexdigest(),
+                    "state_sha256": _skeleton_digest(skeleton), "keys": sorted(arrays), "state": skeleton}),
     )
     for stale in path.parent.glob(f"{path.name}.*.npz"):
         if stale.name != arrays_name:
             stale.unlink(missing_ok=True)
 
 
+class StateIntegrityError(ValueError):
+    """A state file is damaged or was changed after it was written (its digest does not match)."""
+
+
+def _skeleton_digest(skeleton: Any) -> str:
+    import hashlib
+
+    return hashlib.sha256(json.dumps(skeleton, sort_keys=True).encode("utf-8")).hexdigest()
+
+
 def load_state(path: str | Path) -> Any:
-    """Read a state written by :func:`save_state` (no pickle: ``allow_pickle=False``)."""
+    """Read a state written by :func:`save_state` (no pickle: ``allow_pickle=False``).
+
+    Both files are verified first: the array file against the sha256 recorded in the JSON (and
+    the digest its name carries), the JSON's state against its own recorded digest. A damaged
+    or altered state raises :class:`StateIntegrityError` naming the file.
+    """
+    import hashlib
+    import re
+    import zipfile
+
     path = Path(path)
     meta_path = path.with_suffix(".json")
-    meta = json.loads(meta_path.read_text("utf-8"))
-    if meta.get("format") != "metarec-state-2":
-        raise ValueError(f"{meta_path}: not a metarec state file (format {meta.get('format')!r})")
+    try:
+        meta = json.loads(meta_path.read_text("utf-8"))
+    except json.JSONDecodeError as exc:
+        raise StateIntegrityError(f"{meta_path}: damaged state file ({exc})") from None
+    if not isinstance(meta, dict) or meta.get("format") != "metarec-state-2":
+        fmt = meta.get("format") if isinstance(meta, dict) else None
+        raise ValueError(f"{meta_path}: not a metarec state file (format {fmt!r})")
     arrays_path = path.parent / meta["arrays"]
-    with np.load(arrays_path, allow_pickle=False) as npz:
-        arrays = {k: npz[k] for k in npz.files}
+    data = arrays_path.read_bytes()
+    digest = hashlib.sha256(data).hexdigest()
+    named = re.search(r"\.([0-9a-f]{16})\.npz$", arrays_path.name)
+    expected = meta.get("arrays_sha256")
+    if (expected and digest != expected) or (named and not digest.startswith(named.group(1))):
+        raise StateIntegrityError(
+            f"{arrays_path}: content does not match its recorded sha256 (damaged or changed after it was written)"
+        )
+    if "state_sha256" in meta and _skeleton_digest(meta["state"]) != meta["state_sha256"]:
+        raise StateIntegrityError(f"{meta_path}: the state does not match its recorded sha256 (changed after it was written)")
+    import io
+
+    try:
+        with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+            arrays = {k: npz[k] for k in npz.files}
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
+        raise StateIntegrityError(f"{arrays_path}: damaged array file ({type(exc).__name__}: {exc})") from None
     missing = set(meta["keys"]) - set(arrays)
     if missing:
         raise ValueError(f"{arrays_path}: incomplete state file, missing {sorted(missing)[:5]}")

@@ -457,6 +457,8 @@ def build_results(
         for r in ok:
             parts.append(rd.run_predictions(m, int(r["seed"])).read_text("utf-8").split("\n", 1)[1])
         status = "ok" if ok and not failed and not missing else ("failed" if not ok else "partial")
+        if not ok and not failed and not missing and any((m, s) in dropped_keys for s in seeds):
+            status = "dropped"
         entry: dict[str, Any] = {
             "status": status,
             "seeds_ok": [int(r["seed"]) for r in ok],

@@ -154,7 +154,7 @@ def bench(
     from metarec.config import ConfigError
 
     console = table_console()
-    err = Console(stderr=True)
+    err = Console(stderr=True, soft_wrap=True)  # one line per message, also in a log file
     out_dir: Path | None = None
     try:
         layers: list[dict[str, Any]] = []

@@ -78,8 +78,9 @@ def _protocol(overrides: tuple[str, ...], n_support: int | None) -> Any:
 @click.option("--data-dir", type=click.Path(file_okay=False), default=None, help=DATA_DIR_HELP)
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
               help="custom: the dataset schema TOML; built-in: a TOML with a [loader] table of options.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the train/test user split.")
-@click.option("--n-support", type=int, default=None, help="Support ratings per user (paper: 15; 5-15, query fixed to the last 5).")
+@click.option("--seed", type=click.IntRange(0, 2**31 - 1), default=0, show_default=True,
+              help="Seed of the train/test user split.")
+@click.option("--n-support", type=click.IntRange(1, 10_000), default=None, help="Support ratings per user (paper: 15; 5-15, query fixed to the last 5).")
 @click.option("--protocol", "-p", "overrides", multiple=True, metavar="KEY=VALUE", help="Protocol setting, e.g. -p validation_fraction=0.1.")
 @click.option("--offline/--download", default=True, show_default=True, help="Download missing files (--download) or fail.")
 @click.option("--no-cache", is_flag=True, help="Rebuild the split instead of reading the cache.")
@@ -92,14 +93,17 @@ def info(ctx: click.Context, name: str, data_dir: str | None, config_path: str |
     from metarec.data import load_split
     from metarec.data.protocol import ProtocolError
     from metarec.data.readers import DataFormatError, DataNotFoundError
+    from metarec.errors import UserError, one_line
 
     data_dir = data_dir or (ctx.obj or {}).get("data_dir")
     try:
         protocol = _protocol(overrides, n_support)
         split = load_split(name, data_dir=data_dir, protocol=protocol, seed=seed, offline=offline,
                            use_cache=not no_cache, config_path=config_path)
-    except (DataNotFoundError, DataFormatError, ConfigError, ProtocolError, KeyError, ImportError) as exc:
-        raise click.ClickException(str(exc.args[0]) if isinstance(exc, KeyError) else str(exc)) from None
+    except (DataNotFoundError, DataFormatError, ConfigError, ProtocolError, UserError) as exc:
+        raise click.ClickException(one_line(exc)) from None
+    except (KeyError, ImportError) as exc:
+        raise click.ClickException(one_line(exc)) from None
     report = _report(split)
     if as_json:
         click.echo(json.dumps(report, indent=2, default=str))
@@ -132,6 +136,8 @@ def _print_report(r: dict[str, Any]) -> None:
     head.add_row("data", r.get("data_dir") or r.get("config_path") or "(generated)")
     head.add_row("checksum", str(r.get("checksum")))
     head.add_row("canonical", flag)
+    if r.get("unverified"):
+        head.add_row("unverified", f"[yellow]{r['unverified']}[/]")
     for n, v in (r.get("non_canonical_files") or {}).items():
         head.add_row("  differs", f"{n}: md5 {v['md5']} (official {v['official_md5']})")
     head.add_row("seed", str(r["seed"]))
@@ -194,15 +200,93 @@ def _print_report(r: dict[str, Any]) -> None:
         console.print(f"note: {note}")
 
 
+def parse_duration(text: str) -> float:
+    """``30d``, ``12h``, ``90m``, ``45s`` or ``2w`` -> seconds (an error naming the value otherwise)."""
+    import re
+
+    from metarec.config import ConfigError
+
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*", text or "")
+    if not m:
+        raise ConfigError(f"--older-than {text!r}: use a number with a unit s, m, h, d or w (e.g. 30d, 12h)")
+    value = float(m.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}[m.group(2)]
+    if not 0 < value <= 100 * 365 * 86400:
+        raise ConfigError(f"--older-than {text!r} is out of range: allowed more than 0 up to 100 years")
+    return value
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024  # type: ignore[assignment]
+    return str(n)  # pragma: no cover
+
+
+@datasets.command("cache")
+@click.option("--dataset", "dataset", default=None, help="Only this dataset's entries.")
+@click.option("--older-than", default=None, metavar="AGE",
+              help="Remove entries not used for AGE (e.g. 30d, 12h, 2w).")
+@click.option("--all", "everything", is_flag=True, help="Remove every entry.")
+@click.option("--dry-run", is_flag=True, help="With --older-than/--all: only show what would be removed.")
+def cache_command(dataset: str | None, older_than: str | None, everything: bool, dry_run: bool) -> None:
+    """List the processed-split cache (entries, sizes, last use), or prune it.
+
+    The cache lives in $METAREC_CACHE_DIR, else ~/.cache/metarec/processed. Every entry is
+    verified against its recorded sha256 when it is read; a damaged one is rebuilt.
+    """
+    import time
+
+    from metarec.config import ConfigError
+    from metarec.data import cache
+
+    if older_than is not None and everything:
+        raise ConfigError("--older-than and --all exclude each other: give one")
+    entries = cache.list_entries(dataset)
+    now = time.time()
+    if older_than is None and not everything:
+        console = Console(soft_wrap=True)
+        table = Table(title=f"split cache: {cache.cache_root()}")
+        for col in ("dataset", "entry", "seed", "data checksum", "size", "last used"):
+            table.add_column(col)
+        total = 0
+        for stem in entries:
+            info = cache.entry_summary(stem)
+            size = cache.entry_size(stem)
+            total += size
+            age_d = (now - cache.entry_last_used(stem)) / 86400
+            table.add_row(stem.parent.name, stem.name, str(info.get("seed", "?")), str(info.get("checksum", "?"))[:23],
+                          _size(size), f"{age_d:.1f} days ago")
+        console.print(table)
+        console.print(f"{len(entries)} entries, {_size(total)} in {cache.cache_root()}")
+        return
+    limit = parse_duration(older_than) if older_than is not None else None
+    if dry_run:
+        doomed = [s for s in entries if everything or now - cache.entry_last_used(s) > (limit or 0)]
+        for stem in doomed:
+            click.echo(f"would remove {stem} ({_size(cache.entry_size(stem))})")
+        click.echo(f"{len(doomed)} entries, {_size(sum(cache.entry_size(s) for s in doomed))} would be freed")
+        return
+    removed = cache.prune(older_than_s=limit, everything=everything, dataset=dataset)
+    for stem, size in removed:
+        click.echo(f"removed {stem} ({_size(size)})")
+    click.echo(f"{len(removed)} entries removed, {_size(sum(s for _, s in removed))} freed; "
+               f"{len(cache.list_entries(dataset))} left")
+
+
 @datasets.command("download")
 @click.argument("name")
 @click.option("--data-dir", type=click.Path(file_okay=False), default=None, help=DATA_DIR_HELP)
 @click.option("--force", is_flag=True, help="Download again even if the files are present.")
 @click.option("--url", "urls", multiple=True, metavar="[OFFICIAL=]MIRROR",
               help="Download from a mirror: OFFICIAL=MIRROR, or just MIRROR for the dataset's main archive.")
-@click.option("--timeout", type=float, default=60.0, show_default=True, help="Network timeout in seconds.")
+@click.option("--timeout", type=click.FloatRange(min=0.1, max=3600), default=60.0, show_default=True,
+              help="Network timeout in seconds (0.1-3600).")
+@click.option("--allow-unverified", is_flag=True,
+              help="Accept an archive that has no published checksum (the data is flagged unverified everywhere).")
 @click.pass_context
-def download(ctx: click.Context, name: str, data_dir: str | None, force: bool, urls: tuple[str, ...], timeout: float) -> None:
+def download(ctx: click.Context, name: str, data_dir: str | None, force: bool, urls: tuple[str, ...], timeout: float,
+             allow_unverified: bool) -> None:
     """Fetch NAME's official files, verify their checksums and extract them safely."""
     from metarec.data.catalog import dataset_dir, get_entry
     from metarec.data.download import DownloadError, download_dataset
@@ -230,9 +314,14 @@ def download(ctx: click.Context, name: str, data_dir: str | None, force: bool, u
                 console.print(f"  {url}: {pct}%")
 
     try:
-        status = download_dataset(entry, data_dir, force=force, urls=mirrors, timeout=timeout, progress=progress)
-    except (DownloadError, OSError) as exc:
+        status = download_dataset(entry, data_dir, force=force, urls=mirrors, timeout=timeout, progress=progress,
+                                  allow_unverified=allow_unverified)
+    except OSError as exc:
         raise click.ClickException(str(exc)) from None
+    from metarec.data.download import unverified_files
+
+    for n, v in unverified_files(dataset_dir(entry, data_dir)).items():
+        console.print(f"[yellow]unverified[/]: {n} from {v['url']} ({v['reason']})")
     click.echo(f"{name}: files in {dataset_dir(entry, data_dir)}")
     for n, s in status.items():
         click.echo(f"  {n}: {s}")

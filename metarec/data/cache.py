@@ -14,7 +14,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
+import shutil
+import time
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -26,6 +29,8 @@ from metarec.data.catalog import user_cache_root
 from metarec.data.protocol import Split
 from metarec.schema import FeatureSchema
 from metarec.tasks import FeatureTable, TaskSet
+
+log = logging.getLogger(__name__)
 
 ENV_CACHE_DIR = "METAREC_CACHE_DIR"
 #: Bumped when the stored layout changes.
@@ -95,7 +100,13 @@ def _json_default(x: Any) -> Any:
 
 
 def load_split(path: str | Path) -> Split | None:
-    """The split stored at ``path``, or ``None`` when there is no readable entry."""
+    """The split stored at ``path``, or ``None`` when there is no usable entry.
+
+    Every file of the entry is verified against its recorded sha256 first
+    (:func:`metarec.checkpoint.load_state`); a damaged or tampered entry is logged as a miss
+    (the caller rebuilds and overwrites it). A hit refreshes the entry's time of last use
+    (what ``metarec datasets cache --older-than`` prunes by).
+    """
     if not state_exists(path):
         return None
     try:
@@ -113,9 +124,59 @@ def load_split(path: str | Path) -> Split | None:
                 info=json.loads(p["info"]),
             )
         info = json.loads(state["info"])
-        return Split(train=sets["train"], test=sets["test"], validation=sets.get("validation"), info=info)
-    except (OSError, ValueError, KeyError, TypeError, json.JSONDecodeError):
-        return None  # a damaged entry is a miss; the caller rebuilds and overwrites it
+        split = Split(train=sets["train"], test=sets["test"], validation=sets.get("validation"), info=info)
+    except Exception as exc:  # noqa: BLE001 - any damage is a miss; the caller rebuilds and overwrites it
+        log.warning("split cache: ignoring damaged entry %s (%s: %s); rebuilding it", path, type(exc).__name__, exc)
+        return None
+    _touch(Path(path))
+    return split
+
+
+def _touch(stem: Path) -> None:
+    try:
+        os.utime(stem.with_suffix(".json"))
+    except OSError:
+        pass
+
+
+def entry_files(stem: Path) -> list[Path]:
+    """Every file of a cache entry (its JSON and array files)."""
+    return sorted(p for p in stem.parent.glob(f"{stem.name}.*") if p.is_file())
+
+
+def entry_size(stem: Path) -> int:
+    """Bytes on disk of one entry."""
+    return sum(p.stat().st_size for p in entry_files(stem))
+
+
+def entry_last_used(stem: Path) -> float:
+    """When the entry was last written or read (Unix time)."""
+    return stem.with_suffix(".json").stat().st_mtime
+
+
+def prune(*, older_than_s: float | None = None, everything: bool = False, dataset: str | None = None) -> list[tuple[Path, int]]:
+    """Delete entries unused for ``older_than_s`` seconds (or all); returns ``(stem, bytes)`` removed.
+
+    Leftovers of interrupted writes (temporaries, array files no JSON names) go too.
+    """
+    if not everything and older_than_s is None:
+        raise ValueError("prune needs older_than_s or everything=True")
+    now = time.time()
+    removed: list[tuple[Path, int]] = []
+    for stem in list_entries(dataset):
+        if everything or now - entry_last_used(stem) > float(older_than_s or 0):
+            size = entry_size(stem)
+            for p in entry_files(stem):
+                p.unlink(missing_ok=True)
+            removed.append((stem, size))
+    root = cache_root()
+    if root.is_dir():
+        for p in root.rglob(".*.tmp"):
+            p.unlink(missing_ok=True)
+        for d in [root / dataset] if dataset else [x for x in root.iterdir() if x.is_dir()]:
+            if everything and d.is_dir() and not any(d.iterdir()):
+                shutil.rmtree(d, ignore_errors=True)
+    return removed
 
 
 def list_entries(dataset: str | None = None) -> list[Path]:
@@ -147,4 +208,5 @@ def tensors_equal(a: TaskSet, b: TaskSet) -> bool:
     return all(torch.equal(getattr(a, f), getattr(b, f)) for f in _TASK_FIELDS)
 
 
-__all__ = ["CACHE_FORMAT", "ENV_CACHE_DIR", "cache_key", "cache_root", "entry_path", "list_entries", "load_split", "save_split"]
+__all__ = ["CACHE_FORMAT", "ENV_CACHE_DIR", "cache_key", "cache_root", "entry_files", "entry_last_used", "entry_path",
+           "entry_size", "list_entries", "load_split", "prune", "save_split"]

@@ -47,6 +47,15 @@ class Resource:
     #: File name when ``kind == "file"``.
     filename: str = ""
     note: str = ""
+    #: sha256 and size in bytes of the official download, where they can be established
+    #: (docs/datasets.md says where each one comes from).
+    sha256: str | None = None
+    size: int | None = None
+
+    @property
+    def verifiable(self) -> bool:
+        """Whether the download has a checksum to verify it against."""
+        return bool(self.md5 or self.sha256)
 
 
 @dataclass(frozen=True)
@@ -88,9 +97,12 @@ ML_1M = DatasetEntry(
     resources=(
         Resource(
             "https://files.grouplens.org/datasets/movielens/ml-1m.zip",
-            "c4d9eecfca2ab87c1945afe126590906",
+            "c4d9eecfca2ab87c1945afe126590906",  # GroupLens' published ml-1m.zip.md5
             members={"ml-1m/ratings.dat": "ratings.dat", "ml-1m/users.dat": "users.dat",
                      "ml-1m/movies.dat": "movies.dat", "ml-1m/README": "README"},
+            # TensorFlow Datasets' recorded checksum of the same URL (url_checksums/movielens.txt)
+            sha256="a6898adb50b9ca05aa231689da44c217cb524e7ebd39d264c56e2832f2c54e20",
+            size=5917549,
         ),
         Resource(f"{_MAMO_RAW}/movies_extrainfos.dat", "a7a0e11c3b4d7f5216d91295488c2a84", kind="file", filename="movies_extrainfos.dat"),
         Resource(f"{_MAMO_RAW}/List_genre.txt", "5b44e730d146b9d2b8a0eb86535f3e4c", kind="file", filename="List_genre.txt"),

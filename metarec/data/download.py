@@ -11,6 +11,7 @@ from __future__ import annotations
 from metarec.errors import UserError
 
 import hashlib
+import http.client
 import os
 import stat
 import tempfile
@@ -21,6 +22,10 @@ from pathlib import Path, PurePosixPath
 from typing import Callable, Mapping
 
 from metarec.data.catalog import DatasetEntry, Resource, dataset_dir, resolve_data_dir, verify
+
+#: Written next to files accepted without a checksum (``--allow-unverified``): which files,
+#: fetched from where. :func:`metarec.data.load_split` flags such data as unverified.
+UNVERIFIED_FILE = ".metarec-unverified.json"
 
 
 class DownloadError(UserError, RuntimeError):
@@ -44,8 +49,13 @@ def download_file(
     sha256: str | None = None,
     timeout: float = 60.0,
     progress: Callable[[int, int | None], None] | None = None,
+    size: int | None = None,
 ) -> Path:
-    """Download ``url`` to ``dest``; with ``md5``/``sha256`` the content must match or nothing is written."""
+    """Download ``url`` to ``dest``; with ``md5``/``sha256`` the content must match or nothing is written.
+
+    A body shorter or longer than the server's ``Content-Length`` (or than ``size``, the
+    known size of the file) is an error too: nothing is saved.
+    """
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     h_md5, h_sha = hashlib.md5(), hashlib.sha256()
@@ -66,8 +76,14 @@ def download_file(
                     done += len(chunk)
                     if progress:
                         progress(done, total_n)
-        except (urllib.error.URLError, OSError, ValueError) as exc:
-            raise DownloadError(f"could not download {url}: {exc}") from None
+        except (urllib.error.URLError, OSError, ValueError, http.client.HTTPException) as exc:
+            detail = f"{type(exc).__name__}: {exc}" if isinstance(exc, http.client.HTTPException) else str(exc)
+            raise DownloadError(f"could not download {url}: {detail}; nothing was saved") from None
+        if total_n is not None and done != total_n:
+            raise DownloadError(f"{url}: received {done} bytes but the server announced {total_n} (Content-Length); "
+                                "the download is incomplete and nothing was saved")
+        if size is not None and done != size:
+            raise DownloadError(f"{url}: received {done} bytes, the official file has {size}; nothing was saved")
         if md5 and h_md5.hexdigest() != md5.lower():
             raise DownloadError(f"{url}: md5 {h_md5.hexdigest()} does not match the published {md5}; nothing was saved")
         if sha256 and h_sha.hexdigest() != sha256.lower():
@@ -152,16 +168,57 @@ def safe_extract_zip(
 
 
 def fetch_resource(resource: Resource, directory: str | Path, *, url: str | None = None, timeout: float = 60.0,
-                   progress: Callable[[int, int | None], None] | None = None) -> list[Path]:
-    """Download one catalog resource into ``directory`` (and extract it if it is a zip)."""
+                   progress: Callable[[int, int | None], None] | None = None,
+                   allow_unverified: bool = False) -> list[Path]:
+    """Download one catalog resource into ``directory`` (and extract it if it is a zip).
+
+    A resource without a published checksum is refused unless ``allow_unverified``; the files
+    it gave are then listed in ``<directory>/.metarec-unverified.json`` (with the URL fetched).
+    """
     directory = Path(directory)
     source = url or resource.url
+    if not resource.verifiable and not allow_unverified:
+        raise DownloadError(
+            f"{source} has no published checksum, so its content cannot be verified; pass --allow-unverified "
+            "to accept it anyway (the data is then flagged unverified in every result)"
+        )
+    check = {"md5": resource.md5, "sha256": resource.sha256, "size": resource.size}
     if resource.kind == "file":
-        return [download_file(source, directory / resource.filename, md5=resource.md5, timeout=timeout, progress=progress)]
-    with tempfile.TemporaryDirectory(dir=directory if directory.exists() else None) as tmp:
-        archive = Path(tmp) / (PurePosixPath(source).name or "archive.zip")
-        download_file(source, archive, md5=resource.md5, timeout=timeout, progress=progress)
-        return safe_extract_zip(archive, directory, resource.members)
+        got = [download_file(source, directory / resource.filename, timeout=timeout, progress=progress, **check)]
+    else:
+        with tempfile.TemporaryDirectory(dir=directory if directory.exists() else None) as tmp:
+            archive = Path(tmp) / (PurePosixPath(source).name or "archive.zip")
+            download_file(source, archive, timeout=timeout, progress=progress, **check)
+            got = safe_extract_zip(archive, directory, resource.members)
+    if not resource.verifiable:
+        _record_unverified(directory, [p.name for p in got], source)
+    return got
+
+
+def _record_unverified(directory: Path, names: list[str], url: str) -> None:
+    import json
+
+    from metarec.checkpoint import atomic_write_text
+
+    path = directory / UNVERIFIED_FILE
+    try:
+        known = json.loads(path.read_text("utf-8")) if path.exists() else {}
+    except ValueError:
+        known = {}
+    for n in names:
+        known[n] = {"url": url, "reason": "no published checksum (--allow-unverified)"}
+    atomic_write_text(path, json.dumps(known, indent=2, sort_keys=True) + "\n")
+
+
+def unverified_files(directory: str | Path) -> dict[str, dict[str, str]]:
+    """Files of ``directory`` that were accepted without a checksum, with the URL they came from."""
+    import json
+
+    path = Path(directory) / UNVERIFIED_FILE
+    try:
+        return json.loads(path.read_text("utf-8")) if path.exists() else {}
+    except (OSError, ValueError):
+        return {"(record unreadable)": {"url": str(path), "reason": "damaged record"}}
 
 
 def download_dataset(
@@ -172,6 +229,7 @@ def download_dataset(
     urls: Mapping[str, str] | None = None,
     timeout: float = 60.0,
     progress: Callable[[str, int, int | None], None] | None = None,
+    allow_unverified: bool = False,
 ) -> dict[str, str]:
     """Fetch every resource of ``entry`` whose files are missing (all with ``force``).
 
@@ -188,8 +246,9 @@ def download_dataset(
         needed = [n for n in names if n in have.status]
         if not force and needed and all(have.status[n] != "missing" for n in needed):
             continue
-        cb = (lambda done, total, _u=res.url: progress(_u, done, total)) if progress else None
-        fetch_resource(res, directory, url=(urls or {}).get(res.url), timeout=timeout, progress=cb)
+        source = (urls or {}).get(res.url) or res.url
+        cb = (lambda done, total, _u=source: progress(_u, done, total)) if progress else None  # the URL fetched
+        fetch_resource(res, directory, url=source, timeout=timeout, progress=cb, allow_unverified=allow_unverified)
         fetched.extend(needed)
     after = verify(entry, directory)
     bad = {n: v for n, v in after.non_canonical.items() if n in fetched}
@@ -203,4 +262,5 @@ def download_dataset(
     return dict(after.status)
 
 
-__all__ = ["DownloadError", "UnsafeArchiveError", "download_dataset", "download_file", "fetch_resource", "safe_extract_zip"]
+__all__ = ["DownloadError", "UNVERIFIED_FILE", "UnsafeArchiveError", "download_dataset", "download_file",
+           "fetch_resource", "safe_extract_zip", "unverified_files"]

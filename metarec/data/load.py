@@ -150,6 +150,11 @@ def load_split(
             file_status=dict(ver.status),
             non_canonical_files=ver.non_canonical,
         )
+        from metarec.data.download import unverified_files
+
+        unverified = {n: v for n, v in unverified_files(ver.directory).items() if n in ver.status}
+        if unverified:
+            extra_info["unverified"] = "; ".join(f"{n} from {v['url']} ({v['reason']})" for n, v in unverified.items())
     if opts is not None and is_dataclass(opts):
         extra_info["loader_options"] = asdict(opts)
 

@@ -42,7 +42,14 @@ import numpy as np
 
 from metarec.data.base import InteractionData
 from metarec.data.custom import DatasetSpec, FeatureSpec, RatingsSpec, TableSpec, assemble
-from metarec.data.readers import DataFormatError, RawTable, read_separated, read_separated_ints
+from metarec.data.readers import (
+    DataFormatError,
+    RawTable,
+    check_not_empty,
+    check_timestamps,
+    read_separated,
+    read_separated_ints,
+)
 
 RATINGS_FILE = "ratings.dat"
 USERS_FILE = "users.dat"
@@ -88,9 +95,14 @@ def load_movielens(directory: str | Path, options: MovieLensOptions | None = Non
     opts = options or MovieLensOptions()
     d = Path(directory)
     ratings = read_separated_ints(d / RATINGS_FILE, ["user_id", "item_id", "rating", "timestamp"])
+    hint = "restore the release's file (metarec datasets download ml-1m)"
+    check_not_empty(ratings, hint)
+    check_timestamps(ratings, "timestamp")
     users = read_separated(d / USERS_FILE, ["user_id", "gender", "age", "occupation", "zip"])
+    check_not_empty(users, hint)
     users.columns["user_id"] = _int_ids(users, "user_id")
     movies = read_separated(d / MOVIES_FILE, ["item_id", "title", "genres"])
+    check_not_empty(movies, hint)
     movies.columns["item_id"] = _int_ids(movies, "item_id")
     extra = read_separated(d / EXTRA_FILE, list(EXTRA_FIELDS), encoding="utf-8")
     extra.columns["item_id"] = _int_ids(extra, "item_id")

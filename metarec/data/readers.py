@@ -223,14 +223,43 @@ def _slow_int_table(path: str | Path, raw: bytes, names: Sequence[str], separato
         col = table.columns[name]
         try:
             out[name] = np.array([int(v) for v in col], dtype=np.int64)
-        except ValueError:
+        except (ValueError, OverflowError):
             for k, v in enumerate(col):
                 try:
-                    int(v)
+                    if not -(2**63) <= int(v) < 2**63:
+                        raise table.error(k, f"field {name!r} is too large for a 64-bit integer: {v!r}")
                 except ValueError:
                     raise table.error(k, f"field {name!r} is not an integer: {v!r}") from None
             raise  # pragma: no cover - unreachable
     return RawTable(table.path, out, table.lines)
+
+
+#: Plausible Unix timestamps of a rating (seconds): 1990-01-01 up to a day after now.
+TIMESTAMP_MIN = 631152000
+
+
+def check_timestamps(table: RawTable, name: str, *, digits: int | None = None) -> None:
+    """Every value of integer column ``name`` is a plausible Unix time in seconds.
+
+    A timestamp cut short, one with extra digits (or saturated to the int64 maximum) and a
+    negative one are errors naming the file and line. ``digits``: the exact number of digits
+    the release writes (ML-1M: 9), checked on top of the range.
+    """
+    import time
+
+    col = np.asarray(table.columns[name])
+    hi = int(time.time()) + 86400
+    bad = np.flatnonzero((col < TIMESTAMP_MIN) | (col > hi))
+    if bad.size:
+        k = int(bad[0])
+        raise table.error(k, f"{name} {int(col[k])} is not a plausible Unix time in seconds (allowed "
+                             f"{TIMESTAMP_MIN} = 1990-01-01 .. {hi} = now); is the value cut short or garbled?")
+
+
+def check_not_empty(table: RawTable, what: str) -> None:
+    """A required file with no records is an error naming it (not a crash further on)."""
+    if len(next(iter(table.columns.values()), [])) == 0:
+        raise DataFormatError(table.path, f"the file holds no records; {what}")
 
 
 # ------------------------------------------------------------------------- quoted ;-CSV (BX)
