@@ -87,7 +87,15 @@ class BenchConfig:
     #: Where runs execute: ``process`` (worker processes: a run that crashes or exits cannot take
     #: the benchmark down) or ``inline`` (the driver's process: for learners defined in a
     #: notebook or ``__main__``; survives exceptions and ``sys.exit``, not ``os._exit``).
-    executor: Literal["process", "inline"] = "process"
+    executor: Literal["process", "local", "inline", "ray"] = "process"
+    #: ``executor = "ray"``: the cluster to use (``auto``, ``HOST:PORT``; None: a local Ray
+    #: instance with ``jobs`` runs' worth of CPUs), the resources each run declares (None CPUs:
+    #: ``threads``; fractional GPUs share a device) and how often Ray retries a run whose worker
+    #: or node died before it is recorded as failed.
+    ray_address: str | None = None
+    cpus_per_run: float | None = None
+    gpus_per_run: float = 0.0
+    retries: int = 2
     #: Overrides of :class:`metarec.data.ProtocolConfig` (e.g. ``n_support``).
     protocol: dict[str, Any] = field(default_factory=dict)
     #: Arguments of :func:`metarec.data.synthetic.make_synthetic` when ``dataset = "synthetic"``.
@@ -117,6 +125,19 @@ class BenchConfig:
             math.isfinite(self.ci_level) and 0.0 < self.ci_level < 1.0
         ):
             raise ValueError(f"ci_level = {self.ci_level!r} is out of range: allowed (0, 1), e.g. 0.95")
+        cores4 = 4 * cpu_cores()
+        for name, lo, hi in (("cpus_per_run", 0.0, float(cores4)), ("gpus_per_run", 0.0, 64.0)):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or not (
+                lo <= value <= hi
+            ):
+                raise ValueError(f"{name} = {value!r} is out of range: allowed {lo:g}..{hi:g}")
+        if self.cpus_per_run is not None and self.cpus_per_run <= 0:
+            raise ValueError("cpus_per_run must be > 0 (fractions such as 0.5 are allowed)")
+        if self.executor != "ray" and (self.ray_address is not None):
+            raise ValueError("ray_address only applies with executor = \"ray\" (--executor ray)")
 
     # ------------------------------------------------------------------ per method
     def settings_for(self, method: str) -> MethodSettings:
@@ -182,6 +203,7 @@ def int_bounds() -> dict[str, tuple[int, int]]:
         "k": (1, 1000),
         "clip_size": (1, 100_000),
         "n_boot": (1, MAX_N_BOOT),
+        "retries": (0, 100),
     }
 
 

@@ -259,13 +259,21 @@ def worker_context() -> Any:
     return ctx
 
 
-def make_executor(kind: str, sink: Sink, jobs: int) -> RunExecutor:
-    """The executor named by the bench setting ``executor``."""
+def make_executor(kind: str, sink: Sink, jobs: int, **ray_options: Any) -> RunExecutor:
+    """The executor named by the bench setting ``executor`` (``local`` is ``process``).
+
+    ``ray_options`` (``address``, ``cpus_per_run``, ``gpus_per_run``, ``retries``) configure
+    :class:`metarec.bench.ray_executor.RayExecutor`.
+    """
     if kind == "inline":
         return InlineExecutor(sink)
-    if kind == "process":
+    if kind in ("process", "local"):
         return ProcessExecutor(sink, jobs)
-    raise ValueError(f"unknown executor {kind!r}; use 'process' or 'inline'")
+    if kind == "ray":
+        from metarec.bench.ray_executor import RayExecutor
+
+        return RayExecutor(sink, jobs=jobs, **ray_options)
+    raise ValueError(f"unknown executor {kind!r}; use 'process' (alias 'local'), 'inline' or 'ray'")
 
 
 __all__ = ["InlineExecutor", "ProcessExecutor", "RunExecutor", "RunOutcome", "describe_exit", "make_executor"]

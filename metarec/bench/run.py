@@ -18,8 +18,11 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
+import os
 import resource
 import shutil
+import socket
 import sys
 import time
 import traceback
@@ -214,6 +217,44 @@ def load_bench_split(cfg: BenchConfig, seed: int) -> Any:
     return split
 
 
+def prime_split_cache(cfg: BenchConfig, seed: int, split: Any) -> None:
+    """Make :func:`load_bench_split` return ``split`` for ``(cfg, seed)`` in this process.
+
+    A distributed executor builds each seed's split once, in the driver, and ships it to the
+    workers (Ray's object store) instead of having every task read and parse the data again.
+    """
+    protocol = protocol_config(cfg)
+    key = (cfg.dataset, cfg.data_dir, cfg.dataset_config, repr(protocol), repr(sorted(cfg.synthetic.items())), seed,
+           cfg.use_cache, cfg.offline)
+    if len(_SPLIT_CACHE) >= 4 and key not in _SPLIT_CACHE:
+        _SPLIT_CACHE.pop(next(iter(_SPLIT_CACHE)))
+    _SPLIT_CACHE[key] = split
+
+
+def node_info() -> dict[str, Any]:
+    """Where this run executes: host and process, plus the Ray node id inside a Ray worker."""
+    info: dict[str, Any] = {"host": socket.gethostname(), "pid": os.getpid()}
+    ray = sys.modules.get("ray")
+    if ray is not None and getattr(ray, "is_initialized", lambda: False)():
+        try:
+            info["ray_node_id"] = ray.get_runtime_context().get_node_id()
+        except Exception:  # pragma: no cover - not inside a Ray worker after all
+            pass
+    return info
+
+
+#: Writes one final file of a run, ``(path, text)``: atomically on this machine by default; a
+#: distributed executor collects them instead, so that only the driver writes the run folder.
+FileWriter = Callable[[Path, str], None]
+
+
+def json_text(data: Any) -> str:
+    """The text :func:`~metarec.bench.results.write_json` writes for ``data``."""
+    from metarec.bench.results import clean_json
+
+    return json.dumps(clean_json(data), indent=2, allow_nan=False) + "\n"
+
+
 _TASK_TENSORS = ("user_index", "support_items", "support_ratings", "support_mask",
                  "query_items", "query_ratings", "query_mask", "query_scenario")
 
@@ -390,14 +431,19 @@ def predictions_digest(text: str) -> str:
     return "sha256:" + hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def execute_run(spec: RunSpec, sink: Sink | None = None) -> dict[str, Any]:
-    """Train, evaluate and save one (method, seed); never raises for a failure inside the run."""
+def execute_run(spec: RunSpec, sink: Sink | None = None, write: FileWriter | None = None) -> dict[str, Any]:
+    """Train, evaluate and save one (method, seed); never raises for a failure inside the run.
+
+    ``write`` receives the run's final files (predictions, then the run record); by default they
+    are written atomically here. Training checkpoints are always written where the run executes.
+    """
     import torch
 
     import metarec
     from metarec.runtime import resolve_device, seed_everything
 
     sink = sink or (lambda event: None)
+    write = write or write_text
     cfg = BenchConfig.from_dict(spec.config)
     rd = RunDir(spec.out_dir)
     key = spec.key
@@ -414,6 +460,7 @@ def execute_run(spec: RunSpec, sink: Sink | None = None) -> dict[str, Any]:
         "metarec_version": metarec.__version__,
         "settings": run_settings(cfg, spec.method),
         "learner_distribution": spec.learner_distribution,
+        "node": node_info(),
     }
     notes: list[str] = []
     t_start = time.perf_counter()
@@ -497,7 +544,7 @@ def execute_run(spec: RunSpec, sink: Sink | None = None) -> dict[str, Any]:
         # predictions first, the run file last: a run file means a complete run
         text = predictions_csv_text(rows)
         record["predictions_digest"] = predictions_digest(text)
-        write_text(rd.run_predictions(spec.method, spec.seed), text)
+        write(rd.run_predictions(spec.method, spec.seed), text)
     except SystemExit as exc:  # a method must not end the benchmark
         record["status"] = "failed"
         record["error"] = f"SystemExit: the method called sys.exit({exc.code!r})"
@@ -512,11 +559,13 @@ def execute_run(spec: RunSpec, sink: Sink | None = None) -> dict[str, Any]:
         record["notes"] = notes
     timings["total_s"] = time.perf_counter() - t_start
     record["timings"] = {k: round(v, 4) for k, v in timings.items()}
-    write_json(rd.run_json(spec.method, spec.seed), record)
+    write(rd.run_json(spec.method, spec.seed), json_text(record))
     if record["status"] == "ok" and not cfg.keep_checkpoints:
         remove_checkpoints(rd, spec.method, spec.seed)
-    sink(("done", key, record["status"], one_line_summary(record, cfg.k)))
-    return {"method": spec.method, "seed": spec.seed, "status": record["status"], "error": record.get("error")}
+    summary = one_line_summary(record, cfg.k)
+    sink(("done", key, record["status"], summary))
+    return {"method": spec.method, "seed": spec.seed, "status": record["status"], "error": record.get("error"),
+            "summary": summary}
 
 
 def remove_checkpoints(rd: RunDir, method: str, seed: int) -> None:
@@ -555,5 +604,7 @@ __all__ = [
     "guard_predictions",
     "load_bench_split",
     "load_checkpoint",
+    "node_info",
+    "prime_split_cache",
     "private_split",
 ]

@@ -181,6 +181,10 @@ def run_bench(
         resolve_device(cfg.device)  # --device cuda without CUDA: one error now, not one per run
     except (RuntimeError, ValueError) as exc:
         raise BenchError(str(exc)) from None
+    if cfg.executor == "ray":
+        from metarec.bench.ray_executor import import_ray
+
+        import_ray(local=cfg.ray_address is None)  # not installed: one line now, before the output folder is claimed
     if resume:
         cfg, _ = prepare_out_dir(cfg, out, resume=True)  # settings refused before any data is read
     broken, entries = resolve_methods(cfg)
@@ -239,7 +243,9 @@ def run_bench(
         env["jobs"], env["threads_per_run"], env["executor"] = jobs, threads, cfg.executor
 
         with BenchProgress(len(specs), console=console, enabled=cfg.progress) as progress:
-            with make_executor(cfg.executor, progress.handle, jobs) as executor:
+            ray_options = {"address": cfg.ray_address, "cpus_per_run": cfg.cpus_per_run,
+                           "gpus_per_run": cfg.gpus_per_run, "retries": cfg.retries}
+            with make_executor(cfg.executor, progress.handle, jobs, **ray_options) as executor:
                 for spec in specs:
                     executor.submit(spec)
                 for _ in executor.outcomes():

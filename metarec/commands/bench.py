@@ -111,6 +111,18 @@ def _check_selected(selected: tuple[str, ...], given: dict[str, Any], resume: bo
               help="Inner-loop backend of every selected method that has one: torch.func, loop or learn2learn "
                    "(the last needs the optional learn2learn package).")
 @click.option("--progress/--no-progress", default=None, help="Live progress display. [default: on]")
+@click.option("--executor", type=click.Choice(["local", "process", "inline", "ray"]),
+              help="Where runs execute: local worker processes (local = process), the driver's own process "
+                   "(inline), or Ray tasks (ray; pip install 'metarec[ray]'). [default: local]")
+@click.option("--ray-address", metavar="auto|HOST:PORT",
+              help="With --executor ray: the cluster to use (auto = the one started by `ray start`). "
+                   "[default: a local Ray instance on 127.0.0.1]")
+@click.option("--cpus-per-run", type=click.FloatRange(min=0, min_open=True),
+              help="With --executor ray: CPUs each run declares. [default: --threads]")
+@click.option("--gpus-per-run", type=click.FloatRange(min=0),
+              help="With --executor ray: GPUs each run declares; fractions share a device (0.25 = four runs per GPU). [default: 0]")
+@click.option("--retries", type=click.IntRange(min=0),
+              help="With --executor ray: retries of a run whose worker or node died. [default: 2]")
 def bench(
     methods: str | None,
     dataset: str | None,
@@ -133,6 +145,11 @@ def bench(
     n_boot: int | None,
     progress: bool | None,
     backend: str | None,
+    executor: str | None,
+    ray_address: str | None,
+    cpus_per_run: float | None,
+    gpus_per_run: float | None,
+    retries: int | None,
 ) -> None:
     """Benchmark methods on the cold-start protocol: MAE and NDCG@3 per scenario, over seeds.
 
@@ -173,7 +190,8 @@ def bench(
         for name, value in (
             ("dataset", dataset), ("data_dir", data_dir), ("dataset_config", dataset_config), ("device", device), ("out", out), ("jobs", jobs),
             ("threads", threads), ("offline", offline), ("epochs", epochs), ("clip_size", clip_size),
-            ("n_boot", n_boot), ("progress", progress),
+            ("n_boot", n_boot), ("progress", progress), ("executor", executor), ("ray_address", ray_address),
+            ("cpus_per_run", cpus_per_run), ("gpus_per_run", gpus_per_run), ("retries", retries),
         ):
             if value is not None:
                 cli[name] = value

@@ -1,0 +1,244 @@
+"""Runs as Ray tasks: the same benchmark on a Ray cluster (or a local Ray instance).
+
+:class:`RayExecutor` implements :class:`~metarec.bench.executor.RunExecutor`, so the driver
+(:func:`metarec.bench.runner.run_bench`) plans, resumes and aggregates exactly as with the local
+process pool; only where a run executes changes:
+
+* each (method, seed) run is one Ray task declaring its resources (``cpus_per_run``,
+  ``gpus_per_run`` -- fractional GPUs let several small runs share a device);
+* each seed's split is built once, in the driver, and shared through the object store, so no
+  task reads or parses the data files again;
+* a task returns its run's final files (predictions, run record) and the driver alone writes
+  them into the run folder, atomically, as the local executor does -- so ``--resume``,
+  ``predictions.csv`` and ``results.json`` are the same whichever executor ran them;
+* a task whose worker process or node dies is retried by Ray up to ``retries`` times, then
+  recorded as failed with its cause; the other runs go on. A method that raises or calls
+  ``sys.exit`` is isolated inside the task exactly as locally (:func:`~metarec.bench.run.execute_run`);
+* Ctrl-C (or any error) in the driver cancels the outstanding tasks; runs without a record are
+  simply not done yet, and ``--resume`` completes the folder.
+
+Training checkpoints are written by the task where it executes (``<out>/checkpoints``): on one
+machine, or a cluster with a shared filesystem, a retried or resumed run continues from its
+last epoch; without a shared filesystem it restarts from scratch.
+
+Ray is an optional dependency: ``pip install 'metarec[ray]'``.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+from metarec.bench.executor import RunExecutor, RunOutcome
+from metarec.bench.progress import Sink
+from metarec.bench.results import RunDir, write_json, write_text
+from metarec.bench.run import RunSpec, failure_record
+from metarec.errors import UserError
+
+#: What `metarec bench --executor ray` says when Ray is not installed.
+INSTALL_HINT = "the ray executor needs Ray: pip install 'metarec[ray]'"
+
+
+class RayUnavailableError(UserError, RuntimeError):
+    """Ray is not installed, or the cluster cannot be reached."""
+
+
+#: Ray's switch between "this machine only" (services on 127.0.0.1) and "part of a cluster"
+#: (services on the host's outward address). Ray reads it when it is imported.
+_LOCAL_ONLY_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
+def import_ray(*, local: bool = False) -> Any:
+    """The ``ray`` module, or a one-line error saying how to install it.
+
+    ``local``: this process will start its own single-machine Ray instance, whose services must
+    listen on the loopback interface only.
+    """
+    if local:
+        os.environ.setdefault(_LOCAL_ONLY_ENV, "0")
+    try:
+        import ray
+    except ImportError:
+        raise RayUnavailableError(INSTALL_HINT) from None
+    if local:
+        # imported earlier (a notebook): Ray has read the switch already; the same switch again
+        from ray._private import ray_constants
+
+        ray_constants.ENABLE_RAY_CLUSTER = os.environ.get(_LOCAL_ONLY_ENV, "0") not in ("0", "false", "False")
+    return ray
+
+
+def connect(address: str | None, *, num_cpus: int | None = None, num_gpus: float | None = None) -> bool:
+    """Connect to the cluster at ``address`` (``auto``, ``HOST:PORT``), or start a local instance.
+
+    Returns True when this call started Ray (and so must shut it down). A local instance binds
+    to the loopback interface only and gets ``num_cpus`` CPUs (the benchmark's parallelism).
+    """
+    ray = import_ray(local=address is None)
+    if ray.is_initialized():
+        return False
+    kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": True, "configure_logging": False}
+    if address is None:
+        kwargs.update(num_cpus=num_cpus, num_gpus=num_gpus)
+    else:
+        kwargs["address"] = address
+    try:
+        ray.init(**kwargs)
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        where = f"the Ray cluster at {address}" if address else "a local Ray instance"
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise RayUnavailableError(f"cannot start or reach {where}: {first}") from None
+    return True
+
+
+def _run_task(spec: RunSpec, split: Any) -> dict[str, Any]:
+    """Body of one Ray task: execute the run, hand its final files back to the driver."""
+    import torch
+
+    from metarec.bench.config import BenchConfig
+    from metarec.bench.run import execute_run, prime_split_cache
+
+    torch.set_num_threads(spec.threads)
+    if split is not None:
+        prime_split_cache(BenchConfig.from_dict(spec.config), spec.seed, split)
+    root = Path(spec.out_dir)
+    files: list[tuple[str, str]] = []
+
+    def collect(path: Path, text: str) -> None:
+        files.append((str(Path(path).relative_to(root)), text))
+
+    result = execute_run(spec, write=collect)
+    return {"result": result, "files": files}
+
+
+class RayExecutor(RunExecutor):
+    """Every submitted run as a Ray task; the driver writes what the tasks return."""
+
+    def __init__(
+        self,
+        sink: Sink,
+        *,
+        jobs: int,
+        address: str | None = None,
+        cpus_per_run: float | None = None,
+        gpus_per_run: float = 0.0,
+        retries: int = 2,
+    ) -> None:
+        super().__init__(sink)
+        self.ray = import_ray(local=address is None)
+        self.cpus_per_run = float(cpus_per_run) if cpus_per_run is not None else None
+        self.gpus_per_run = float(gpus_per_run)
+        self.retries = int(retries)
+        self.jobs = max(1, int(jobs))
+        self.address = address
+        self._pending: list[RunSpec] = []
+        self._running: dict[Any, RunSpec] = {}
+        self._splits: dict[int, Any] = {}
+        self._started = False
+        self.nodes_used: set[str] = set()
+
+    # ---------------------------------------------------------------- setup
+    def _ensure_connected(self, first: RunSpec) -> None:
+        if self.ray.is_initialized():  # already connected (a notebook, a test's cluster)
+            return
+        cpus = self.cpus_per_run if self.cpus_per_run is not None else first.threads
+        n_cpus = max(1, int(round(self.jobs * cpus)))
+        n_gpus = self.jobs * self.gpus_per_run if self.gpus_per_run else None
+        self._started = connect(self.address, num_cpus=n_cpus, num_gpus=n_gpus)
+
+    def _split_ref(self, spec: RunSpec) -> Any:
+        """The object-store reference of the spec's split, built (once per seed) in the driver."""
+        from metarec.bench.config import BenchConfig
+        from metarec.bench.run import load_bench_split
+
+        key = spec.seed  # one benchmark: every spec carries the same data and protocol settings
+        if key not in self._splits:
+            split = load_bench_split(BenchConfig.from_dict(spec.config), spec.seed)
+            self._splits[key] = self.ray.put(split)
+        return self._splits[key]
+
+    # ---------------------------------------------------------------- interface
+    def submit(self, spec: RunSpec) -> None:
+        self._pending.append(spec)
+
+    def _launch(self, spec: RunSpec) -> None:
+        if not hasattr(self, "_task"):
+            self._task = self.ray.remote(_run_task)
+        cpus = self.cpus_per_run if self.cpus_per_run is not None else float(spec.threads)
+        ref = self._task.options(
+            num_cpus=cpus, num_gpus=self.gpus_per_run, max_retries=self.retries, retry_exceptions=False,
+            name=f"metarec:{spec.key}",
+        ).remote(spec, self._split_ref(spec))
+        self._running[ref] = spec
+        self.sink(("phase", spec.key, "queued on ray"))
+
+    def outcomes(self) -> Iterator[RunOutcome]:
+        if not self._pending:
+            return
+        self._ensure_connected(self._pending[0])
+        for spec in self._pending:
+            self._launch(spec)
+        self._pending.clear()
+        while self._running:
+            ready, _ = self.ray.wait(list(self._running), num_returns=1, timeout=0.5)
+            for ref in ready:
+                spec = self._running.pop(ref)
+                yield self._collect(ref, spec)
+
+    def _collect(self, ref: Any, spec: RunSpec) -> RunOutcome:
+        rd = RunDir(spec.out_dir)
+        try:
+            payload = self.ray.get(ref)
+        except self.ray.exceptions.RayError as exc:  # the worker or its node died, retries used up
+            kind = type(exc).__name__
+            first = next((ln for ln in str(exc).splitlines() if ln.strip()), kind)
+            error = f"WorkerDied: the Ray task failed after {self.retries} retr{'y' if self.retries == 1 else 'ies'} ({kind}: {first})"
+            failure = {"kind": "ray", "type": kind, "retries": self.retries}
+            write_json(rd.run_json(spec.method, spec.seed), failure_record(spec, error, failure))
+            self.sink(("done", spec.key, "failed", f"[red]{error}[/]"))
+            return RunOutcome(spec, "failed", error, failure)
+        # predictions first, the run record last: a record means a complete run
+        for rel, text in payload["files"]:
+            write_text(Path(spec.out_dir) / rel, text)
+        result = payload["result"]
+        node = _node_of(rd, spec)
+        if node:
+            self.nodes_used.add(node)
+        self.sink(("done", spec.key, result["status"], result.get("summary", "")))
+        return RunOutcome(spec, result["status"], result.get("error"))
+
+    def close(self) -> None:
+        for ref in list(self._running):
+            try:
+                self.ray.cancel(ref, force=True)
+            except Exception:  # already finished or its node is gone
+                pass
+        self._running.clear()
+        self._splits.clear()
+        if self._started and self.ray.is_initialized():
+            self.ray.shutdown()
+        self._started = False
+
+
+def _node_of(rd: RunDir, spec: RunSpec) -> str | None:
+    from metarec.bench.results import read_json
+
+    try:
+        return read_json(rd.run_json(spec.method, spec.seed)).get("node", {}).get("ray_node_id")
+    except (OSError, ValueError):
+        return None
+
+
+def wait_for_cluster(ray: Any, nodes: int, timeout_s: float = 60.0) -> None:
+    """Block until ``nodes`` alive nodes are registered (tests and scripts start clusters)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if sum(1 for n in ray.nodes() if n.get("Alive")) >= nodes:
+            return
+        time.sleep(0.2)
+    raise RayUnavailableError(f"the Ray cluster did not reach {nodes} nodes within {timeout_s:.0f} s")
+
+
+__all__ = ["INSTALL_HINT", "RayExecutor", "RayUnavailableError", "connect", "import_ray"]
