@@ -19,7 +19,8 @@ from typing import Any, ClassVar, Iterable, Literal, Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
-from metarec.config import ConfigError, build_config
+from metarec.config import ConfigError, ValidatedConfig, build_config, setting
+from metarec.nn import Activation, MultiPooling
 from metarec.runtime import resolve_device, torch_generator
 from metarec.schema import FeatureSchema
 from metarec.tasks import TaskBatch, TaskSet
@@ -47,17 +48,17 @@ def _fire(callbacks: Iterable[Callback], hook: str, learner: "Learner", **kwargs
 
 
 @dataclass
-class LearnerConfig:
-    """Settings every learner understands."""
+class LearnerConfig(ValidatedConfig):
+    """Settings every learner understands.
+
+    Every field is validated at construction (type, choices, bounds: :mod:`metarec.config`), so
+    a config built directly and one built from TOML or ``--set`` accept and refuse the same values.
+    """
 
     #: Clip predictions to the dataset's rating range (a regressor can overshoot).
     clip_predictions: bool = True
     #: Users per batch when predicting.
-    eval_batch_size: int = 256
-
-    def __post_init__(self) -> None:
-        if self.eval_batch_size < 1:
-            raise ValueError(f"eval_batch_size must be >= 1, got {self.eval_batch_size}")
+    eval_batch_size: int = setting(256, ge=1)
 
 
 class Learner(abc.ABC):
@@ -214,18 +215,11 @@ class EpisodicConfig(LearnerConfig):
     """Settings of the standard episodic training loop."""
 
     #: Passes over all training users.
-    epochs: int = 20
+    epochs: int = setting(20, ge=0)
     #: Users per meta-update.
-    batch_size: int = 32
+    batch_size: int = setting(32, ge=1)
     #: Drop the last, smaller batch of an epoch (MeLU's reference code does).
     drop_last: bool = False
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.epochs < 0:
-            raise ValueError(f"epochs must be >= 0, got {self.epochs}")
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
 
 
 @dataclass
@@ -233,16 +227,11 @@ class RatingMLPConfig(EpisodicConfig):
     """Episodic training of :class:`metarec.nn.RatingMLP`: the network's settings (MeLU's sizes)."""
 
     #: Embedding size per feature and hidden layers of the rating MLP (MeLU: 32 and 64-64).
-    embedding_dim: int = 32
-    hidden: tuple[int, ...] = (64, 64)
-    activation: str = "relu"
+    embedding_dim: int = setting(32, ge=1)
+    hidden: tuple[int, ...] = setting((64, 64), ge=1)
+    activation: Activation = "relu"
     #: How a multi-valued feature (genres, directors) is pooled: mean (MeLU), sum, sigmoid (MAMO).
-    multi_pooling: Literal["mean", "sum", "sigmoid"] = "mean"
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.embedding_dim < 1 or any(h < 1 for h in self.hidden):
-            raise ValueError(f"embedding_dim and hidden sizes must be >= 1, got {self.embedding_dim}, {self.hidden}")
+    multi_pooling: MultiPooling = "mean"
 
 
 class EpisodicLearner(Learner):

@@ -66,11 +66,12 @@ import torch
 from torch import Tensor, nn
 
 from metarec import engine
+from metarec.config import setting
 from metarec.learner import EpisodicConfig, EpisodicLearner
 from metarec.lowrank import Outer
 from metarec.methods import mamo_lowrank
 from metarec.nn import (
-    BatchOfMatrices, FeatureEmbedder, attentive_write, broadcast_user, cosine_attention, make_activation, mlp,
+    Activation, BatchOfMatrices, FeatureEmbedder, attentive_write, broadcast_user, cosine_attention, make_activation, mlp,
 )
 from metarec.schema import FeatureSchema
 from metarec.tasks import TaskBatch
@@ -84,10 +85,10 @@ class MAMOConfig(EpisodicConfig):
 
     # -- model (Eq. 1-2)
     #: Embedding size d_e (paper: 100 on MovieLens, 50 on Book-Crossing).
-    embedding_dim: int = 100
+    embedding_dim: int = setting(100, ge=1)
     #: Layers of each embedding MLP and of the FC head (paper: 2). Hidden width: half the input.
-    n_layers: int = 2
-    activation: str = "leaky_relu"
+    n_layers: int = setting(2, ge=1)
+    activation: Activation = "leaky_relu"
     #: Pooling of multi-valued features (genres, directors): sigmoid of the sum (reference code).
     multi_pooling: Literal["mean", "sum", "sigmoid"] = "sigmoid"
     #: Activation after the memory layer M_{u,I} [e_u; e_i].
@@ -102,51 +103,51 @@ class MAMOConfig(EpisodicConfig):
 
     # -- memories (Eq. 3-8)
     #: K, the number of memory slots / user preference types (paper: 2-4 best).
-    memory_slots: int = 3
+    memory_slots: int = setting(3, ge=1)
     #: Write rates of M_P (alpha, Eq. 5), M_U (beta, Eq. 6), M_{U,I} (gamma, Eq. 8).
-    alpha: float = 0.5
-    beta: float = 0.05
-    gamma: float = 0.1
+    alpha: float = setting(0.5, ge=0, le=1)
+    beta: float = setting(0.05, ge=0, le=1)
+    gamma: float = setting(0.1, ge=0, le=1)
     #: Weight of the personalised bias: theta_u = phi_u - tau * b_u (Eq. 9).
-    tau: float = 0.1
+    tau: float = setting(0.1, ge=0)
     #: Softmax temperature of the attention over cosine similarities (paper: none, i.e. 1).
-    attention_temperature: float = 1.0
+    attention_temperature: float = setting(1.0, gt=0)
     #: Eq. 6: write the ``query`` gradient at the adapted parameters or the ``support`` gradient
     #: at the personalised initial parameters.
     gradient_source: Literal["query", "support"] = "query"
     #: Clip each user's written gradient to this global norm (reference code: 5); None = no clip.
-    memory_grad_clip: float | None = None
+    memory_grad_clip: float | None = setting(None, gt=0)
     #: ``sequential`` (one write per user, in batch order) or ``merged`` (one write of the mean).
     memory_write: Literal["sequential", "merged"] = "sequential"
     #: Std of the random initial memories: M_U (reference code 0.05) and M_{U,I}
     #: (None = 1/sqrt(2d), the scale of a default linear layer; the reference code uses 1).
-    gradient_memory_init_std: float = 0.05
-    task_memory_init_std: float | None = None
+    gradient_memory_init_std: float = setting(0.05, ge=0)
+    task_memory_init_std: float | None = setting(None, ge=0)
     #: Ablations (§3.4): personalised bias from M_P/M_U, and fast weights from M_{U,I}.
     feature_memory: bool = True
     task_memory: bool = True
 
     # -- local update (Eq. 9-11)
     #: rho.
-    local_lr: float = 0.01
+    local_lr: float = setting(0.01, ge=0)
     #: Support items per local step (1 = item by item, Algorithm 1; None = whole support set).
-    local_batch_size: int | None = 1
+    local_batch_size: int | None = setting(1, ge=1)
     #: Passes over the support set.
-    local_epochs: int = 1
+    local_epochs: int = setting(1, ge=0)
     #: Passes at test time (None = as in training).
-    eval_local_epochs: int | None = None
+    eval_local_epochs: int | None = setting(None, ge=0)
 
     # -- global update (Eq. 12)
     #: lambda.
-    meta_lr: float = 0.05
+    meta_lr: float = setting(0.05, gt=0)
     meta_optimizer: Literal["sgd", "adam"] = "sgd"
     #: ``mean`` or ``sum`` of the users' query losses (Eq. 12 sums; mean keeps lambda batch-size free).
     meta_reduction: Literal["mean", "sum"] = "mean"
     #: First-order meta-gradient (no differentiation through the local steps).
     first_order: bool = True
-    weight_decay: float = 0.0
+    weight_decay: float = setting(0.0, ge=0)
     #: Clip the meta-gradient's global norm (None = no clipping).
-    grad_clip: float | None = None
+    grad_clip: float | None = setting(None, gt=0)
 
     # -- execution
     #: How the users of a batch are adapted (the same numbers, tested): ``lowrank`` (all at once,
@@ -155,29 +156,9 @@ class MAMOConfig(EpisodicConfig):
     #: (one user at a time, the reference).
     backend: Literal["lowrank", "torch.func", "loop"] = "lowrank"
     #: ``torch.func`` backend only: users adapted at once inside vmap (None = the whole batch).
-    chunk_size: int | None = None
-    epochs: int = 15
-    batch_size: int = 32
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.embedding_dim < 1 or self.n_layers < 1:
-            raise ValueError(f"embedding_dim and n_layers must be >= 1, got {self.embedding_dim}, {self.n_layers}")
-        if self.memory_slots < 1:
-            raise ValueError(f"memory_slots (K) must be >= 1, got {self.memory_slots}")
-        for name in ("alpha", "beta", "gamma"):
-            v = getattr(self, name)
-            if not 0.0 <= v <= 1.0:
-                raise ValueError(f"{name} must be in [0, 1], got {v}")
-        if self.local_lr < 0 or self.meta_lr <= 0:
-            raise ValueError(f"need local_lr >= 0 and meta_lr > 0, got {self.local_lr}, {self.meta_lr}")
-        if self.attention_temperature <= 0:
-            raise ValueError(f"attention_temperature must be > 0, got {self.attention_temperature}")
-        if self.local_batch_size is not None and self.local_batch_size < 1:
-            raise ValueError(f"local_batch_size must be >= 1 or None, got {self.local_batch_size}")
-        if self.local_epochs < 0 or (self.eval_local_epochs is not None and self.eval_local_epochs < 0):
-            raise ValueError("local_epochs and eval_local_epochs must be >= 0")
-        make_activation(self.activation)  # fail early on a bad name
+    chunk_size: int | None = setting(None, ge=1)
+    epochs: int = setting(15, ge=0)
+    batch_size: int = setting(32, ge=1)
 
 
 # The paper's settings (appendix A.3) and the §3.4 ablations; presets are partial configs.
