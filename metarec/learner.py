@@ -26,6 +26,14 @@ from metarec.schema import FeatureSchema
 from metarec.tasks import TaskBatch, TaskSet
 
 
+class LearnerContractError(RuntimeError):
+    """A learner broke a rule every learner must keep; ``rule`` names it (see :mod:`metarec.testing`)."""
+
+    def __init__(self, rule: str, message: str) -> None:
+        self.rule = rule
+        super().__init__(f"rule {rule!r} broken: {message}")
+
+
 class Callback:
     """Hooks called during :meth:`Learner.meta_fit`; override the ones you need."""
 
@@ -77,6 +85,10 @@ class Learner(abc.ABC):
     description: ClassVar[str] = ""
     Config: ClassVar[type] = LearnerConfig
     presets: ClassVar[dict[str, dict[str, Any]]] = {}
+    #: Whether building or fitting draws random numbers from the run seed. A closed-form learner
+    #: sets False: :func:`metarec.testing.check_learner` then requires the same predictions for
+    #: every seed instead of different ones.
+    stochastic: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -141,16 +153,41 @@ class Learner(abc.ABC):
     def adapt_and_predict(self, batch: TaskBatch) -> Tensor:
         """Adapt to each user's support set and predict the query ratings, ``[B, Q]``.
 
-        Must not change the learner's state: test users never influence each other.
+        The batch's query *items* are given, their ratings are not: ``batch.query_ratings`` is
+        all NaN here (:meth:`predict` hides them). Must not change the learner's state: test
+        users never influence each other.
         """
 
     # ----------------------------------------------------------------- helpers
     def predict(self, tasks: TaskSet, batch_size: int | None = None) -> Tensor:
-        """Predictions for every query rating of ``tasks``, ``[N, Q]`` on the CPU, in task order."""
+        """Predictions for every query rating of ``tasks``, ``[N, Q]`` on the CPU, in task order.
+
+        The learner never sees the query ratings: they are replaced by NaN before any batch is
+        built, so a learner that reads them predicts NaN, which is refused here with a
+        :class:`LearnerContractError` naming the rule (``query-blind``).
+        """
         batch_size = batch_size or self.config.eval_batch_size
+        tasks = tasks.without_query_ratings()
         out = []
         for batch in tasks.batches(batch_size, device=self.device):
             pred = self.adapt_and_predict(batch)
+            if not isinstance(pred, Tensor) or pred.shape != batch.query_items.shape:
+                shape = list(pred.shape) if isinstance(pred, Tensor) else type(pred).__name__
+                raise LearnerContractError(
+                    "prediction-shape",
+                    f"{type(self).__name__}.adapt_and_predict returned {shape} for a batch of "
+                    f"{list(batch.query_items.shape)} query items",
+                )
+            real = pred.detach()[batch.query_mask]
+            if not bool(torch.isfinite(real).all()):
+                n_nan = int(torch.isnan(real).sum())
+                raise LearnerContractError(
+                    "query-blind" if n_nan else "finite-predictions",
+                    f"{type(self).__name__}.adapt_and_predict returned {n_nan} NaN and "
+                    f"{int(torch.isinf(real).sum())} infinite predictions. At prediction time the "
+                    "query rating slots are NaN: a learner must use only the support ratings and the "
+                    "query items' features (if it does, NaN means training diverged: lower the rates)",
+                )
             out.append(self.postprocess(pred).detach().cpu())
         if not out:
             return torch.empty(0, tasks.n_query)

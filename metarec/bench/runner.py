@@ -324,7 +324,8 @@ def execute_run(spec: RunSpec, sink: Sink | None = None) -> dict[str, Any]:
             timings["fit_s"] = ckpt.fit_seconds()
             sink(("phase", key, "predicting"))
             t0 = time.perf_counter()
-            pred = learner.predict(split.test)
+            # The learner gets the test users' query items, never their ratings (NaN slots).
+            pred = learner.predict(split.test.without_query_ratings())
             timings["predict_s"] = time.perf_counter() - t0
             record["memory"] = mem.read()
         record["history"] = ckpt.history

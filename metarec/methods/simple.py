@@ -56,6 +56,7 @@ class GlobalMean(Learner):
     description: ClassVar[str] = "mean training rating (a floor every method must clear)"
     Config: ClassVar[type] = LearnerConfig
     presets: ClassVar[dict[str, dict[str, Any]]] = {"default": {}}
+    stochastic: ClassVar[bool] = False  # a mean: no random numbers anywhere
 
     def build(self) -> None:
         self.mu = torch.zeros((), device=self.device)
@@ -122,6 +123,8 @@ class BaselinePredictor(Learner):
         # Without shrinkage: shows what the regularisers buy on rarely rated items.
         "unregularised": {"item_reg": 0.0, "user_reg": 0.0},
     }
+
+    stochastic: ClassVar[bool] = False  # closed-form biases: no random numbers anywhere
 
     def build(self) -> None:
         self.mu = torch.zeros((), device=self.device)
