@@ -21,7 +21,10 @@ TORCH_INDEX_ARG := $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX) --extra-index-
 
 help:
 	@echo "make bench   - set up .venv and run: metarec bench --methods $(METHODS) --dataset ml-1m --data-dir $(DATA_DIR)"
-	@echo "make test    - set up .venv (and the learn2learn env) and run the test suite"
+	@echo "make test-fast - set up .venv only and run the tests without the slow ones and without the learn2learn"
+	@echo "                 parity test (skipped: it needs .venv-l2l); the quick path for a newcomer"
+	@echo "make test    - what CI runs: also builds the learn2learn env .venv-l2l (~5.7 GB: learn2learn imports"
+	@echo "               torchvision, which needs a CUDA torch build) and runs every test, the parity test included"
 	@echo "make docs    - build the documentation site into site/ (strict)"
 
 $(BIN)/.installed: pyproject.toml

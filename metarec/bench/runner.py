@@ -227,6 +227,28 @@ class RunSpec:
     threads: int
 
 
+def preset_label(cls: type, preset: str | None, config: Any) -> str:
+    """What a results row says a method ran: its preset, plus the keys set on top of it.
+
+    With no preset named, the learner's defaults ran; they are its honest-best preset, so the
+    label names the preset the defaults equal (``tuned``, ``paper``, ...), else ``defaults``.
+    """
+    from metarec.config import build_config
+
+    presets = getattr(cls, "presets", {})
+    if preset is None:
+        defaults = cls.Config()
+        same = [name for name, values in presets.items() if build_config(cls.Config, values) == defaults]
+        label, base = (same[0] if same else "defaults"), defaults
+    else:
+        label, base = preset, build_config(cls.Config, presets.get(preset, {}))
+    changed = [f.name for f in dataclasses.fields(config) if getattr(config, f.name) != getattr(base, f.name)]
+    if changed:
+        shown = ", ".join(f"{k}={getattr(config, k)!r}" for k in changed[:2])
+        label += f" + {shown}" + (f" (+{len(changed) - 2} more)" if len(changed) > 2 else "")
+    return label
+
+
 def _query_rows(split: Any, pred: Any, method: str, seed: int) -> tuple[list[tuple], dict[str, np.ndarray]]:
     """One row per real query rating, in test-user order, and the same data as arrays."""
     test = split.test
@@ -306,6 +328,7 @@ def execute_run(spec: RunSpec, sink: Sink | None = None) -> dict[str, Any]:
             seed=spec.seed,
         )
         record["learner_config"] = dataclasses.asdict(learner.config)
+        record["preset_label"] = preset_label(cls, settings.preset, learner.config)
         record["learner_class"] = f"{cls.__module__}:{cls.__qualname__}"
 
         ckpt_dir = rd.checkpoints(spec.method, spec.seed)
