@@ -76,6 +76,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from metarec import engine
+from metarec.config import setting
 from metarec.learner import EpisodicConfig, EpisodicLearner
 from metarec.nn import FeatureEmbedder
 from metarec.tasks import TaskBatch, TaskSet
@@ -122,17 +123,17 @@ class RUMConfig(EpisodicConfig):
     """
 
     #: D: size of p_u, q_i and the memory vectors (MAMO grid: 10-50).
-    embedding_dim: int = TUNED["embedding_dim"]
+    embedding_dim: int = setting(TUNED["embedding_dim"], ge=1)
     multi_pooling: Literal["mean", "sum", "sigmoid"] = "mean"
     #: K: memory slots (item-level: most recent support items kept; feature-level: latent keys).
-    memory_slots: int = 20
+    memory_slots: int = setting(20, ge=1)
     #: MERGE weight: p_hat = p_u + alpha * read (0 = plain MF on profile features).
-    alpha: float = TUNED["alpha"]
+    alpha: float = setting(TUNED["alpha"], ge=0)
     #: Typical size of the entries of p_u and q_i at initialisation (MF-style small init: with
     #: torch's N(0, 1) embedding init the dot products start at ~sqrt(D) and SGD diverges).
-    init_std: float = 0.1
+    init_std: float = setting(0.1, gt=0)
     #: Read/write attention sharpness.
-    beta: float = 1.0
+    beta: float = setting(1.0, ge=0)
     #: What the memory stores: the item embedding (paper) or the rating-centred one.
     memory_values: Literal["item", "rated_item"] = TUNED["memory_values"]
     #: Feature-level only: the per-user value memory starts at zeros or at a learned matrix.
@@ -140,33 +141,18 @@ class RUMConfig(EpisodicConfig):
     item_bias: bool = True
     user_bias: bool = False
     #: Plain gradient steps on p_u (and b_u) on the support set, at training and test time.
-    local_steps: int = TUNED["local_steps"]
-    local_lr: float = TUNED["local_lr"]
+    local_steps: int = setting(TUNED["local_steps"], ge=0)
+    local_lr: float = setting(TUNED["local_lr"], ge=0)
     #: Do not differentiate through the local steps during training.
     first_order: bool = False
     #: Global optimiser over all parameters.
     optimizer: Literal["sgd", "adam"] = "sgd"
-    lr: float = TUNED["lr"]
+    lr: float = setting(TUNED["lr"], gt=0)
     #: L2 regularisation (weight decay on every parameter).
-    l2: float = TUNED["l2"]
-    grad_clip: float | None = None
+    l2: float = setting(TUNED["l2"], ge=0)
+    grad_clip: float | None = setting(None, gt=0)
     #: Users adapted at once inside vmap during the local fit (None = whole batch).
-    chunk_size: int | None = None
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.embedding_dim < 1:
-            raise ValueError(f"embedding_dim must be >= 1, got {self.embedding_dim}")
-        if self.memory_slots < 1:
-            raise ValueError(f"memory_slots must be >= 1, got {self.memory_slots}")
-        if self.init_std <= 0:
-            raise ValueError(f"init_std must be > 0, got {self.init_std}")
-        if self.alpha < 0:
-            raise ValueError(f"alpha must be >= 0, got {self.alpha}")
-        if self.local_steps < 0:
-            raise ValueError(f"local_steps must be >= 0, got {self.local_steps}")
-        if self.lr <= 0 or self.local_lr < 0 or self.l2 < 0:
-            raise ValueError(f"need lr > 0, local_lr >= 0, l2 >= 0; got {self.lr}, {self.local_lr}, {self.l2}")
+    chunk_size: int | None = setting(None, ge=1)
 
 
 # --------------------------------------------------------------------------- memory

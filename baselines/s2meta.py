@@ -101,6 +101,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, vmap
 
 from metarec import engine
+from metarec.config import Rule, setting
 from metarec.learner import EpisodicConfig, EpisodicLearner
 from metarec.nn import FeatureEmbedder, broadcast_user, mlp
 from metarec.runtime import torch_generator
@@ -405,13 +406,13 @@ class S2MetaConfig(EpisodicConfig):
     """s²Meta's settings; the defaults are the public MovieLens configuration (``paper``)."""
 
     #: Per-feature embedding size of the schema's features (before the projection).
-    embedding_dim: int = 32
+    embedding_dim: int = setting(32, ge=1)
     #: Width of the user and of the item vector: MLP input = 2 x side_width (128 in the config).
-    side_width: int = 64
-    hidden: tuple[int, ...] = (64, 32, 16)
+    side_width: int = setting(64, ge=1)
+    hidden: tuple[int, ...] = setting((64, 32, 16), ge=1, min_len=1)
     multi_pooling: Literal["mean", "sum", "sigmoid"] = "mean"
     #: Hidden size of each coordinate-wise update LSTM; LayerNorm on its output.
-    lstm_hidden: int = 16
+    lstm_hidden: int = setting(16, ge=1)
     layer_norm: bool = True
     forget_gate: bool = True
     #: Initial bias of the forget-gate output (sigmoid(5) ~ 0.993).
@@ -419,59 +420,41 @@ class S2MetaConfig(EpisodicConfig):
     #: ``forget`` (LSTM forget-gate bias 1, the intent), ``reference`` (the code's slice), ``default``.
     lstm_bias_init: Literal["forget", "reference", "default"] = "forget"
     #: Inner gradients are clamped to +-grad_clamp before the update (and the LSTM input).
-    grad_clamp: float = 1.0
+    grad_clamp: float = setting(1.0, gt=0)
     #: Exponent p of the log/sign pre-processing.
-    smooth_p: float = 10.0
+    smooth_p: float = setting(10.0, gt=0)
     #: At most ``max_steps`` inner updates; the stop controller may end it from ``min_steps`` on.
-    max_steps: int = 20
-    min_steps: int = 4
+    max_steps: int = setting(20, ge=1)
+    min_steps: int = setting(4, ge=0)
     #: False: no stop controller, always ``max_steps`` updates.
     flexible_step: bool = True
     #: Evaluation stop rule: ``threshold`` (p > stop_threshold, deterministic) or ``sample`` (u < p).
     eval_stop_rule: Literal["threshold", "sample"] = "threshold"
-    stop_threshold: float = 0.5
+    stop_threshold: float = setting(0.5, gt=0, lt=1)
     #: REINFORCE cost per extra step (0 in the config).
-    step_penalty: float = 0.0
+    step_penalty: float = setting(0.0, ge=0)
     #: Adam learning rates of the three groups (theta_0, update controller, stop controller).
-    init_lr: float = 1e-4
-    update_lr: float = 1e-4
-    stop_lr: float = 5e-5
+    init_lr: float = setting(1e-4, gt=0)
+    update_lr: float = setting(1e-4, gt=0)
+    stop_lr: float = setting(5e-5, gt=0)
     #: Learning rate of the feature embedders and projections (None = init_lr).
-    embedding_lr: float | None = None
-    weight_decay: float = 1e-5
+    embedding_lr: float | None = setting(None, ge=0)
+    weight_decay: float = setting(1e-5, ge=0)
     #: Clip every meta-gradient entry to +-clip_value (None = off).
-    clip_value: float | None = 0.25
+    clip_value: float | None = setting(0.25, gt=0)
     #: Users per Adam step (the original: one task per step).
-    batch_size: int = 1
-    eval_batch_size: int = 32
+    batch_size: int = setting(1, ge=1)
+    eval_batch_size: int = setting(32, ge=1)
     #: Users whose inner loops run together (gradients are accumulated over the chunks of a
     #: batch, so the numbers do not depend on it); None = 8 on CPU, the whole batch on CUDA.
     #: Small chunks keep the per-coordinate LSTMs' tensors in cache: on CPU 8 users per chunk
     #: run ~2x faster per user than 32, and a chunk waits for its slowest user.
-    chunk_size: int | None = None
+    chunk_size: int | None = setting(None, ge=1)
     #: Fuse the update controller's step with :func:`torch.compile` (~2.5x faster on CPU after
     #: a ~30 s compilation; needs a C++ compiler, or Triton on CUDA).
     compile_controller: bool = False
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.max_steps < 1 or not 0 <= self.min_steps <= self.max_steps:
-            raise ValueError(
-                f"need max_steps >= 1 and 0 <= min_steps <= max_steps, got {self.min_steps}, {self.max_steps}"
-            )
-        if not 0.0 < self.stop_threshold < 1.0:
-            raise ValueError(f"stop_threshold must lie in (0, 1), got {self.stop_threshold}")
-        for name in ("init_lr", "update_lr", "stop_lr"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
-        if self.embedding_lr is not None and self.embedding_lr < 0:
-            raise ValueError(f"embedding_lr must be >= 0, got {self.embedding_lr}")
-        if not self.hidden or min(self.hidden) < 1 or self.side_width < 1 or self.embedding_dim < 1:
-            raise ValueError("hidden, side_width and embedding_dim must be positive")
-        if self.grad_clamp <= 0:
-            raise ValueError(f"grad_clamp must be positive, got {self.grad_clamp}")
-        if self.chunk_size is not None and self.chunk_size < 1:
-            raise ValueError(f"chunk_size must be >= 1 or None, got {self.chunk_size}")
+    rules = (Rule("min_steps <= max_steps", lambda c: c.min_steps <= c.max_steps, ("min_steps", "max_steps")),)
 
 
 @dataclass

@@ -3,6 +3,23 @@
 Every learner, the protocol and the benchmark are configured by plain dataclasses. This module
 turns layers of plain mappings into a validated dataclass instance, with errors that name the
 offending key and list the valid ones.
+
+Validation is declarative and runs at construction, so ``MAMOConfig(backend="lowrnk")`` fails
+exactly as ``--set mamo.backend=lowrnk`` does. A config dataclass subclasses
+:class:`ValidatedConfig` (or calls :func:`validate_config` from its ``__post_init__``); each
+field is checked against its type hint (types, ``Literal`` choices with a did-you-mean,
+finiteness of floats) and the bounds declared with :func:`setting`; conditions between fields
+are :class:`Rule` objects in the class's ``rules``::
+
+    @dataclass
+    class MyConfig(LearnerConfig):
+        lr: float = setting(1e-3, gt=0)
+        hidden: tuple[int, ...] = setting((64, 64), ge=1)   # bounds apply to every item
+        min_steps: int = setting(1, ge=0)
+        max_steps: int = setting(5, ge=1)
+        rules = (Rule("min_steps <= max_steps", lambda c: c.min_steps <= c.max_steps),)
+
+A subclass that only changes a default (``lr: float = 0.01``) keeps its parent's bounds.
 """
 
 from __future__ import annotations
@@ -14,8 +31,10 @@ import difflib
 import sys
 import types
 import typing
+import math
+from dataclasses import MISSING
 from pathlib import Path
-from typing import Any, Mapping, TypeVar
+from typing import Any, Callable, ClassVar, Mapping, TypeVar
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -87,7 +106,9 @@ def build_config(cls: type[T], *layers: Mapping[str, Any] | None, where: str = "
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as exc:
-        raise ConfigError(f"{where or cls.__name__}: {exc}") from None
+        if not where:
+            raise ConfigError(str(exc)) from None
+        raise ConfigError(f"{where}: {exc}") from None
 
 
 def config_to_dict(config: Any) -> dict[str, Any]:
@@ -121,10 +142,16 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
                 return _coerce(value, arg, where)
             except ConfigError as exc:
                 errors.append(str(exc))
-        raise ConfigError(f"{where}: {value!r} does not match {hint}")
+        optional = type(None) in args
+        if len(errors) == 1:  # X | None: X's own message says what is wrong
+            raise ConfigError(errors[0] + (" (or leave it unset: None)" if optional else ""))
+        raise ConfigError(f"{where}: {value!r} does not match {_type_name(hint)}")
     if origin is typing.Literal:
-        if value not in args:
-            raise ConfigError(f"{where}: {value!r} is not one of {', '.join(map(repr, args))}")
+        if isinstance(value, bool) or value not in args:
+            strings = [a for a in args if isinstance(a, str)]
+            hint_ = difflib.get_close_matches(value, strings, n=1) if isinstance(value, str) else []
+            did = f" (did you mean {hint_[0]!r}?)" if hint_ else ""
+            raise ConfigError(f"{where}: {value!r} is not one of {', '.join(map(repr, args))}{did}")
         return value
     if origin in (tuple, list):
         if isinstance(value, str) and origin is tuple:
@@ -159,3 +186,144 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
             raise ConfigError(f"{where}: expected a string, got {value!r}")
         return value
     return value
+
+
+def _type_name(hint: Any) -> str:
+    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
+
+
+# ---------------------------------------------------------------------------- declarative validation
+
+#: Key of a field's ``metadata`` under which :func:`setting` stores its bounds.
+META_KEY = "metarec"
+
+
+@dataclasses.dataclass(frozen=True)
+class Rule:
+    """A condition between fields of a config, checked at construction.
+
+    ``text`` is the condition as a user reads it (``"min_steps <= max_steps"``); ``holds``
+    takes the config and says whether it is met; ``keys`` name the fields it involves (shown
+    with their values in the error).
+    """
+
+    text: str
+    holds: Callable[[Any], bool]
+    keys: tuple[str, ...] = ()
+
+
+def setting(
+    default: Any = MISSING,
+    *,
+    default_factory: Any = MISSING,
+    ge: float | None = None,
+    gt: float | None = None,
+    le: float | None = None,
+    lt: float | None = None,
+    finite: bool = True,
+    min_len: int | None = None,
+    unique: bool = False,
+) -> Any:
+    """A dataclass field with declared bounds: ``x: float = setting(0.1, gt=0, le=1)``.
+
+    Bounds of a tuple/list field apply to each of its items; ``min_len``/``unique`` to the
+    sequence itself. Floats must be finite unless ``finite=False``. ``None`` (for an optional
+    field) is never range-checked.
+    """
+    bounds = {k: v for k, v in dict(ge=ge, gt=gt, le=le, lt=lt, min_len=min_len).items() if v is not None}
+    bounds["finite"] = finite
+    bounds["unique"] = unique
+    if default_factory is not MISSING:
+        return dataclasses.field(default_factory=default_factory, metadata={META_KEY: bounds})
+    return dataclasses.field(default=default, metadata={META_KEY: bounds})
+
+
+_SPECS: dict[type, tuple[dict[str, Any], dict[str, dict[str, Any]], tuple[Rule, ...]]] = {}
+
+
+def _spec(cls: type) -> tuple[dict[str, Any], dict[str, dict[str, Any]], tuple[Rule, ...]]:
+    """Type hints, bounds (inherited by field name through the MRO) and rules of a config class."""
+    if cls not in _SPECS:
+        hints = typing.get_type_hints(cls)
+        bounds: dict[str, dict[str, Any]] = {}
+        for f in dataclasses.fields(cls):
+            for base in cls.__mro__:  # the most derived declaration with bounds wins
+                own = base.__dict__.get("__dataclass_fields__", {}).get(f.name)
+                if own is not None and META_KEY in own.metadata:
+                    bounds[f.name] = own.metadata[META_KEY]
+                    break
+        rules: list[Rule] = []
+        for base in reversed(cls.__mro__):
+            for rule in base.__dict__.get("rules", ()):
+                if rule not in rules:
+                    rules.append(rule)
+        _SPECS[cls] = (hints, bounds, tuple(rules))
+    return _SPECS[cls]
+
+
+def _check_bounds(value: Any, b: Mapping[str, Any], where: str) -> None:
+    if value is None:
+        return
+    if isinstance(value, (tuple, list)):
+        if "min_len" in b and len(value) < b["min_len"]:
+            need = "at least one value" if b["min_len"] == 1 else f"at least {b['min_len']} values"
+            raise ConfigError(f"{where} must hold {need}, got {list(value)!r}")
+        if b.get("unique"):
+            dupes = sorted({str(v) for v in value if list(value).count(v) > 1})
+            if dupes:
+                raise ConfigError(f"{where} lists {', '.join(dupes)} more than once: {list(value)!r}")
+        for item in value:
+            _check_bounds(item, {k: v for k, v in b.items() if k not in ("min_len", "unique")}, where)
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return
+    if isinstance(value, float) and b.get("finite", True) and not math.isfinite(value):
+        raise ConfigError(f"{where} must be a finite number, got {value!r}")
+    for key, op, ok in (
+        ("ge", ">=", lambda v, x: v >= x), ("gt", ">", lambda v, x: v > x),
+        ("le", "<=", lambda v, x: v <= x), ("lt", "<", lambda v, x: v < x),
+    ):
+        if key in b and not ok(value, b[key]):
+            lo = [f"{o} {b[k]}" for k, o in (("ge", ">="), ("gt", ">")) if k in b]
+            hi = [f"{o} {b[k]}" for k, o in (("le", "<="), ("lt", "<")) if k in b]
+            raise ConfigError(f"{where} must be {' and '.join(lo + hi)}, got {value!r}")
+
+
+def validate_config(config: Any) -> None:
+    """Check (and normalise: int -> float, list -> tuple) every field of a config dataclass.
+
+    Raises :class:`ConfigError` naming the class, the key, the value and what is accepted.
+    """
+    cls = type(config)
+    owner = cls.__name__
+    hints, bounds, rules = _spec(cls)
+    for f in dataclasses.fields(config):
+        if not f.init:
+            continue
+        where = f"{owner}.{f.name}"
+        value = getattr(config, f.name)
+        hint = hints.get(f.name, Any)
+        coerced = _coerce(value, hint, where)
+        if isinstance(coerced, float) and not math.isfinite(coerced) and f.name not in bounds:
+            raise ConfigError(f"{where} must be a finite number, got {coerced!r}")
+        if f.name in bounds:
+            _check_bounds(coerced, bounds[f.name], where)
+        if coerced is not value:
+            object.__setattr__(config, f.name, coerced)  # works for frozen dataclasses too
+    for rule in rules:
+        if not rule.holds(config):
+            shown = ", ".join(f"{k}={getattr(config, k)!r}" for k in rule.keys)
+            raise ConfigError(f"{owner}: need {rule.text}" + (f", got {shown}" if shown else ""))
+
+
+class ValidatedConfig:
+    """Base of metarec's config dataclasses: :func:`validate_config` runs at construction.
+
+    A subclass adds fields (bounds via :func:`setting`) and optional ``rules``; it needs no
+    ``__post_init__`` of its own.
+    """
+
+    rules: ClassVar[tuple[Rule, ...]] = ()
+
+    def __post_init__(self) -> None:
+        validate_config(self)

@@ -19,10 +19,19 @@ from typing import Any, ClassVar, Iterable, Literal, Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
-from metarec.config import ConfigError, build_config
+from metarec.config import ConfigError, ValidatedConfig, build_config, setting
+from metarec.nn import Activation, MultiPooling
 from metarec.runtime import resolve_device, torch_generator
 from metarec.schema import FeatureSchema
 from metarec.tasks import TaskBatch, TaskSet
+
+
+class LearnerContractError(RuntimeError):
+    """A learner broke a rule every learner must keep; ``rule`` names it (see :mod:`metarec.testing`)."""
+
+    def __init__(self, rule: str, message: str) -> None:
+        self.rule = rule
+        super().__init__(f"rule {rule!r} broken: {message}")
 
 
 class Callback:
@@ -47,17 +56,17 @@ def _fire(callbacks: Iterable[Callback], hook: str, learner: "Learner", **kwargs
 
 
 @dataclass
-class LearnerConfig:
-    """Settings every learner understands."""
+class LearnerConfig(ValidatedConfig):
+    """Settings every learner understands.
+
+    Every field is validated at construction (type, choices, bounds: :mod:`metarec.config`), so
+    a config built directly and one built from TOML or ``--set`` accept and refuse the same values.
+    """
 
     #: Clip predictions to the dataset's rating range (a regressor can overshoot).
     clip_predictions: bool = True
     #: Users per batch when predicting.
-    eval_batch_size: int = 256
-
-    def __post_init__(self) -> None:
-        if self.eval_batch_size < 1:
-            raise ValueError(f"eval_batch_size must be >= 1, got {self.eval_batch_size}")
+    eval_batch_size: int = setting(256, ge=1)
 
 
 class Learner(abc.ABC):
@@ -76,6 +85,10 @@ class Learner(abc.ABC):
     description: ClassVar[str] = ""
     Config: ClassVar[type] = LearnerConfig
     presets: ClassVar[dict[str, dict[str, Any]]] = {}
+    #: Whether building or fitting draws random numbers from the run seed. A closed-form learner
+    #: sets False: :func:`metarec.testing.check_learner` then requires the same predictions for
+    #: every seed instead of different ones.
+    stochastic: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -140,16 +153,41 @@ class Learner(abc.ABC):
     def adapt_and_predict(self, batch: TaskBatch) -> Tensor:
         """Adapt to each user's support set and predict the query ratings, ``[B, Q]``.
 
-        Must not change the learner's state: test users never influence each other.
+        The batch's query *items* are given, their ratings are not: ``batch.query_ratings`` is
+        all NaN here (:meth:`predict` hides them). Must not change the learner's state: test
+        users never influence each other.
         """
 
     # ----------------------------------------------------------------- helpers
     def predict(self, tasks: TaskSet, batch_size: int | None = None) -> Tensor:
-        """Predictions for every query rating of ``tasks``, ``[N, Q]`` on the CPU, in task order."""
+        """Predictions for every query rating of ``tasks``, ``[N, Q]`` on the CPU, in task order.
+
+        The learner never sees the query ratings: they are replaced by NaN before any batch is
+        built, so a learner that reads them predicts NaN, which is refused here with a
+        :class:`LearnerContractError` naming the rule (``query-blind``).
+        """
         batch_size = batch_size or self.config.eval_batch_size
+        tasks = tasks.without_query_ratings()
         out = []
         for batch in tasks.batches(batch_size, device=self.device):
             pred = self.adapt_and_predict(batch)
+            if not isinstance(pred, Tensor) or pred.shape != batch.query_items.shape:
+                shape = list(pred.shape) if isinstance(pred, Tensor) else type(pred).__name__
+                raise LearnerContractError(
+                    "prediction-shape",
+                    f"{type(self).__name__}.adapt_and_predict returned {shape} for a batch of "
+                    f"{list(batch.query_items.shape)} query items",
+                )
+            real = pred.detach()[batch.query_mask]
+            if not bool(torch.isfinite(real).all()):
+                n_nan = int(torch.isnan(real).sum())
+                raise LearnerContractError(
+                    "query-blind" if n_nan else "finite-predictions",
+                    f"{type(self).__name__}.adapt_and_predict returned {n_nan} NaN and "
+                    f"{int(torch.isinf(real).sum())} infinite predictions. At prediction time the "
+                    "query rating slots are NaN: a learner must use only the support ratings and the "
+                    "query items' features (if it does, NaN means training diverged: lower the rates)",
+                )
             out.append(self.postprocess(pred).detach().cpu())
         if not out:
             return torch.empty(0, tasks.n_query)
@@ -214,18 +252,11 @@ class EpisodicConfig(LearnerConfig):
     """Settings of the standard episodic training loop."""
 
     #: Passes over all training users.
-    epochs: int = 20
+    epochs: int = setting(20, ge=0)
     #: Users per meta-update.
-    batch_size: int = 32
+    batch_size: int = setting(32, ge=1)
     #: Drop the last, smaller batch of an epoch (MeLU's reference code does).
     drop_last: bool = False
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.epochs < 0:
-            raise ValueError(f"epochs must be >= 0, got {self.epochs}")
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
 
 
 @dataclass
@@ -233,16 +264,11 @@ class RatingMLPConfig(EpisodicConfig):
     """Episodic training of :class:`metarec.nn.RatingMLP`: the network's settings (MeLU's sizes)."""
 
     #: Embedding size per feature and hidden layers of the rating MLP (MeLU: 32 and 64-64).
-    embedding_dim: int = 32
-    hidden: tuple[int, ...] = (64, 64)
-    activation: str = "relu"
+    embedding_dim: int = setting(32, ge=1)
+    hidden: tuple[int, ...] = setting((64, 64), ge=1)
+    activation: Activation = "relu"
     #: How a multi-valued feature (genres, directors) is pooled: mean (MeLU), sum, sigmoid (MAMO).
-    multi_pooling: Literal["mean", "sum", "sigmoid"] = "mean"
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.embedding_dim < 1 or any(h < 1 for h in self.hidden):
-            raise ValueError(f"embedding_dim and hidden sizes must be >= 1, got {self.embedding_dim}, {self.hidden}")
+    multi_pooling: MultiPooling = "mean"
 
 
 class EpisodicLearner(Learner):

@@ -16,6 +16,8 @@ from torch import Tensor, nn
 from metarec.schema import Feature, FeatureSchema
 
 MultiPooling = Literal["mean", "sum", "sigmoid"]
+#: Names :func:`make_activation` knows (config fields use this type, so a typo fails at construction).
+Activation = Literal["relu", "leaky_relu", "tanh", "sigmoid", "identity"]
 
 _ACTIVATIONS = {
     "relu": lambda: nn.ReLU(),

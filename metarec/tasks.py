@@ -126,6 +126,15 @@ class TaskBatch:
                 moved[f.name] = value.to(device)
         return TaskBatch(**moved)
 
+    def without_query_ratings(self) -> "TaskBatch":
+        """A copy whose query rating slots are NaN: what a learner sees at prediction time."""
+        return replace(self, query_ratings=torch.full_like(self.query_ratings, float("nan")))
+
+    @property
+    def query_ratings_hidden(self) -> bool:
+        """Whether the query ratings are hidden (NaN), as in every batch handed to ``adapt_and_predict``."""
+        return bool(self.query_ratings.numel()) and bool(torch.isnan(self.query_ratings).all())
+
     def episode(self) -> tuple:
         """The per-user tensors as one tuple, in the order the engine's vmap expects.
 
@@ -193,6 +202,15 @@ class TaskSet:
     def n_query(self) -> int:
         """Query slots per task (``Q``)."""
         return int(self.query_items.shape[1])
+
+    def without_query_ratings(self) -> "TaskSet":
+        """A copy whose query rating slots are NaN (items, masks and scenarios kept).
+
+        :meth:`metarec.learner.Learner.predict` and the benchmark hand learners only such sets
+        at prediction time, so a learner cannot read the ratings it is scored on: one that
+        tries gets NaN and is refused.
+        """
+        return replace(self, query_ratings=torch.full_like(self.query_ratings, float("nan")), info=dict(self.info))
 
     def subset(self, index: Sequence[int] | Tensor) -> "TaskSet":
         """The tasks at ``index`` (in that order), sharing the feature tables."""

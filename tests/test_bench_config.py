@@ -126,7 +126,7 @@ def test_protocol_keys_are_checked_early():
 
 @pytest.mark.parametrize(
     "bench, match",
-    [({"seeds": [1, 1]}, "duplicates"), ({"jobs": 0}, "jobs"), ({"methods": []}, "methods"), ({"ci_level": 1.5}, "ci_level")],
+    [({"seeds": [1, 1]}, "more than once"), ({"jobs": 0}, "jobs"), ({"methods": []}, "methods"), ({"ci_level": 1.5}, "ci_level")],
 )
 def test_invalid_values(bench, match):
     with pytest.raises(ConfigError, match=match):

@@ -129,3 +129,13 @@ def test_tutorial_page_python_example_runs(installed_plugin, monkeypatch):
     for i, code in enumerate(blocks):
         exec(compile(code, f"docs/tutorial.md [python block {i + 1}]", "exec"), namespace)
     assert namespace["pred"].shape == namespace["split"].test.query_ratings.shape
+
+
+def test_tutorial_plugin_passes_its_own_contract_test(installed_plugin):
+    """The plugin's test file that the page shows (check_learner through the entry point) passes."""
+    import runpy
+
+    test_file = PACKAGE / "tests" / "test_contract.py"
+    assert '--8<-- "docs/tutorial/toy_learner/tests/test_contract.py"' in PAGE.read_text("utf-8")
+    namespace = runpy.run_path(str(test_file))
+    namespace["test_reptile_keeps_the_learner_contract"]()

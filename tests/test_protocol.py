@@ -208,7 +208,7 @@ def test_dataset_may_only_default_dataset_keys():
 
 
 def test_config_validation():
-    with pytest.raises(ValueError, match="exceeds"):
+    with pytest.raises(ValueError, match=r"n_support \+ n_query <= ratings_per_user"):
         ProtocolConfig(n_support=16)
     with pytest.raises(ValueError, match="train_fraction"):
         ProtocolConfig(train_fraction=1.0)

@@ -71,7 +71,7 @@ def test_global_mean_hand():
 
 def test_baseline_predictor_hand():
     train = tiny_taskset(**TRAIN)
-    bp = BaselinePredictor.from_settings(train.schema, overrides={"item_reg": 1.0, "user_reg": 2.0})
+    bp = BaselinePredictor.from_settings(train.schema, overrides={"item_reg": 1.0, "user_reg": 2.0, "sweeps": 1})
     bp.meta_fit(train)
     mu = 20 / 6
     # b_i = sum(r - mu) / (1 + n_i)

@@ -39,6 +39,27 @@ def test_table1_config_names_every_method_with_an_existing_preset(name):
         cls.from_settings(_schema(), preset=preset, overrides=cfg.settings_for(method).overrides)
 
 
+def test_every_default_is_what_table1_runs():
+    """One meaning of "default": a method's Config defaults are the honest-best settings the
+    ML-1M Table 1 config runs, so `metarec bench --methods a,b` compares like with like, and
+    every method offers its published settings as the preset `paper`."""
+    import dataclasses
+
+    from metarec.config import build_config
+
+    cfg = resolve_config(load_toml(CONFIGS / "table1-ml1m.toml"))
+    for method in cfg.methods:
+        cls = get_learner(method)
+        s = cfg.settings_for(method)
+        ran = build_config(cls.Config, cls.presets.get(s.preset, {}) if s.preset else {}, s.overrides)
+        defaults = cls.Config()
+        diff = {f.name: (getattr(defaults, f.name), getattr(ran, f.name)) for f in dataclasses.fields(defaults)
+                if getattr(defaults, f.name) != getattr(ran, f.name)}
+        assert not diff, f"{method}: defaults differ from what Table 1 runs (default, Table 1): {diff}"
+        if method in TABLE1_METHODS:
+            assert "paper" in cls.presets, f"{method} has no 'paper' preset"
+
+
 def _schema():
     from metarec.data.synthetic import make_synthetic
 

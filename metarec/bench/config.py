@@ -31,14 +31,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Mapping, Sequence
 
-from metarec.config import ConfigError, build_config, jsonable, load_toml, parse_overrides
+from metarec.config import ConfigError, ValidatedConfig, build_config, jsonable, load_toml, parse_overrides, setting
 
 #: Format tag of the saved resolved configuration (``config.json`` of a run directory).
 CONFIG_FORMAT = "metarec-bench-config-1"
 
 
 @dataclass
-class MethodSettings:
+class MethodSettings(ValidatedConfig):
     """How one method is built: a named preset of its learner plus key overrides."""
 
     preset: str | None = None
@@ -46,11 +46,11 @@ class MethodSettings:
 
 
 @dataclass
-class BenchConfig:
+class BenchConfig(ValidatedConfig):
     """Everything that decides what ``metarec bench`` runs and how it reports it."""
 
     #: Learner names (see ``metarec methods``), in table order.
-    methods: tuple[str, ...] = ("global-mean", "baseline-predictor")
+    methods: tuple[str, ...] = setting(("global-mean", "baseline-predictor"), min_len=1, unique=True)
     #: ``ml-1m``, ``book-crossing`` (or any name ``metarec.data.load_split`` knows), or ``synthetic``.
     dataset: str = "ml-1m"
     #: Folder holding the raw dataset files (None: the loader's default).
@@ -60,26 +60,26 @@ class BenchConfig:
     dataset_config: str | None = None
     #: Run seeds. A seed decides the train/test user split AND the model initialisation, so the
     #: spread over seeds covers both sources of variation.
-    seeds: tuple[int, ...] = (0, 1, 2)
+    seeds: tuple[int, ...] = setting((0, 1, 2), ge=0, min_len=1, unique=True)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     #: Output folder (None: ``runs/<timestamp>``).
     out: str | None = None
     #: Independent (method, seed) runs executed at once, each in its own process.
-    jobs: int = 1
+    jobs: int = setting(1, ge=1)
     #: torch threads per run (None: all cores divided by ``jobs``).
-    threads: int | None = None
+    threads: int | None = setting(None, ge=1)
     #: Never touch the network when loading data.
     offline: bool = True
     #: Let the data loader cache its parsed tables.
     use_cache: bool = True
     #: Convenience: set ``epochs`` of every method whose config has that key (None: leave alone).
-    epochs: int | None = None
+    epochs: int | None = setting(None, ge=0)
     #: NDCG cut-off and the clip length of the per-scenario clip-NDCG (appendix A.2.3).
-    k: int = 3
-    clip_size: int = 5
+    k: int = setting(3, ge=1)
+    clip_size: int = setting(5, ge=1)
     #: Bootstrap resamples (over test users) for the confidence intervals, and their level.
-    n_boot: int = 1000
-    ci_level: float = 0.95
+    n_boot: int = setting(1000, ge=1)
+    ci_level: float = setting(0.95, gt=0, lt=1)
     #: Show the live progress display.
     progress: bool = True
     #: Keep each run's training checkpoints after it finished (they are deleted otherwise).
@@ -104,6 +104,8 @@ class BenchConfig:
     method_settings: dict[str, MethodSettings] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        super().__post_init__()  # types, choices and the declared bounds (metarec.config)
+        # bounds that depend on this machine (cores) or span fields: checked here
         if not self.methods:
             raise ValueError("methods is empty: name at least one method (see `metarec methods`)")
         dupes = sorted({m for m in self.methods if self.methods.count(m) > 1})

@@ -128,7 +128,17 @@ def table_console() -> Any:
 
 
 def _label_width(views: Sequence[ResultsView]) -> int:
-    return max(len(f"{v.label}: {m}") if len(views) > 1 else len(m) for v in views for m in v.methods)
+    name = max(len(f"{v.label}: {m}") if len(views) > 1 else len(m) for v in views for m in v.methods)
+    preset = max(len(_preset_label(v, m)) for v in views for m in v.methods)
+    return name + (min(preset, 40) + 3 if preset else 0)
+
+
+def _preset_label(view: ResultsView, method: str) -> str:
+    """The preset a method's runs used (``tuned``, ``paper + epochs=3``), or ``""`` if unknown."""
+    if view.published:
+        return "published"
+    entry = view.methods.get(method, {})
+    return str(entry.get("preset_label") or entry.get("preset") or "")
 
 
 def rich_tables(views: Sequence[ResultsView], width: int | None = None) -> list[Any]:
@@ -166,6 +176,9 @@ def rich_table(
         table.add_column("method", style="bold", overflow="fold", max_width=16)
     else:
         table.add_column("method", style="bold", no_wrap=True)
+    show_presets = any(_preset_label(v, m) for v in t.views for m in v.methods)
+    if show_presets:
+        table.add_column("preset", overflow="fold", max_width=24 if compact else 40)
     if metric is None:
         table.add_column("metric", no_wrap=True)
     for c in t.cells:
@@ -177,7 +190,10 @@ def rich_table(
             s = t.text(i, c)
             cells.append(f"[bold green]{s} *[/]" if t.is_best(i, c) else s)
         first = metric is not None or i == 0 or t.rows[i - 1][:2] != (v, m)
-        lead = [t.row_label(i) if first else ""] + ([label] if metric is None else [])
+        lead = [t.row_label(i) if first else ""]
+        if show_presets:
+            lead.append(_preset_label(v, m) if first else "")
+        lead += [label] if metric is None else []
         table.add_row(*lead, *cells, end_section=(metric is None and key != "mae"))
     return table
 

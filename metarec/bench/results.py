@@ -470,6 +470,8 @@ def build_results(
         if ok:
             entry.update(aggregate_method(ok, preds, k=k, clip_size=clip_size, n_boot=n_boot, level=level))
             entry["preset"] = ok[0].get("preset")
+            labels = sorted({r.get("preset_label") or r.get("preset") or "defaults" for r in ok})
+            entry["preset_label"] = " | ".join(labels)
             entry["learner_config"] = ok[0].get("learner_config")
             entry["learner_class"] = ok[0].get("learner_class")
             entry["learner_distribution"] = ok[0].get("learner_distribution")

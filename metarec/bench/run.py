@@ -350,6 +350,28 @@ class RunSpec:
         return run_key(self.method, self.seed)
 
 
+def preset_label(cls: type, preset: str | None, config: Any) -> str:
+    """What a results row says a method ran: its preset, plus the keys set on top of it.
+
+    With no preset named, the learner's defaults ran; they are its honest-best preset, so the
+    label names the preset the defaults equal (``tuned``, ``paper``, ...), else ``defaults``.
+    """
+    from metarec.config import build_config
+
+    presets = getattr(cls, "presets", {})
+    if preset is None:
+        defaults = cls.Config()
+        same = [name for name, values in presets.items() if build_config(cls.Config, values) == defaults]
+        label, base = (same[0] if same else "defaults"), defaults
+    else:
+        label, base = preset, build_config(cls.Config, presets.get(preset, {}))
+    changed = [f.name for f in dataclasses.fields(config) if getattr(config, f.name) != getattr(base, f.name)]
+    if changed:
+        shown = ", ".join(f"{k}={getattr(config, k)!r}" for k in changed[:2])
+        label += f" + {shown}" + (f" (+{len(changed) - 2} more)" if len(changed) > 2 else "")
+    return label
+
+
 def _query_rows(split: Any, pred: Any, method: str, seed: int) -> tuple[list[tuple], dict[str, np.ndarray]]:
     """One row per real query rating, in test-user order, and the same data as arrays."""
     test = split.test
@@ -492,6 +514,7 @@ def execute_run(spec: RunSpec, sink: Sink | None = None, write: FileWriter | Non
             seed=spec.seed,
         )
         record["learner_config"] = dataclasses.asdict(learner.config)
+        record["preset_label"] = preset_label(cls, settings.preset, learner.config)
         record["learner_class"] = f"{cls.__module__}:{cls.__qualname__}"
         epochs = record["learner_config"].get("epochs")
         if epochs == 0:
@@ -518,7 +541,8 @@ def execute_run(spec: RunSpec, sink: Sink | None = None, write: FileWriter | Non
             sink(("predict_start", key, len(split.test)))
             guard_predictions(learner, spec.method, sink, key)
             t0 = time.perf_counter()
-            pred = learner.predict(split.test)
+            # The learner gets the test users' query items, never their ratings (NaN slots).
+            pred = learner.predict(split.test.without_query_ratings())
             timings["predict_s"] = time.perf_counter() - t0
             record["memory"] = mem.read()
         changed = changed_tensors(pristine, split)

@@ -48,6 +48,7 @@ from typing import Literal
 
 import numpy as np
 
+from metarec.config import Rule, ValidatedConfig, setting
 from metarec.data.base import InteractionData
 from metarec.data.custom import DatasetSpec, FeatureSpec, RatingsSpec, TableSpec, assemble
 from metarec.data.readers import RawTable, read_quoted_csv
@@ -66,15 +67,20 @@ _SPACES = re.compile(r"\s+")
 
 
 @dataclass(frozen=True)
-class BookCrossingOptions:
+class BookCrossingOptions(ValidatedConfig):
     """Cleaning choices; the defaults are the paper's (appendix A.1.2) plus the documented rules above."""
 
-    age_min: int = 5
-    age_max: int = 110
-    year_min: int = 1500
-    year_max: int = 2010
+    age_min: int = setting(5, ge=0)
+    age_max: int = setting(110, ge=0)
+    year_min: int = setting(1500, ge=0)
+    year_max: int = setting(2010, ge=0)
     #: Repeated (user, ISBN) pairs: keep the first/last in file order, or fail.
     duplicates: Literal["first", "last", "error"] = "first"
+
+    rules = (
+        Rule("age_min <= age_max", lambda c: c.age_min <= c.age_max, ("age_min", "age_max")),
+        Rule("year_min <= year_max", lambda c: c.year_min <= c.year_max, ("year_min", "year_max")),
+    )
 
 
 def normalise_country(location: str) -> str:

@@ -54,7 +54,7 @@ from typing import Any, Literal, Mapping
 import numpy as np
 import torch
 
-from metarec.config import ConfigError, build_config, load_toml
+from metarec.config import ConfigError, Rule, ValidatedConfig, build_config, load_toml, setting
 from metarec.data.base import InteractionData
 from metarec.data.readers import DataFormatError, RawTable, parse_numbers, read_table, show
 from metarec.schema import Feature, FeatureSchema
@@ -68,8 +68,16 @@ UNKNOWN_CATEGORY = "<unknown>"
 _ANNOTATION = re.compile(r"\s*\([^)]*\)")
 
 
+#: The ``on_missing`` choices that make sense for each feature kind.
+_ON_MISSING = {
+    "categorical": ("error", "drop", "category"),
+    "multi_categorical": ("error", "drop", "category", "empty"),
+    "numeric": ("error", "drop", "mean"),
+}
+
+
 @dataclass(frozen=True)
-class FeatureSpec:
+class FeatureSpec(ValidatedConfig):
     """How to turn one source column into a :class:`~metarec.schema.Feature`.
 
     Cleaning, in order: strip whitespace; ``html_unescape``; ``lowercase``; ``strip_annotations``
@@ -90,7 +98,7 @@ class FeatureSpec:
     #: Order of a vocabulary built from data: ``sorted`` or ``first_seen`` (table order).
     vocabulary_order: Literal["sorted", "first_seen"] = "sorted"
     #: Longest value list of a multi-valued feature (``None``: the longest in the data); longer is an error.
-    max_values: int | None = None
+    max_values: int | None = setting(None, ge=1)
     missing_values: tuple[str, ...] = ("",)
     #: What a missing value does: ``error``; ``drop`` the user/item (counted; its ratings are
     #: dropped too, counted); ``category`` (a ``<missing>`` value); ``empty`` (multi-valued: no
@@ -103,24 +111,22 @@ class FeatureSpec:
     html_unescape: bool = False
     lowercase: bool = False
 
+    rules = (
+        Rule("a separator for a multi_categorical feature",
+             lambda c: c.kind != "multi_categorical" or bool(c.separator), ("name", "kind", "separator")),
+        Rule("on_missing to be one of " + "; ".join(f"{k}: {', '.join(v)}" for k, v in _ON_MISSING.items()),
+             lambda c: c.on_missing in _ON_MISSING[c.kind], ("name", "kind", "on_missing")),
+        Rule("vocabulary or vocabulary_file, not both",
+             lambda c: c.vocabulary is None or c.vocabulary_file is None, ("name",)),
+    )
+
     def __post_init__(self) -> None:
-        if self.kind == "multi_categorical" and not self.separator:
-            raise ValueError(f"multi_categorical feature {self.name!r} needs a separator")
-        allowed = {
-            "categorical": ("error", "drop", "category"),
-            "multi_categorical": ("error", "drop", "category", "empty"),
-            "numeric": ("error", "drop", "mean"),
-        }[self.kind]
-        if self.on_missing not in allowed:
-            raise ValueError(f"feature {self.name!r} ({self.kind}): on_missing must be one of {', '.join(allowed)}, got {self.on_missing!r}")
-        if self.vocabulary is not None and self.vocabulary_file is not None:
-            raise ValueError(f"feature {self.name!r}: give vocabulary or vocabulary_file, not both")
-        if self.max_values is not None and self.max_values < 1:
-            raise ValueError(f"feature {self.name!r}: max_values must be >= 1")
-        object.__setattr__(self, "missing_values", tuple(self.missing_values))
-        object.__setattr__(self, "value_map", dict(self.value_map))
-        if self.vocabulary is not None:
+        # TOML may give numbers as vocabulary values and a list of missing values: normalise first.
+        if self.vocabulary is not None and not isinstance(self.vocabulary, str):
             object.__setattr__(self, "vocabulary", tuple(str(v) for v in self.vocabulary))
+        if isinstance(self.value_map, Mapping):
+            object.__setattr__(self, "value_map", dict(self.value_map))
+        super().__post_init__()
 
     @property
     def source(self) -> str:
@@ -129,7 +135,7 @@ class FeatureSpec:
 
 
 @dataclass(frozen=True)
-class TableSpec:
+class TableSpec(ValidatedConfig):
     """A user or item table: where it is, its id column, its features."""
 
     id: str
@@ -142,14 +148,11 @@ class TableSpec:
     #: data hold no never-rated values. Rows are never reordered.
     prune_unrated: bool = True
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "features", tuple(self.features))
-        if not self.features:
-            raise ValueError(f"table with id column {self.id!r} declares no features; learners need at least one")
+    rules = (Rule("at least one feature (learners need one)", lambda c: len(c.features) > 0, ("id",)),)
 
 
 @dataclass(frozen=True)
-class RatingsSpec:
+class RatingsSpec(ValidatedConfig):
     """The ratings file and what to do with its bad records."""
 
     user: str = "user_id"

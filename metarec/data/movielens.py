@@ -40,6 +40,7 @@ from typing import Literal
 
 import numpy as np
 
+from metarec.config import ValidatedConfig
 from metarec.data.base import InteractionData
 from metarec.data.custom import DatasetSpec, FeatureSpec, RatingsSpec, TableSpec, assemble
 from metarec.data.readers import (
@@ -74,7 +75,7 @@ EXTRA_FIELDS = ("item_id", "title", "year", "rate", "released", "genre", "direct
 
 
 @dataclass(frozen=True)
-class MovieLensOptions:
+class MovieLensOptions(ValidatedConfig):
     """Loader choices; the defaults reproduce MAMO's feature set."""
 
     #: Movies of ``movies.dat`` without a row in ``movies_extrainfos.dat``: see the module docstring.

@@ -31,6 +31,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from metarec.config import Rule, ValidatedConfig, setting
 from metarec.data.base import InteractionData
 from metarec.runtime import numpy_generator
 from metarec.schema import SCENARIOS
@@ -42,50 +43,40 @@ class ProtocolError(UserError, ValueError):
 
 
 @dataclass(frozen=True)
-class ProtocolConfig:
+class ProtocolConfig(ValidatedConfig):
     """Every choice of the protocol. ``None`` means "the dataset's own default"."""
 
     #: Ratings kept per user (the earliest by time); users with fewer are dropped (and counted).
-    ratings_per_user: int = 20
+    ratings_per_user: int = setting(20, ge=2)
     #: Support ratings per user (paper: 15; §3.2.1 varies 5-15 with the query fixed).
-    n_support: int = 15
+    n_support: int = setting(15, ge=1)
     #: Query ratings per user: always the LAST ``n_query`` of the kept ratings.
-    n_query: int = 5
+    n_query: int = setting(5, ge=1)
     #: When ``n_support + n_query < ratings_per_user``: take the support from the ``first``
     #: kept ratings or from the ones ``last`` before the query.
     support_position: Literal["first", "last"] = "first"
     #: Fraction of users that are training users.
-    train_fraction: float = 0.8
+    train_fraction: float = setting(0.8, gt=0, lt=1)
     #: Fraction of the training users held out for validation (0 = none, as in the paper).
-    validation_fraction: float = 0.0
+    validation_fraction: float = setting(0.0, ge=0, lt=1)
     #: ``time_quantile`` (warm iff first rating before the quantile time of all ratings) or
     #: ``id_order`` (the first ``user_warm_fraction`` of users in table order are warm).
     user_state_rule: Literal["time_quantile", "id_order"] | None = None
-    user_time_quantile: float = 0.8
-    user_warm_fraction: float = 0.9
+    user_time_quantile: float = setting(0.8, gt=0, lt=1)
+    user_warm_fraction: float = setting(0.9, gt=0, lt=1)
     #: The order used by ``id_order``: ``table`` (the user table's order; Book-Crossing's loader
     #: sorts it by numeric User-ID, the paper's rule) or ``first_rating`` (by each user's first
     #: rating in (time, file position) order, i.e. order of first appearance).
     id_order_by: Literal["table", "first_rating"] = "table"
     #: An item is warm iff it has MORE than this many ratings in the trimmed table.
-    item_cold_max_ratings: int | None = None
+    item_cold_max_ratings: int | None = setting(None, ge=0)
     #: What to do with users with fewer than ``ratings_per_user`` ratings: drop and count, or fail.
     short_users: Literal["drop", "error"] = "drop"
 
-    def __post_init__(self) -> None:
-        if self.n_query < 1 or self.n_support < 1:
-            raise ValueError(f"n_support and n_query must be >= 1, got {self.n_support}, {self.n_query}")
-        if self.n_support + self.n_query > self.ratings_per_user:
-            raise ValueError(
-                f"n_support + n_query ({self.n_support} + {self.n_query}) exceeds "
-                f"ratings_per_user ({self.ratings_per_user})"
-            )
-        for name in ("train_fraction", "user_time_quantile", "user_warm_fraction"):
-            v = getattr(self, name)
-            if not 0.0 < v < 1.0:
-                raise ValueError(f"{name} must lie strictly between 0 and 1, got {v}")
-        if not 0.0 <= self.validation_fraction < 1.0:
-            raise ValueError(f"validation_fraction must be in [0, 1), got {self.validation_fraction}")
+    rules = (
+        Rule("n_support + n_query <= ratings_per_user",
+             lambda c: c.n_support + c.n_query <= c.ratings_per_user, ("n_support", "n_query", "ratings_per_user")),
+    )
 
     def resolved(self, data: InteractionData) -> "ProtocolConfig":
         """This config with the dataset's defaults filled in for every ``None``."""

@@ -20,25 +20,28 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from metarec.config import Rule, ValidatedConfig, setting
 from metarec.data.base import InteractionData
 from metarec.schema import Feature, FeatureSchema
 from metarec.tasks import FeatureTable
 
 
 @dataclass(frozen=True)
-class SyntheticOptions:
+class SyntheticOptions(ValidatedConfig):
     """The arguments of :func:`make_synthetic`, as a config (``[loader]`` table of ``load_split``)."""
 
-    n_users: int = 400
-    n_items: int = 300
-    n_types: int = 3
-    n_genres: int = 6
-    n_tags: int = 12
-    ratings_per_user: int = 24
-    profile_signal: float = 0.9
-    affinity_scale: float = 1.5
-    noise: float = 0.4
-    seed: int = 0
+    n_users: int = setting(400, ge=2)
+    n_items: int = setting(300, ge=1)
+    n_types: int = setting(3, ge=1)
+    n_genres: int = setting(6, ge=1)
+    n_tags: int = setting(12, ge=1)
+    ratings_per_user: int = setting(24, ge=1)
+    profile_signal: float = setting(0.9, ge=0, le=1)
+    affinity_scale: float = setting(1.5, ge=0)
+    noise: float = setting(0.4, ge=0)
+    seed: int = setting(0, ge=0)
+
+    rules = (Rule("n_items >= ratings_per_user", lambda c: c.n_items >= c.ratings_per_user, ("n_items", "ratings_per_user")),)
 
 
 def make_synthetic(

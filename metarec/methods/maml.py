@@ -19,6 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from metarec import engine
+from metarec.config import setting
 from metarec.learner import EpisodicLearner, RatingMLPConfig
 from metarec.nn import RatingMLP
 from metarec.tasks import TaskBatch
@@ -29,19 +30,19 @@ class MAMLConfig(RatingMLPConfig):
     """Settings of a MAML-trained rating model (defaults: MeLU's published values)."""
 
     #: Local (inner) learning rate and number of plain gradient steps on the support set.
-    inner_lr: float = 5e-6
-    inner_steps: int = 1
+    inner_lr: float = setting(5e-6, ge=0)
+    inner_steps: int = setting(1, ge=0)
     #: Inner steps at evaluation (None = same as training).
-    eval_inner_steps: int | None = None
+    eval_inner_steps: int | None = setting(None, ge=0)
     #: Drop second-order terms (FOMAML). False = true MAML, differentiating through the inner steps.
     first_order: bool = False
-    meta_lr: float = 5e-5
+    meta_lr: float = setting(5e-5, gt=0)
     meta_optimizer: Literal["adam", "sgd"] = "adam"
-    weight_decay: float = 0.0
+    weight_decay: float = setting(0.0, ge=0)
     #: Clip the meta-gradient's global norm (None = no clipping).
-    grad_clip: float | None = None
+    grad_clip: float | None = setting(None, gt=0)
     #: Users adapted at once inside vmap (None = the whole batch); bounds memory.
-    chunk_size: int | None = None
+    chunk_size: int | None = setting(None, ge=1)
     #: ``torch.func`` (batched over users) or ``loop`` (one user at a time; same numbers, slower),
     #: or ``learn2learn`` (one user at a time through ``learn2learn.algorithms``; needs the optional
     #: learn2learn package, see :mod:`metarec.backends.learn2learn`; same numbers as the others).
@@ -50,13 +51,6 @@ class MAMLConfig(RatingMLPConfig):
     #: learned step size per entry of every local parameter, initialised to ``inner_lr`` and
     #: meta-trained with the model (run by ``learn2learn.algorithms.MetaSGD`` on that backend).
     algorithm: Literal["maml", "metasgd"] = "maml"
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.inner_steps < 0:
-            raise ValueError(f"inner_steps must be >= 0, got {self.inner_steps}")
-        if self.inner_lr < 0 or self.meta_lr <= 0:
-            raise ValueError(f"learning rates must be positive, got inner_lr={self.inner_lr}, meta_lr={self.meta_lr}")
 
 
 class MAMLLearner(EpisodicLearner):
