@@ -682,8 +682,9 @@ def paired_test_by_stratum(a: Sequence[Any], b: Sequence[Any]) -> dict[str, Any]
     ``a[s]`` and ``b[s]`` hold the paired units (e.g. per-user errors) of stratum ``s``. A
     user is a test user in several seeds' splits, so pooling the strata would count one
     person several times as independent evidence. Instead each stratum gets its own
-    one-sided Wilcoxon signed-rank test (alternative a > b; zero differences dropped; all
-    zero: z = 0), its p is turned into z_s = Phi^-1(1 - p_s), and the z's are combined by
+    one-sided Wilcoxon signed-rank test (alternative a > b, as a mid-p so that the discrete
+    statistic's extreme ends do not give infinite z; zero differences dropped; all zero:
+    z = 0), its p is turned into z_s = Phi^-1(1 - p_s), and the z's are combined by
     Stouffer's method with equal weights, Z = sum z_s / sqrt(S); the two-sided p is
     2 (1 - Phi(|Z|)). Direction is kept (a stratum favouring b cancels one favouring a),
     which Fisher's method on two-sided p's would not do. The strata must be independent for
@@ -691,7 +692,7 @@ def paired_test_by_stratum(a: Sequence[Any], b: Sequence[Any]) -> dict[str, Any]
     when the same users recur, but it no longer multiplies the evidence by the seeds.
 
     Returns ``mean_diff`` (mean over strata of each stratum's mean difference),
-    ``stouffer_z``, ``p`` (two-sided), ``per_stratum`` (n, mean_diff, one-sided p) and
+    ``stouffer_z``, ``p`` (two-sided), ``per_stratum`` (n, mean_diff, one-sided mid-p) and
     ``n`` (units in all). Strata with fewer than 2 units are skipped; at least one is needed.
     """
     if len(a) != len(b):
@@ -710,11 +711,15 @@ def paired_test_by_stratum(a: Sequence[Any], b: Sequence[Any]) -> dict[str, Any]
         if not np.any(d != 0):
             p_one = 0.5
         else:
-            p_one = float(stats.wilcoxon(x, y, alternative="greater").pvalue)
+            # mid-p, (P(T > t) + P(T >= t)) / 2: a discrete statistic's one-sided p is 1 at the
+            # far end (e.g. every difference negative), which would make z = -inf
+            p_ge = float(stats.wilcoxon(x, y, alternative="greater").pvalue)
+            p_le = float(stats.wilcoxon(x, y, alternative="less").pvalue)
+            p_one = (p_ge + 1.0 - p_le) / 2.0
         z = float(stats.norm.isf(min(max(p_one, 1e-300), 1.0 - 1e-16)))
         zs.append(z)
         diffs.append(float(d.mean()))
-        per.append({"n": int(x.size), "mean_diff": float(d.mean()), "p_greater": p_one})
+        per.append({"n": int(x.size), "mean_diff": float(d.mean()), "p_greater_mid": p_one})
     if not zs:
         raise ValueError("paired_test_by_stratum needs a stratum with at least 2 paired units")
     z_all = float(np.sum(zs) / np.sqrt(len(zs)))

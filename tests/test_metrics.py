@@ -521,7 +521,8 @@ def test_stratified_test_combines_seeds_by_stouffer_and_keeps_direction():
     a1, b1 = rng.normal(1.0, 1, 40), rng.normal(0.0, 1, 40)
     a2, b2 = rng.normal(0.0, 1, 40), rng.normal(1.0, 1, 40)
     one = paired_test_by_stratum([a1], [b1])
-    p1 = stats.wilcoxon(a1, b1, alternative="greater").pvalue
+    # continuous data (no ties): the mid-p is the ordinary one-sided p up to 1/2 P(T = t)
+    p1 = (stats.wilcoxon(a1, b1, alternative="greater").pvalue + 1 - stats.wilcoxon(a1, b1, alternative="less").pvalue) / 2
     assert one["stouffer_z"] == pytest.approx(stats.norm.isf(p1))
     assert one["p"] == pytest.approx(2 * stats.norm.sf(abs(stats.norm.isf(p1))))
     # two seeds pointing opposite ways cancel; two pointing the same way add up
@@ -534,6 +535,13 @@ def test_stratified_test_combines_seeds_by_stouffer_and_keeps_direction():
     # a stratum of identical values contributes z = 0; one with < 2 units is skipped
     flat = paired_test_by_stratum([a1, [1.0, 1.0], [3.0]], [b1, [1.0, 1.0], [2.0]])
     assert flat["stouffer_z"] == pytest.approx(z / np.sqrt(2)) and flat["n_strata"] == 2
+    # every difference negative in 5 units: the exact one-sided p is 1 at that end; the mid-p
+    # (1 + 31/32)/2 keeps z finite (-2.15), and 5 seeds like it give a finite combined p
+    neg = paired_test_by_stratum([[1.0, 2.0, 3.0, 4.0, 5.0]], [[2.0, 4.0, 6.0, 8.0, 10.0]])
+    assert neg["per_stratum"][0]["p_greater_mid"] == pytest.approx((1 + 31 / 32) / 2)
+    assert neg["stouffer_z"] == pytest.approx(stats.norm.isf((1 + 31 / 32) / 2))
+    five = paired_test_by_stratum([[1.0, 2.0, 3.0, 4.0, 5.0]] * 5, [[2.0, 4.0, 6.0, 8.0, 10.0]] * 5)
+    assert five["stouffer_z"] == pytest.approx(np.sqrt(5) * stats.norm.isf((1 + 31 / 32) / 2))
     with pytest.raises(ValueError, match="at least 2 paired units"):
         paired_test_by_stratum([[1.0]], [[2.0]])
     with pytest.raises(ValueError, match="same number of strata"):

@@ -23,6 +23,7 @@ A method's own settings resolve as: its Config defaults < its preset < file over
 from __future__ import annotations
 
 import copy
+import math
 import dataclasses
 import re
 from dataclasses import dataclass, field
@@ -75,6 +76,10 @@ class BenchConfig:
     #: NDCG cut-off and the clip length of the per-scenario clip-NDCG (appendix A.2.3).
     k: int = 3
     clip_size: int = 5
+    #: Ranking metrics on the query items (Precision / NDCG_rel / MAP at these cut-offs): a query
+    #: item is relevant when its true rating is >= ``relevance_threshold``.
+    ranking_ks: tuple[int, ...] = (3, 5)
+    relevance_threshold: float = 4.0
     #: Bootstrap resamples (over test users) for the confidence intervals, and their level.
     n_boot: int = 1000
     ci_level: float = 0.95
@@ -110,6 +115,10 @@ class BenchConfig:
         for name in ("k", "clip_size", "n_boot"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not self.ranking_ks or any(isinstance(x, bool) or int(x) != x or x < 1 for x in self.ranking_ks):
+            raise ValueError(f"ranking_ks must be a non-empty list of integers >= 1, got {list(self.ranking_ks)}")
+        if not math.isfinite(float(self.relevance_threshold)):
+            raise ValueError(f"relevance_threshold must be a finite rating, got {self.relevance_threshold}")
         if not 0.0 < self.ci_level < 1.0:
             raise ValueError(f"ci_level must be in (0, 1), got {self.ci_level}")
 
@@ -132,6 +141,7 @@ class BenchConfig:
         d = dataclasses.asdict(self)
         d["methods"] = list(self.methods)
         d["seeds"] = list(self.seeds)
+        d["ranking_ks"] = list(self.ranking_ks)
         d["method_settings"] = {
             k: {"preset": v.preset, "overrides": jsonable(v.overrides)} for k, v in self.method_settings.items()
         }
@@ -155,6 +165,7 @@ BENCH_FIELDS = tuple(f.name for f in dataclasses.fields(BenchConfig) if f.name !
 #: Fields that change the numbers; a resumed run must not change them.
 RESULT_FIELDS = (
     "dataset", "data_dir", "dataset_config", "offline", "epochs", "k", "clip_size", "n_boot", "ci_level",
+    "ranking_ks", "relevance_threshold",
     "protocol", "synthetic", "method_settings",
 )
 

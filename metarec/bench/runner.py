@@ -34,6 +34,7 @@ from metarec.bench.environment import cpu_model, environment_info, git_info  # n
 from metarec.bench.progress import BenchProgress, ProgressCallback, Sink
 from metarec.bench.results import (
     RUN_FORMAT,
+    MetricSpec,
     write_text,
     RunDir,
     build_results,
@@ -336,7 +337,7 @@ def execute_run(spec: RunSpec, sink: Sink | None = None) -> dict[str, Any]:
         rows, arrays = _query_rows(split, pred, spec.method, spec.seed)
         scores = run_metrics(
             arrays["prediction"], arrays["rating"], arrays["user_id"], arrays["scenario"],
-            k=cfg.k, clip_size=cfg.clip_size, n_boot=cfg.n_boot, level=cfg.ci_level, seed=spec.seed,
+            n_boot=cfg.n_boot, level=cfg.ci_level, seed=spec.seed, spec=MetricSpec.from_config(cfg.to_dict()),
         )
         timings["metrics_s"] = time.perf_counter() - t0
         record.update(scores)
