@@ -134,7 +134,27 @@ def test_paired_tests(bench_run):
     assert t["per_seed"]["n"] == 2
     assert t["per_user"]["n"] == sum(results["methods"]["global-mean"]["cells"]["overall"]["n_users_per_seed"])
     # the bias baseline beats the global mean on planted user biases, visibly so per user
-    assert t["per_user"]["mean_diff"] > 0 and t["per_user"]["wilcoxon_p"] < 0.05
+    assert t["per_user"]["mean_diff"] > 0 and t["per_user"]["p"] < 0.05
+    # per user: one test per seed, combined -- not the seeds' users pooled as independent
+    assert t["per_user"]["n_strata"] == 2 and len(t["per_user"]["per_stratum"]) == 2
+    # Holm within the family: adjusted >= raw, and the smallest raw p is multiplied by the family size
+    raw = [x["per_user"]["p"] for x in tests if "p" in x.get("per_user", {})]
+    for x in tests:
+        if "p" in x.get("per_user", {}):
+            assert x["per_user"]["p_holm"] >= x["per_user"]["p"]
+    smallest = min(range(len(raw)), key=raw.__getitem__)
+    adjusted = [x["per_user"]["p_holm"] for x in tests if "p" in x.get("per_user", {})]
+    assert adjusted[smallest] == pytest.approx(min(1.0, len(raw) * raw[smallest]))
+    # every method against the best simple baseline (lowest overall MAE): its own family
+    vs = results["baseline_tests"]
+    best = min(("global-mean", "baseline-predictor", "profile-mlp"),
+               key=lambda m: results["methods"][m]["cells"]["overall"]["mae"]["mean"])
+    assert vs["baseline"] == best
+    assert {(x["a"], x["b"]) for x in vs["tests"]} == {(m, best) for m in results["methods"] if m != best}
+    # tested metrics: MAE, RMSE, within-user NDCG everywhere; the clip NDCG per scenario (per seed only)
+    cells = {(x["cell"], x["metric"]) for x in tests}
+    assert ("overall", "clip_ndcg@3") not in cells and ("C-W", "clip_ndcg@3") in cells
+    assert all("per_user" not in x for x in tests if x["metric"] == "clip_ndcg@3")
 
 
 def test_output_dir_in_use_is_refused(bench_run):
@@ -197,7 +217,7 @@ def test_failing_and_unimportable_plugins_do_not_lose_other_results(tmp_path, mo
     # the successful methods' numbers and predictions are all there, the failed ones' are not
     preds = read_predictions(tmp_path / "run" / "predictions.csv")
     assert set(preds["method"]) == {"global-mean", "baseline-predictor"}
-    assert len(results["paired_tests"]) == 10  # the two successful methods, 5 cells x 2 metrics
+    assert len(results["paired_tests"]) == 19  # the two successful methods, 5 cells x 4 metrics, no overall clip NDCG
     assert "Failures" in (tmp_path / "run" / "summary.md").read_text()
     assert recompute(tmp_path / "run") == 0
 
