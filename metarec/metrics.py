@@ -758,3 +758,58 @@ def holm(pvalues: Any) -> np.ndarray:
     res[order] = adj
     out[ok] = res
     return out
+
+
+def bootstrap_clip_ndcg_replicates(
+    pred: Any, true: Any, user_index: Any, k: int = 3, clip_size: int = 5, n_boot: int = 1000, seed: int = 0,
+    chunk: int = 64,
+) -> np.ndarray:
+    """``bootstrap_metric_replicates(pred, true, user_index, clip_ndcg)`` computed in batches.
+
+    The same draws for a seed and the same values (up to float rounding), without a Python
+    call per replicate: every replicate's resampled users are laid out in draw order, cut
+    into clips, and all clips of ``chunk`` replicates are scored at once.
+    """
+    k = _check_pos_int(k, "k")
+    clip_size = _check_pos_int(clip_size, "clip_size")
+    n_boot = _check_pos_int(n_boot, "n_boot")
+    chunk = _check_pos_int(chunk, "chunk")
+    p, t = _check_pair(pred, true, allow_empty=True)
+    u = _check_index(user_index, p.size)
+    if p.size == 0:
+        return np.full(n_boot, np.nan)
+    _check_ratings_nonneg(t)
+    groups = _groups(u)
+    order = np.concatenate(groups)
+    counts = np.array([g.size for g in groups])
+    starts = np.concatenate(([0], np.cumsum(counts)[:-1]))
+    n_users = counts.size
+    rng = np.random.default_rng(seed)
+    draws = rng.integers(0, n_users, size=(n_boot, n_users))
+    values = np.empty(n_boot)
+    for b0 in range(0, n_boot, chunk):
+        d = draws[b0:b0 + chunk]
+        nb = d.shape[0]
+        lengths = counts[d].ravel()
+        total = int(lengths.sum())
+        offsets = np.repeat(starts[d.ravel()] - (np.cumsum(lengths) - lengths), lengths)
+        rows = order[offsets + np.arange(total)]
+        tot = counts[d].sum(axis=1)
+        rep = np.repeat(np.arange(nb), tot)
+        pos = np.arange(total) - np.repeat(np.cumsum(tot) - tot, tot)
+        n_full = tot // clip_size
+        full = pos < (n_full * clip_size)[rep]
+        sums = np.zeros(nb)
+        if full.any():
+            fr = rows[full]
+            scores = _ndcg_rows(p[fr].reshape(-1, clip_size), t[fr].reshape(-1, clip_size), k)
+            sums += np.bincount(np.repeat(np.arange(nb), n_full), weights=scores, minlength=nb)
+        rem = tot - n_full * clip_size
+        part_rows, part_rep = rows[~full], rep[~full]
+        for r in np.unique(rem[rem > 0]):
+            which = np.flatnonzero(rem == r)
+            sel = np.isin(part_rep, which)
+            pr = part_rows[sel]
+            sums[which] += _ndcg_rows(p[pr].reshape(-1, r), t[pr].reshape(-1, r), k)
+        values[b0:b0 + nb] = sums / (n_full + (rem > 0))
+    return values

@@ -58,8 +58,8 @@ def ranking_metrics_of(view: ResultsView) -> list[MetricRow]:
 class Table:
     """The numbers of one comparison table, with the best cell of each column found once.
 
-    ``metrics``: which rows each view gets (default: :func:`_metrics`); a (view, method,
-    metric) without a value in any cell (e.g. the paper's RMSE) gets no row.
+    ``metrics``: which rows each view gets (default: :func:`_metrics`); a metric that no
+    method of a view has a value for (e.g. the paper's RMSE) gets no rows for that view.
     """
 
     def __init__(self, views: Sequence[ResultsView], cells: Sequence[str] = CELLS, pm: str = " ± ",
@@ -75,10 +75,10 @@ class Table:
         self.rows: list[tuple[ResultsView, str, str, str]] = []
         self.higher: dict[str, bool] = {}
         for v in self.views:
+            shown = [(key, label, higher) for key, label, higher in self.metrics_of(v)
+                     if any(math.isfinite(v.value(m, c, key)[0]) for m in v.methods for c in self.cells)]
             for m in v.methods:
-                for key, label, higher in self.metrics_of(v):
-                    if not any(math.isfinite(v.value(m, c, key)[0]) for c in self.cells):
-                        continue
+                for key, label, higher in shown:
                     self.rows.append((v, m, key, label))
                     self.higher[label] = higher
         self.labels = list(dict.fromkeys(r[3] for r in self.rows))

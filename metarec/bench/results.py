@@ -34,6 +34,7 @@ Numbers, and the choices behind them:
 from __future__ import annotations
 
 import csv
+import gzip
 import io
 import json
 import math
@@ -163,9 +164,10 @@ def predictions_csv_text(rows: Iterable[Sequence[Any]], header: bool = True) -> 
 
 
 def read_predictions(path: str | Path) -> dict[str, np.ndarray]:
-    """A predictions CSV as columns (``rating``/``prediction`` float64, ``seed`` int, rest str)."""
+    """A predictions CSV (or ``.csv.gz``) as columns (``rating``/``prediction`` float64, ``seed`` int, rest str)."""
     path = Path(path)
-    with path.open(newline="", encoding="utf-8") as fh:
+    opener = gzip.open if path.suffix == ".gz" else open  # committed folders keep predictions.csv.gz
+    with opener(path, "rt", newline="", encoding="utf-8") as fh:
         reader = csv.reader(fh)
         header = next(reader, None)
         if header is None or tuple(header) != PREDICTION_COLUMNS:
@@ -287,6 +289,14 @@ def _ratio_replicates(num: np.ndarray, den: np.ndarray, n_boot: int, seed: int) 
     return num[draws].sum(axis=1) / den[draws].sum(axis=1)
 
 
+def _mean_replicates(scores: np.ndarray, n_boot: int, seed: int) -> np.ndarray:
+    """Bootstrap replicates of the mean of per-user ``scores`` (the draws of
+    :func:`metarec.metrics.bootstrap_metric_replicates` for a seed, computed at once)."""
+    rng = np.random.default_rng(seed)
+    draws = rng.integers(0, scores.size, size=(n_boot, scores.size))
+    return scores[draws].mean(axis=1)
+
+
 def _stratum_replicates(st: Stratum, cell: str, name: str, spec: MetricSpec, n_boot: int) -> np.ndarray | None:
     """One seed's bootstrap replicates of one cell's metric (None: the cell has no value)."""
     seed = derive_seed(st.seed, "bootstrap", cell, name)
@@ -297,8 +307,7 @@ def _stratum_replicates(st: Stratum, cell: str, name: str, spec: MetricSpec, n_b
     if name == spec.clip:
         if cell == "overall":
             return None
-        fn = lambda pp, tt, uu: M.clip_ndcg(pp, tt, k=spec.k, clip_size=spec.clip_size)  # noqa: E731
-        return M.bootstrap_metric_replicates(p, t, u, fn, n_boot=n_boot, seed=seed)
+        return M.bootstrap_clip_ndcg_replicates(p, t, u, k=spec.k, clip_size=spec.clip_size, n_boot=n_boot, seed=seed)
     if name in ("mae", "rmse") and not (cell == "overall" and name == "mae"):
         abs_sum, sq_sum, count = _user_sums(p, t, u)
         if name == "mae":
@@ -309,9 +318,7 @@ def _stratum_replicates(st: Stratum, cell: str, name: str, spec: MetricSpec, n_b
     scores = scores[np.isfinite(scores)]
     if scores.size == 0:
         return None
-    return M.bootstrap_metric_replicates(
-        scores, np.zeros_like(scores), np.arange(scores.size), _mean_of_units, n_boot=n_boot, seed=seed
-    )
+    return _mean_replicates(scores, n_boot, seed)
 
 
 def cell_confidence_intervals(
@@ -791,10 +798,10 @@ def rebuild_results(root: str | Path, *, baseline: str | None = None) -> dict[st
             raise FileNotFoundError(f"{rd.root}: no predictions (runs/*.predictions.csv, predictions.csv or "
                                     "predictions.csv.gz) to rebuild from")
         cols = read_predictions(path)
-        keys = np.char.add(np.char.add(cols["method"].astype(str), "\x00"), cols["seed"].astype(str))
+        keys = np.char.add(np.char.add(cols["method"].astype(str), "|"), cols["seed"].astype(str))
 
         def load(m: str, s: int) -> dict[str, np.ndarray]:
-            sel = keys == f"{m}\x00{s}"
+            sel = keys == f"{m}|{s}"
             if not sel.any():
                 raise ValueError(f"{path}: no predictions of {m} seed {s}, a successful run in results.json")
             return {c: v[sel] for c, v in cols.items()}
