@@ -157,6 +157,76 @@ def test_paired_tests(bench_run):
     assert all("per_user" not in x for x in tests if x["metric"] == "clip_ndcg@3")
 
 
+def _legacy_copy(src: Path, dst: Path, keep_runs: bool) -> None:
+    """``src`` as an older metarec left it: format 1 files with different (stale) numbers."""
+    import gzip
+    import shutil
+
+    shutil.copytree(src, dst)
+    res = json.loads((dst / "results.json").read_text())
+    res["format"] = "metarec-bench-results-1"
+    for r in res["runs"]:
+        r["format"] = "metarec-bench-run-1"
+        r["metrics"]["overall"]["ndcg@3"] = 0.123
+        for c in r["metrics"].values():
+            c.pop("rmse", None)
+    res.pop("baseline_tests")
+    (dst / "results.json").write_text(json.dumps(res))
+    if keep_runs:
+        for r in res["runs"]:
+            (dst / "runs" / f"{r['method']}__seed{r['seed']}.json").write_text(json.dumps(r))
+    else:  # a committed folder: only the aggregated, compressed predictions
+        shutil.rmtree(dst / "runs")
+        with gzip.open(dst / "predictions.csv.gz", "wt", encoding="utf-8") as fh:
+            fh.write((dst / "predictions.csv").read_text())
+        (dst / "predictions.csv").unlink()
+
+
+def test_report_rebuild_recomputes_an_older_folder_from_its_predictions(bench_run, tmp_path):
+    from metarec.cli import main
+
+    out, results = bench_run
+    old = tmp_path / "old"
+    _legacy_copy(out, old, keep_runs=False)
+    # an older folder is refused with the command that fixes it, not misread
+    res = CliRunner().invoke(main, ["report", str(old)])
+    assert res.exit_code != 0 and "metarec report --rebuild" in res.output
+    res = CliRunner().invoke(main, ["report", "--rebuild", str(old)])
+    assert res.exit_code == 0, res.output
+    new = json.loads((old / "results.json").read_text())
+    assert new["format"] == "metarec-bench-results-2" and new["rebuilt"]["from_format"] == "metarec-bench-results-1"
+    for key in ("methods", "paired_tests", "baseline_tests", "metrics_info"):
+        assert new[key] == json.loads(json.dumps(results[key])), key
+    assert [r["metrics"] for r in new["runs"]] == [r["metrics"] for r in json.loads(json.dumps(results["runs"]))]
+    assert new["command"] == results["command"] and new["environment"] == results["environment"]
+    assert recompute(old) == 0
+    assert (old / "summary.md").read_text() == (out / "summary.md").read_text()  # the same tables, re-rendered
+    # --against picks the comparator of the baseline family
+    res = CliRunner().invoke(main, ["report", "--rebuild", "--against", "profile-mlp", str(old)])
+    assert res.exit_code == 0, res.output
+    vs = json.loads((old / "results.json").read_text())["baseline_tests"]
+    assert vs["baseline"] == "profile-mlp" and {t["b"] for t in vs["tests"]} == {"profile-mlp"}
+    res = CliRunner().invoke(main, ["report", "--rebuild", "--against", "nope", str(old)])
+    assert res.exit_code != 0 and "'nope' has no successful runs" in res.output
+    res = CliRunner().invoke(main, ["report", "--against", "profile-mlp", str(old)])
+    assert res.exit_code != 0 and "--against needs --rebuild" in res.output
+
+
+def test_resume_rescores_older_run_files_instead_of_mixing_definitions(bench_run, tmp_path):
+    from metarec.bench.results import RunDir, build_results
+
+    out, results = bench_run
+    old = tmp_path / "old"
+    _legacy_copy(out, old, keep_runs=True)
+    rd = RunDir(old)
+    again = build_results(rd, results["config"], environment=results["environment"], dataset=results["dataset"])
+    assert again["methods"] == json.loads(json.dumps(results["methods"]))
+    for r in again["runs"]:
+        on_disk = json.loads(rd.run_json(r["method"], r["seed"]).read_text())
+        assert on_disk["format"] == "metarec-bench-run-2" and on_disk["rescored_from"] == "metarec-bench-run-1"
+        assert "rmse" in on_disk["metrics"]["overall"]
+
+
 def test_output_dir_in_use_is_refused(bench_run):
     out, _ = bench_run
     with pytest.raises(BenchError, match="--resume"):

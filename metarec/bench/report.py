@@ -1,11 +1,15 @@
 """Tables of benchmark results: the rich console table, ``summary.md`` and ``summary.tex``.
 
-Layout (as the paper's Table 1): one row per method and metric (MAE, NDCG@k), one column per
-cell (overall, W-W, W-C, C-W, C-C), ``mean ± std`` over seeds. The best value of each column
-(lowest MAE, highest NDCG, compared at the 4 decimals shown, ties all marked) is bold, and in
-the console also followed by ``*`` so it survives a terminal without styles. Several results
-(runs, or the paper's published numbers) can be shown side by side: their rows are prefixed
-with their label, and "best" is taken over all rows shown.
+Layout (as the paper's Table 1): one row per method and metric -- MAE, RMSE, the within-user
+NDCG@k and the paper's clip NDCG@k (appendix A.2.3) -- one column per cell (overall, W-W,
+W-C, C-W, C-C), ``mean ± std`` over seeds. The best value of each column (lowest MAE/RMSE,
+highest NDCG, compared at the 4 decimals shown, ties all marked) is bold, and in the console
+also followed by ``*`` so it survives a terminal without styles. Several results (runs, or the
+paper's published numbers) can be shown side by side: their rows are prefixed with their
+label, and "best" is taken over all rows shown; a metric a view has no number for (the
+paper's RMSE) gets no rows. ``summary.md`` adds the intervals, the ranking metrics on the
+query items (P / NDCG_rel / MAP@K) and the two families of paired tests with raw and
+Holm-adjusted p.
 """
 
 from __future__ import annotations
