@@ -65,6 +65,7 @@ __all__ = [
     "bootstrap_ci",
     "bootstrap_metric_ci",
     "bootstrap_metric_replicates",
+    "bootstrap_clip_ndcg_replicates",
     "paired_test",
     "paired_test_by_stratum",
     "holm",
