@@ -29,7 +29,7 @@ out here from their statements, not from metarec's code:
   precision@K = E[relevant in the top min(K, len)] / min(K, len); ndcg_rel@K = NDCG with
   gains 0/1 and IDCG = sum of the first min(R, K) discounts (R = relevant items);
   map@K = E[sum_{i <= K} rel_i * P@i] / min(R, K). The expectations over tie orders are
-  computed by enumerating the orders of each tied group when small (<= 7 items), else by
+  computed by enumerating every order of the ties when there are at most 24, else by
   the closed form (mean relevance per rank; for AP the pair term r(r-1)/(g(g-1))).
 * counts n, n_users, n_users_ranked (>= 2 ratings), n_users_relevant.
 * the aggregate of a method: mean over its seeds and sample standard deviation (n - 1).
@@ -84,7 +84,7 @@ def _orders(preds: list[float]):
     count = 1
     for g in groups:
         count *= math.factorial(len(g))
-    if count > 5040:
+    if count > 24:
         return None
     return ([i for g in combo for i in g] for combo in itertools.product(*(itertools.permutations(g) for g in groups)))
 
