@@ -8,17 +8,34 @@ agree.
 
     python benchmarks/recompute_metrics.py runs/20240101-120000 [--tol 1e-9]
 
-Definitions (MAMO paper, Eq. 13-15 and appendix A.2.3), written out from the paper:
+Definitions (MAMO paper, Eq. 13-15 and appendix A.2.3, plus metarec's additions), written
+out here from their statements, not from metarec's code:
 
-* overall MAE: mean over test users of each user's mean absolute error; overall NDCG@k:
-  mean over test users of NDCG@k of the user's query list; overall RMSE: over all ratings.
-* scenario (W-W, W-C, C-W, C-C) MAE and RMSE: over the ratings of that scenario; scenario
-  NDCG@k: the scenario's (prediction, rating) pairs in file order (test-user order) cut into
-  clips of ``clip_size`` (the last, shorter clip kept), NDCG@k per clip, averaged.
-* NDCG@k of a list: rank by prediction, descending, equal predictions keep list order;
-  DCG = sum over the first min(k, len) ranks r = 1.. of (2**rating - 1) / log2(r + 1); IDCG
-  the same for the list sorted by rating; 1.0 when IDCG is 0.
+* ranking: by prediction, descending; a group of equal predictions is scored by its
+  expectation over every order of the group (tie-averaged, McSherry & Najork 2008): at each
+  rank the group occupies, the gain is the mean gain of its items.
+* NDCG@k of a list: DCG = sum over the first min(k, len) ranks r = 1.. of
+  (2**rating - 1) / log2(r + 1) (tie-averaged gains); IDCG the same for the list sorted by
+  rating; 1.0 when IDCG is 0.
+* overall MAE: mean over test users of each user's mean absolute error; RMSE: over all
+  ratings; overall and scenario NDCG@k: mean over users with >= 2 query ratings in the cell
+  of NDCG@k of their own ratings there (within user).
+* scenario (W-W, W-C, C-W, C-C) MAE and RMSE: over the ratings of that scenario;
+  clip_ndcg@k (the paper's scenario NDCG): the scenario's (prediction, rating) pairs in file
+  order (test-user order) cut into clips of ``clip_size`` (the last, shorter clip kept),
+  NDCG@k per clip, averaged. Overall has none.
+* relevance metrics per user (users with >= 2 ratings in the cell and at least one relevant
+  item, relevant = rating >= the results' ``relevance_threshold``), tie-averaged:
+  precision@K = E[relevant in the top min(K, len)] / min(K, len); ndcg_rel@K = NDCG with
+  gains 0/1 and IDCG = sum of the first min(R, K) discounts (R = relevant items);
+  map@K = E[sum_{i <= K} rel_i * P@i] / min(R, K). The expectations over tie orders are
+  computed by enumerating every order of the ties when there are at most 24, else by
+  the closed form (mean relevance per rank; for AP the pair term r(r-1)/(g(g-1))).
+* counts n, n_users, n_users_ranked (>= 2 ratings), n_users_relevant.
 * the aggregate of a method: mean over its seeds and sample standard deviation (n - 1).
+* Holm: every ``*_holm`` p-value of each family (``paired_tests``, ``baseline_tests``) is
+  recomputed from the family's raw p-values. (Bootstrap intervals and the raw p-values are
+  random or need scipy; they are not recomputed.)
 """
 
 from __future__ import annotations
@@ -26,6 +43,7 @@ from __future__ import annotations
 import argparse
 import csv
 import gzip
+import itertools
 import json
 import math
 import sys
@@ -33,47 +51,123 @@ from collections import OrderedDict
 from pathlib import Path
 
 SCENARIOS = ("W-W", "W-C", "C-W", "C-C")
+MIN_RATINGS = 2
+
+
+def tie_groups(preds: list[float]) -> list[list[int]]:
+    """Item indices grouped by equal prediction, best group first."""
+    order = sorted(range(len(preds)), key=lambda i: -preds[i])
+    return [list(g) for _, g in itertools.groupby(order, key=lambda i: preds[i])]
+
+
+def expected_at_ranks(preds: list[float], values: list[float]) -> list[float]:
+    """At each rank, the mean of ``values`` over the tied group holding that rank."""
+    out: list[float] = []
+    for g in tie_groups(preds):
+        mean = sum(values[i] for i in g) / len(g)
+        out.extend([mean] * len(g))
+    return out
 
 
 def ndcg(preds: list[float], ratings: list[float], k: int) -> float:
     n = min(k, len(preds))
-    order = sorted(range(len(preds)), key=lambda i: -preds[i])  # sorted() is stable
-    dcg = sum((2.0 ** ratings[i] - 1.0) / math.log2(r + 2) for r, i in enumerate(order[:n]))
+    gains = expected_at_ranks(preds, [2.0 ** y - 1.0 for y in ratings])
+    dcg = sum(gains[r] / math.log2(r + 2) for r in range(n))
     ideal = sorted(ratings, reverse=True)[:n]
     idcg = sum((2.0 ** y - 1.0) / math.log2(r + 2) for r, y in enumerate(ideal))
     return 1.0 if idcg == 0 else dcg / idcg
 
 
-def metrics_of(rows: list[dict], k: int, clip_size: int) -> dict[str, dict[str, float]]:
-    """Every cell's MAE, RMSE, NDCG@k and n from the rows of one (method, seed)."""
+def _orders(preds: list[float]):
+    """Every ranking consistent with the predictions (ties permuted), or None if too many."""
+    groups = tie_groups(preds)
+    count = 1
+    for g in groups:
+        count *= math.factorial(len(g))
+    if count > 24:
+        return None
+    return ([i for g in combo for i in g] for combo in itertools.product(*(itertools.permutations(g) for g in groups)))
+
+
+def relevance_metrics(preds: list[float], rel: list[float], k: int) -> tuple[float, float, float] | None:
+    """(precision@k, ndcg_rel@k, map@k), tie-averaged; None without a relevant item."""
+    n_rel = sum(rel)
+    if n_rel == 0:
+        return None
+    n = min(k, len(preds))
+    disc = [1.0 / math.log2(r + 2) for r in range(n)]
+    idcg = sum(disc[: int(min(n_rel, n))])
+    orders = _orders(preds)
+    if orders is not None:
+        p_sum = nd_sum = ap_sum = 0.0
+        count = 0
+        for order in orders:
+            r = [rel[i] for i in order]
+            p_sum += sum(r[:n]) / n
+            nd_sum += sum(r[i] * disc[i] for i in range(n)) / idcg
+            ap_sum += sum(r[i] * sum(r[: i + 1]) / (i + 1) for i in range(n)) / min(n_rel, n)
+            count += 1
+        return p_sum / count, nd_sum / count, ap_sum / count
+    # closed form for big tie groups: E[rel_i] per rank; E[rel_i rel_j] within a group
+    m = expected_at_ranks(preds, rel)
+    ap = 0.0
+    rank = 0
+    before = 0.0
+    for g in tie_groups(preds):
+        size, r_g = len(g), sum(rel[i] for i in g)
+        pair = r_g * (r_g - 1) / (size * (size - 1)) if size > 1 else 0.0
+        for j in range(size):
+            if rank < n:
+                ap += (m[rank] * before + m[rank] + j * pair) / (rank + 1)
+            rank += 1
+        before += r_g
+    return sum(m[:n]) / n, sum(m[i] * disc[i] for i in range(n)) / idcg, ap / min(n_rel, n)
+
+
+def mean_or_none(values: list[float]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
+def cell_metrics(rows: list[dict], k: int, clip_size: int, ks: list[int], threshold: float, overall: bool) -> dict:
     key = f"ndcg@{k}"
     users: "OrderedDict[str, list[dict]]" = OrderedDict()
     for r in rows:
         users.setdefault(r["user_id"], []).append(r)
-    errors = [abs(r["prediction"] - r["rating"]) for r in rows]
-    out = {
-        "overall": {
-            "mae": sum(sum(abs(r["prediction"] - r["rating"]) for r in rs) / len(rs) for rs in users.values())
-            / len(users),
-            "rmse": math.sqrt(sum(e * e for e in errors) / len(errors)),
-            key: sum(ndcg([r["prediction"] for r in rs], [r["rating"] for r in rs], k) for rs in users.values())
-            / len(users),
-            "n": len(rows),
-        }
-    }
+    out: dict = {"n": len(rows), "n_users": len(users)}
+    if not rows:
+        for name in ("mae", "rmse", key, f"clip_{key}"):
+            out[name] = None
+    else:
+        errors = [r["prediction"] - r["rating"] for r in rows]
+        if overall:
+            out["mae"] = sum(sum(abs(r["prediction"] - r["rating"]) for r in rs) / len(rs) for rs in users.values()) / len(users)
+        else:
+            out["mae"] = sum(abs(e) for e in errors) / len(errors)
+        out["rmse"] = math.sqrt(sum(e * e for e in errors) / len(errors))
+        ranked = [rs for rs in users.values() if len(rs) >= MIN_RATINGS]
+        out[key] = mean_or_none([ndcg([r["prediction"] for r in rs], [r["rating"] for r in rs], k) for rs in ranked])
+        if overall:
+            out[f"clip_{key}"] = None
+        else:
+            clips = [rows[i : i + clip_size] for i in range(0, len(rows), clip_size)]
+            out[f"clip_{key}"] = sum(ndcg([r["prediction"] for r in c], [r["rating"] for r in c], k) for c in clips) / len(clips)
+    ranked = [rs for rs in users.values() if len(rs) >= MIN_RATINGS]
+    out["n_users_ranked"] = len(ranked)
+    out["n_users_relevant"] = sum(1 for rs in ranked if any(r["rating"] >= threshold for r in rs))
+    for kk in ks:
+        vals = [relevance_metrics([r["prediction"] for r in rs], [1.0 if r["rating"] >= threshold else 0.0 for r in rs], kk)
+                for rs in ranked]
+        vals = [v for v in vals if v is not None]
+        for j, name in enumerate(("precision", "ndcg_rel", "map")):
+            out[f"{name}@{kk}"] = mean_or_none([v[j] for v in vals])
+    return out
+
+
+def metrics_of(rows: list[dict], k: int, clip_size: int, ks: list[int], threshold: float) -> dict[str, dict]:
+    """Every cell's metrics and counts from the rows of one (method, seed)."""
+    out = {"overall": cell_metrics(rows, k, clip_size, ks, threshold, overall=True)}
     for s in SCENARIOS:
-        cell = [r for r in rows if r["scenario"] == s]
-        if not cell:
-            out[s] = {"mae": None, "rmse": None, key: None, "n": 0}
-            continue
-        e = [abs(r["prediction"] - r["rating"]) for r in cell]
-        clips = [cell[i : i + clip_size] for i in range(0, len(cell), clip_size)]
-        out[s] = {
-            "mae": sum(e) / len(e),
-            "rmse": math.sqrt(sum(x * x for x in e) / len(e)),
-            key: sum(ndcg([r["prediction"] for r in c], [r["rating"] for r in c], k) for c in clips) / len(clips),
-            "n": len(cell),
-        }
+        out[s] = cell_metrics([r for r in rows if r["scenario"] == s], k, clip_size, ks, threshold, overall=False)
     return out
 
 
@@ -82,6 +176,18 @@ def mean_std(values: list[float]) -> tuple[float, float | None]:
     if len(values) < 2:
         return m, None
     return m, math.sqrt(sum((v - m) ** 2 for v in values) / (len(values) - 1))
+
+
+def holm(pvalues: list[float | None]) -> list[float | None]:
+    """Holm step-down adjustment; None (a test not run) stays None and is not counted."""
+    idx = sorted((i for i, p in enumerate(pvalues) if p is not None), key=lambda i: pvalues[i])
+    m = len(idx)
+    out: list[float | None] = [None] * len(pvalues)
+    running = 0.0
+    for j, i in enumerate(idx):
+        running = max(running, min(1.0, (m - j) * pvalues[i]))
+        out[i] = running
+    return out
 
 
 def read_rows(path: Path) -> "OrderedDict[tuple[str, int], list[dict]]":
@@ -110,9 +216,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tol", type=float, default=1e-9, help="largest accepted absolute difference")
     args = ap.parse_args(argv)
     results = json.loads((args.run_dir / "results.json").read_text("utf-8"))
+    if results.get("format") != "metarec-bench-results-2":
+        print(f"{args.run_dir}: results format {results.get('format')!r} is not metarec-bench-results-2; "
+              f"rebuild it first: metarec report --rebuild {args.run_dir}")
+        return 1
     info = results["metrics_info"]
     k, clip_size = int(info["k"]), int(info["clip_size"])
+    ks = [int(x) for x in info["ranking_ks"]]
+    threshold = float(info["relevance_threshold"])
+    if int(info.get("min_ratings", MIN_RATINGS)) != MIN_RATINGS:
+        print(f"results.json uses min_ratings {info['min_ratings']}; this script checks {MIN_RATINGS}")
+        return 1
     key = f"ndcg@{k}"
+    names = ["mae", "rmse", key, f"clip_{key}"] + [f"{m}@{kk}" for kk in ks for m in ("precision", "ndcg_rel", "map")]
+    counts = ["n", "n_users", "n_users_ranked", "n_users_relevant"]
     pred_path = args.run_dir / "predictions.csv"
     if not pred_path.exists() and pred_path.with_suffix(".csv.gz").exists():
         pred_path = pred_path.with_suffix(".csv.gz")
@@ -125,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
         nonlocal checked, worst
         checked += 1
         if ours is None or theirs is None:
-            if ours is not theirs and not (ours is None and theirs is None):
+            if not (ours is None and theirs is None):
                 problems.append(f"{what}: recomputed {ours}, reported {theirs}")
             return
         diff = abs(ours - theirs)
@@ -140,10 +257,10 @@ def main(argv: list[str] | None = None) -> int:
         if gk not in groups:
             problems.append(f"{gk[0]} seed {gk[1]}: no rows in predictions.csv")
             continue
-        mine = recomputed[gk] = metrics_of(groups[gk], k, clip_size)
+        mine = recomputed[gk] = metrics_of(groups[gk], k, clip_size, ks, threshold)
         for cell in ("overall", *SCENARIOS):
-            for m in ("mae", "rmse", key, "n"):
-                compare(f"{gk[0]} seed {gk[1]} {cell} {m}", mine[cell][m], run["metrics"][cell][m])
+            for m in names + counts:
+                compare(f"{gk[0]} seed {gk[1]} {cell} {m}", mine[cell][m], run["metrics"][cell].get(m))
     extra = set(groups) - {(r["method"], int(r["seed"])) for r in ok_runs}
     for gk in sorted(extra):
         problems.append(f"predictions.csv has rows of {gk[0]} seed {gk[1]}, which is not a successful run")
@@ -153,15 +270,26 @@ def main(argv: list[str] | None = None) -> int:
             continue
         seeds = entry["seeds"]
         for cell in ("overall", *SCENARIOS):
-            for m in ("mae", key):
+            for m in names:
                 vals = [recomputed[(method, s)][cell][m] for s in seeds if (method, s) in recomputed]
                 vals = [v for v in vals if v is not None]
+                rep = entry["cells"][cell][m]
                 if not vals:
+                    compare(f"{method} aggregate {cell} {m} mean", None, rep["mean"])
                     continue
                 mean, std = mean_std(vals)
-                rep = entry["cells"][cell][m]
                 compare(f"{method} aggregate {cell} {m} mean", mean, rep["mean"])
                 compare(f"{method} aggregate {cell} {m} std", std, rep["std"])
+
+    families = [("paired_tests", results.get("paired_tests") or [])]
+    if results.get("baseline_tests"):
+        families.append(("baseline_tests", results["baseline_tests"]["tests"]))
+    for fam, tests in families:
+        for block, p_key in (("per_seed", "ttest_p"), ("per_user", "p")):
+            raw = [t.get(block, {}).get(p_key) for t in tests]
+            for t, adj in zip(tests, holm(raw)):
+                compare(f"{fam} {t['a']} vs {t['b']} {t['cell']} {t['metric']} {block} Holm", adj,
+                        t.get(block, {}).get(f"{p_key}_holm"))
 
     rows = sum(len(g) for g in groups.values())
     if problems:

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS_FORMAT = "metarec-bench-results-1"
+RESULTS_FORMAT = "metarec-bench-results-2"
 REFERENCE_FORMAT = "metarec-bench-reference-1"
 SPEED_PREFIX = "metarec-speed"
 CELLS = ("overall", "W-W", "W-C", "C-W", "C-C")
@@ -132,7 +132,8 @@ def _n_text(cells: Mapping[str, Any], cell: str) -> str:
 
 
 def results_table(data: Mapping[str, Any], reference: Mapping[str, Mapping[str, Any]]) -> str:
-    """One dataset's reproduction table: every method, MAE and NDCG@k, ours and the paper's."""
+    """One dataset's reproduction table: every method, MAE, RMSE, within-user and clip NDCG@k, ours
+    and the paper's (MAE and its scenario NDCG, which is a clip NDCG)."""
     k = int(data.get("metrics_info", {}).get("k", data.get("config", {}).get("k", 3)))
     ndcg = f"ndcg@{k}"
     methods = {m: e for m, e in data.get("methods", {}).items() if e.get("cells")}
@@ -146,14 +147,16 @@ def results_table(data: Mapping[str, Any], reference: Mapping[str, Mapping[str, 
         if entry.get("preset"):
             label += f", preset `{entry['preset']}`"
         label += "</small>"
-        rows = [("MAE", "mae"), (f"NDCG@{k}", ndcg)]
+        # (title, our key, the paper's key): the paper's scenario NDCG is its clip NDCG
+        rows = [("MAE", "mae", "mae"), ("RMSE", "rmse", None), (f"NDCG@{k} per user", ndcg, None),
+                (f"clip NDCG@{k} (A.2.3)", f"clip_{ndcg}", ndcg)]
         first = True
-        for title, key in rows:
+        for title, key, paper_key in rows:
             ours = [_cell_text(cells.get(c, {}).get(key)) for c in CELLS]
             lines.append(f"| {label if first else ''} | {title} | " + " | ".join(ours) + " |")
             first = False
-            if paper:
-                theirs = [_f(paper.get(c, {}).get(key, {}).get("mean")) for c in CELLS]
+            if paper and paper_key:
+                theirs = [_f(paper.get(c, {}).get(paper_key, {}).get("mean")) for c in CELLS]
                 lines.append(f"| | {title} (paper) | " + " | ".join(theirs) + " |")
         lines.append(f"| | n ratings per seed | " + " | ".join(_n_text(cells, c) for c in CELLS) + " |")
     return "\n".join(lines)
@@ -164,7 +167,7 @@ def paper_table(methods: Mapping[str, Any], k: int = 3) -> str:
     lines = ["| method | metric | " + " | ".join(CELLS) + " |", "|---|---|" + "---:|" * len(CELLS)]
     for method, entry in methods.items():
         cells = entry.get("cells", {})
-        for i, (title, key) in enumerate((("MAE", "mae"), (f"NDCG@{k}", f"ndcg@{k}"))):
+        for i, (title, key) in enumerate((("MAE", "mae"), (f"clip NDCG@{k} (A.2.3)", f"ndcg@{k}"))):
             values = [_f(cells.get(c, {}).get(key, {}).get("mean")) for c in CELLS]
             lines.append(f"| {f'**{method}**' if i == 0 else ''} | {title} | " + " | ".join(values) + " |")
     return "\n".join(lines)
@@ -299,7 +302,8 @@ def render(results_dir: Path, reference_path: Path | None = None) -> str:
     loaded = sorted(((path, _read(path)) for path in results), key=lambda pd: (-len(pd[1].get("methods", {})), str(pd[0])))
     for path, data in loaded:
         if data.get("format") != RESULTS_FORMAT:
-            raise ValueError(f"{path}: expected format {RESULTS_FORMAT!r}, got {data.get('format')!r}")
+            raise ValueError(f"{path}: expected format {RESULTS_FORMAT!r}, got {data.get('format')!r}; "
+                             f"recompute it from its predictions: metarec report --rebuild {_rel(path.parent)}")
         ds = data.get("dataset", {}).get("name") or data.get("config", {}).get("dataset", "?")
         covered.setdefault(ds, set()).update(m for m, e in data.get("methods", {}).items() if e.get("cells"))
         label = path.parent.name  # the committed folder, as readers find it on disk

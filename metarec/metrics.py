@@ -12,10 +12,14 @@ and its reference code are silent or disagree:
 * NDCG uses gain ``2**y - 1`` and discount ``log2(n + 1)`` for rank
   ``n = 1..k``. The paper writes ``log`` without a base; the base cancels in
   DCG/IDCG, so the choice does not change any value.
-* Ranking is by prediction, descending, with a *stable* sort: equal
-  predictions keep their original order (the earlier item ranks first).
-  Argmax-class predictions tie a lot, and a tie rule that is not fixed makes
-  NDCG irreproducible; the reference code uses an unstable sort.
+* Ranking is by prediction, descending, and **ties are averaged** (McSherry &
+  Najork, ECIR 2008): a group of equal predictions contributes, at each rank it
+  occupies, the mean gain of its items -- the expected DCG over uniformly random
+  orders of the ties. A constant predictor therefore scores the NDCG of a random
+  order, not of the query's time order, and the score does not depend on the
+  order the items are listed in. The same expectation is taken for Precision@k
+  and AP@k (:func:`ranking_metrics`). (Before this rule, ties kept list order,
+  which let a constant predictor score the NDCG of the time order.)
 * DCG uses the true ratings *in predicted order*. The reference code's helper
   re-sorts the true ratings of the predicted top-k before discounting, so it
   only scores top-k membership; we score the order inside the top-k too,
@@ -25,9 +29,21 @@ and its reference code are silent or disagree:
 * If IDCG == 0 (every true rating is 0, so every gain is 0) NDCG is 1.0: every
   order is ideal. Negative true ratings are rejected, since their negative
   gains make NDCG unbounded.
-* ``clip_ndcg`` (A.2.3, per-scenario NDCG): the clip length is not given by
-  the paper or its code; the default is 5 (the query size). The trailing
-  partial clip is kept and weighs as much as a full clip.
+* ``user_ndcg`` with ``min_ratings=2`` is the within-user NDCG of a scenario
+  cell: each user's own query ratings in the cell are ranked, users with one
+  rating (nothing to order) are left out.
+* ``clip_ndcg`` (A.2.3, the paper's per-scenario NDCG): the clip length is not
+  given by the paper or its code; the default is 5 (the query size). The
+  trailing partial clip is kept and weighs as much as a full clip. It
+  concatenates users inside a clip, so it also scores how predictions of
+  different users compare; it is kept to compare with the paper.
+* Relevance metrics (``precision@k``, ``ndcg_rel@k`` with binary gains,
+  ``map@k``): relevant = true rating >= ``threshold`` (default 4); users
+  without a relevant item are left out (no order can help them); a list
+  shorter than k is ranked whole: Precision@k divides by min(k, length) and
+  AP@k by min(k, relevant items).
+* ``holm`` adjusts a family of p-values; ``paired_test_by_stratum`` tests
+  per-user differences one seed at a time and combines the seeds (Stouffer).
 """
 
 from __future__ import annotations
@@ -49,7 +65,12 @@ __all__ = [
     "bootstrap_ci",
     "bootstrap_metric_ci",
     "bootstrap_metric_replicates",
+    "bootstrap_clip_ndcg_replicates",
     "paired_test",
+    "paired_test_by_stratum",
+    "holm",
+    "per_user_scores",
+    "ranking_metrics",
 ]
 
 DEFAULT_SCENARIOS: tuple[str, ...] = ("W-W", "W-C", "C-W", "C-C")
@@ -162,23 +183,81 @@ def user_mae(pred: Any, true: Any, user_index: Any) -> float:
 # ranking metrics
 # --------------------------------------------------------------------------
 
+def _tie_groups(p: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Rank each row by prediction, descending, and find its groups of tied predictions.
+
+    Returns ``order`` (row-wise positions of the items, best first), ``flat`` (a global id of
+    each ranked position's tie group, usable with ``np.bincount``), ``size`` (the size of each
+    global group id) and ``start`` (the first rank of each position's group).
+    """
+    n, length = p.shape
+    order = np.argsort(-p, axis=1, kind="stable")
+    ps = np.take_along_axis(p, order, axis=1)
+    new = np.ones_like(ps, dtype=bool)
+    new[:, 1:] = ps[:, 1:] != ps[:, :-1]
+    gid = np.cumsum(new, axis=1) - 1
+    flat = gid + (np.arange(n) * length)[:, None]
+    size = np.bincount(flat.ravel(), minlength=n * length)
+    start = np.maximum.accumulate(np.where(new, np.arange(length), 0), axis=1)
+    return order, flat, size, start
+
+
+def _tie_mean(values: np.ndarray, order: np.ndarray, flat: np.ndarray, size: np.ndarray) -> np.ndarray:
+    """Per ranked position, the mean of ``values`` over its tie group (the expected value at
+    that position when ties are ordered uniformly at random)."""
+    ranked = np.take_along_axis(values, order, axis=1)
+    sums = np.bincount(flat.ravel(), weights=ranked.ravel(), minlength=size.size)
+    return (sums / np.maximum(size, 1))[flat]
+
+
 def _ndcg_rows(p: np.ndarray, t: np.ndarray, k: int) -> np.ndarray:
-    """NDCG@k of each row of equal-length, validated, non-empty lists (vectorised).
+    """Tie-averaged NDCG@k of each row of equal-length, validated, non-empty lists (vectorised).
 
     See the module docstring for the rules.
     """
     kk = min(k, p.shape[1])
     discount = np.log2(np.arange(2, kk + 2))
-    # stable sort of -pred: equal predictions keep their original order
-    top = np.argsort(-p, axis=1, kind="stable")[:, :kk]
-    ranked = np.take_along_axis(t, top, axis=1)
+    order, flat, size, _ = _tie_groups(p)
+    gain = _tie_mean(2.0 ** t - 1.0, order, flat, size)[:, :kk]
     ideal = -np.sort(-t, axis=1)[:, :kk]
     idcg = ((2.0 ** ideal - 1.0) / discount).sum(axis=1)
-    dcg = ((2.0 ** ranked - 1.0) / discount).sum(axis=1)
+    dcg = (gain / discount).sum(axis=1)
     out = np.ones(p.shape[0])  # IDCG == 0: all gains are zero, any order is ideal
     pos = idcg > 0
     out[pos] = dcg[pos] / idcg[pos]
     return out
+
+
+def _relevance_rows(p: np.ndarray, rel: np.ndarray, k: int) -> dict[str, np.ndarray]:
+    """Tie-averaged Precision@k, binary NDCG@k and AP@k of each row (``rel`` is 0/1).
+
+    Each value is its expectation over uniformly random orders of tied predictions
+    (McSherry & Najork 2008). A row without a relevant item gets NaN for all three.
+    """
+    n, length = p.shape
+    kk = min(k, length)
+    order, flat, size, start = _tie_groups(p)
+    m = _tie_mean(rel, order, flat, size)  # E[rel at rank i]
+    n_rel = rel.sum(axis=1)
+    precision = m[:, :kk].sum(axis=1) / kk
+    discount = 1.0 / np.log2(np.arange(2, kk + 2))
+    idcg = np.cumsum(discount)[np.minimum(n_rel, kk).astype(int) - 1]
+    ndcg = (m[:, :kk] * discount).sum(axis=1) / np.where(n_rel > 0, idcg, 1.0)
+    # AP@k = 1/min(R, k) * sum_{i<=k} rel_i * P@i; E[rel_i * sum_{j<=i} rel_j] =
+    # m_i * (relevant in earlier groups) + m_i + (earlier ranks in i's group) * r(r-1)/(g(g-1))
+    ranked = np.take_along_axis(rel, order, axis=1)
+    before = np.concatenate([np.zeros((n, 1)), np.cumsum(ranked, axis=1)[:, :-1]], axis=1)
+    rel_before_group = np.take_along_axis(before, start, axis=1)
+    g = size[flat].astype(float)
+    r = m * g
+    same = np.where(g > 1, r * (r - 1.0) / np.maximum(g * (g - 1.0), 1.0), 0.0)
+    ranks = np.arange(1, length + 1)
+    joint = m * rel_before_group + m + (ranks - 1 - start) * same
+    ap = (joint[:, :kk] / ranks[:kk]).sum(axis=1) / np.maximum(np.minimum(n_rel, kk), 1)
+    none = n_rel == 0
+    for v in (precision, ndcg, ap):
+        v[none] = np.nan
+    return {"precision": precision, "ndcg_rel": ndcg, "map": ap}
 
 
 def _ndcg(p: np.ndarray, t: np.ndarray, k: int) -> float:
@@ -186,25 +265,34 @@ def _ndcg(p: np.ndarray, t: np.ndarray, k: int) -> float:
     return float(_ndcg_rows(p[None, :], t[None, :], k)[0])
 
 
-def _ndcg_of_lists(p: np.ndarray, t: np.ndarray, lists: list[np.ndarray], k: int) -> np.ndarray:
-    """NDCG@k of each row-index list, batching lists of equal length."""
-    out = np.empty(len(lists))
-    lengths = np.array([g.size for g in lists])
+def _rows_of_lists(
+    lists: list[np.ndarray], fn: Callable[[np.ndarray], np.ndarray], min_len: int = 1
+) -> np.ndarray:
+    """``fn(rows)`` of each row-index list, batching lists of equal length; NaN below ``min_len``."""
+    out = np.full(len(lists), np.nan)
+    lengths = np.array([g.size for g in lists], dtype=int)
     for n in np.unique(lengths):
+        if n < min_len:
+            continue
         which = np.flatnonzero(lengths == n)
-        rows = np.stack([lists[i] for i in which])
-        out[which] = _ndcg_rows(p[rows], t[rows], k)
+        out[which] = fn(np.stack([lists[i] for i in which]))
     return out
 
 
-def ndcg_at_k(pred: Any, true: Any, k: int = 3) -> float:
-    """NDCG@k of ONE ranked list (paper Eq. 14-15).
+def _ndcg_of_lists(p: np.ndarray, t: np.ndarray, lists: list[np.ndarray], k: int, min_len: int = 1) -> np.ndarray:
+    """NDCG@k of each row-index list (NaN for lists shorter than ``min_len``)."""
+    return _rows_of_lists(lists, lambda rows: _ndcg_rows(p[rows], t[rows], k), min_len)
 
-    Items are ranked by ``pred`` descending; ties keep their original order
-    (earlier first), so the score is deterministic. The true ratings are used
-    in that order (unlike the reference code, which re-sorts them inside the
-    top-k). IDCG takes the k largest true ratings; a list shorter than k uses
-    all its items; IDCG == 0 gives 1.0. Raises ValueError on empty input.
+
+def ndcg_at_k(pred: Any, true: Any, k: int = 3) -> float:
+    """NDCG@k of ONE ranked list (paper Eq. 14-15), tie-averaged.
+
+    Items are ranked by ``pred`` descending; a group of equal predictions contributes its
+    mean gain at each of its ranks (the expected DCG over random orders of the ties), so a
+    constant predictor scores the NDCG of a random order, not of the list order. The true
+    ratings are used in predicted order (unlike the reference code, which re-sorts them
+    inside the top-k). IDCG takes the k largest true ratings; a list shorter than k uses all
+    its items; IDCG == 0 gives 1.0. Raises ValueError on empty input.
     """
     k = _check_pos_int(k, "k")
     p, t = _check_pair(pred, true)
@@ -212,17 +300,129 @@ def ndcg_at_k(pred: Any, true: Any, k: int = 3) -> float:
     return _ndcg(p, t, k)
 
 
-def user_ndcg(pred: Any, true: Any, user_index: Any, k: int = 3) -> float:
+def user_ndcg(pred: Any, true: Any, user_index: Any, k: int = 3, min_ratings: int = 1) -> float:
     """Paper Eq. 14: mean over users of NDCG@k on each user's query list.
 
-    A user's list is its ratings in the given order (which only matters to
-    break prediction ties).
+    Only users with at least ``min_ratings`` ratings count (``min_ratings=2`` is the
+    within-user NDCG of a scenario cell: a single rating has no order to score). NaN when
+    no user qualifies.
     """
     k = _check_pos_int(k, "k")
-    p, t = _check_pair(pred, true)
+    min_ratings = _check_pos_int(min_ratings, "min_ratings")
+    p, t = _check_pair(pred, true, allow_empty=True)
     u = _check_index(user_index, p.size)
     _check_ratings_nonneg(t)
-    return float(np.mean(_ndcg_of_lists(p, t, _groups(u), k)))
+    if p.size == 0:
+        return float("nan")
+    return _nanmean(_ndcg_of_lists(p, t, _groups(u), k, min_ratings))
+
+
+def _nanmean(v: np.ndarray) -> float:
+    v = v[np.isfinite(v)]
+    return float(v.mean()) if v.size else float("nan")
+
+
+def _check_threshold(threshold: Any) -> float:
+    if isinstance(threshold, bool) or not isinstance(threshold, numbers.Real) or not np.isfinite(threshold):
+        raise ValueError(f"threshold must be a finite number (a rating), got {threshold!r}")
+    return float(threshold)
+
+
+def _parse_metric(metric: Any) -> tuple[str, int | None]:
+    """``"mae"`` -> ("mae", None); ``"ndcg@3"`` -> ("ndcg", 3); unknown names are rejected."""
+    names = ("mae", "mse", "ndcg", "precision", "ndcg_rel", "map")
+    text = str(metric)
+    base, _, kk = text.partition("@")
+    if base not in names or (base in ("mae", "mse")) != (kk == ""):
+        raise ValueError(
+            f"unknown metric {metric!r}; expected 'mae', 'mse' or one of "
+            f"{', '.join(n + '@K' for n in names[2:])} with an integer K >= 1"
+        )
+    if kk == "":
+        return base, None
+    if not kk.isdigit() or int(kk) < 1:
+        raise ValueError(f"metric {metric!r}: the cut-off after '@' must be an integer >= 1")
+    return base, int(kk)
+
+
+def per_user_scores(
+    pred: Any,
+    true: Any,
+    user_index: Any,
+    metric: str,
+    *,
+    threshold: float = 4.0,
+    min_ratings: int = 1,
+) -> np.ndarray:
+    """One value per user (users in order of first appearance), NaN where a user does not count.
+
+    ``metric``: ``mae`` / ``mse`` (the user's mean absolute / squared error),
+    ``ndcg@K`` (graded, tie-averaged NDCG@K of the user's list), or the relevance metrics
+    ``precision@K``, ``ndcg_rel@K`` (binary gains), ``map@K`` with relevance
+    ``true >= threshold``. Users with fewer than ``min_ratings`` ratings are NaN for the
+    ranking metrics; users without a relevant item are NaN for the relevance metrics
+    (no order can help them, so they are left out rather than scored 0 or 1).
+    """
+    base, k = _parse_metric(metric)
+    min_ratings = _check_pos_int(min_ratings, "min_ratings")
+    threshold = _check_threshold(threshold)
+    p, t = _check_pair(pred, true, allow_empty=True)
+    u = _check_index(user_index, p.size)
+    if p.size == 0:
+        return np.zeros(0)
+    groups = _groups(u)
+    if base in ("mae", "mse"):
+        pos = np.empty(p.size, dtype=np.int64)
+        for i, g in enumerate(groups):
+            pos[g] = i
+        err = np.abs(p - t) if base == "mae" else (p - t) ** 2
+        return np.bincount(pos, weights=err, minlength=len(groups)) / np.bincount(pos, minlength=len(groups))
+    if base == "ndcg":
+        _check_ratings_nonneg(t)
+        return _ndcg_of_lists(p, t, groups, k, min_ratings)
+    rel = (t >= threshold).astype(float)
+    return _rows_of_lists(groups, lambda rows: _relevance_rows(p[rows], rel[rows], k)[base], min_ratings)
+
+
+def ranking_metrics(
+    pred: Any,
+    true: Any,
+    user_index: Any,
+    ks: Sequence[int] = (3, 5),
+    threshold: float = 4.0,
+    min_ratings: int = 2,
+) -> dict[str, float]:
+    """Per-user ranking metrics of query lists, averaged over users.
+
+    ``precision@K``, ``ndcg_rel@K`` (binary NDCG) and ``map@K`` for each K in ``ks``,
+    relevance ``true >= threshold``, all tie-averaged; ``n_users_ranked`` (users with at
+    least ``min_ratings`` ratings) and ``n_users_relevant`` (those of them with a relevant
+    item: the users the three metrics average over). A list shorter than K is ranked whole
+    and Precision@K divides by min(K, length); MAP@K divides by min(K, relevant items).
+    """
+    if isinstance(ks, (str, bytes)) or not isinstance(ks, Sequence) or not ks:
+        raise ValueError(f"ks must be a non-empty sequence of integers >= 1, got {ks!r}")
+    ks = [_check_pos_int(k, "ks") for k in ks]
+    min_ratings = _check_pos_int(min_ratings, "min_ratings")
+    threshold = _check_threshold(threshold)
+    p, t = _check_pair(pred, true, allow_empty=True)
+    u = _check_index(user_index, p.size)
+    groups = _groups(u) if p.size else []
+    lengths = np.array([g.size for g in groups], dtype=int)
+    rel = (t >= threshold).astype(float)
+    ranked = lengths >= min_ratings
+    has_rel = np.array([rel[g].any() for g in groups], dtype=bool) if groups else np.zeros(0, bool)
+    out: dict[str, float] = {}
+    for k in ks:
+        rows = {
+            name: _rows_of_lists(groups, lambda r, name=name: _relevance_rows(p[r], rel[r], k)[name], min_ratings)
+            for name in ("precision", "ndcg_rel", "map")
+        }
+        for name, v in rows.items():
+            out[f"{name}@{k}"] = _nanmean(v)
+    out["n_users_ranked"] = int(ranked.sum())
+    out["n_users_relevant"] = int((ranked & has_rel).sum())
+    return out
 
 
 def clip_ndcg(pred: Any, true: Any, k: int = 3, clip_size: int = 5) -> float:
@@ -285,44 +485,58 @@ def scenario_metrics(
     k: int = 3,
     clip_size: int = 5,
     scenarios: Sequence[str] = DEFAULT_SCENARIOS,
+    ranking_ks: Sequence[int] = (3, 5),
+    threshold: float = 4.0,
+    min_ratings: int = 2,
 ) -> dict[str, dict[str, float]]:
-    """The paper's Table 1 row for one run: overall plus one cell per scenario.
+    """The paper's Table 1 row for one run, and more: overall plus one cell per scenario.
 
-    ``overall``: mae = ``user_mae`` (Eq. 13), ndcg = ``user_ndcg`` (Eq. 14),
-    rmse = flat RMSE over all ratings (the paper has no RMSE; a per-rating
-    RMSE is the usual one). Each scenario (A.2.3): flat ``mae``/``rmse`` over
-    that scenario's ratings and ``clip_ndcg`` over its pairs in the given
-    order. An empty scenario gets NaN metrics and n = n_users = 0.
-    ``scenario`` holds names from ``scenarios`` or integer codes into it.
+    Every cell: ``mae``, ``rmse``, ``ndcg@k`` = the within-user NDCG@k (mean over users
+    with at least ``min_ratings`` query ratings in the cell of NDCG@k of their own list),
+    and the relevance metrics of :func:`ranking_metrics` (``precision@K``, ``ndcg_rel@K``,
+    ``map@K`` for K in ``ranking_ks``, relevance ``true >= threshold``), with ``n``
+    (ratings), ``n_users``, ``n_users_ranked`` and ``n_users_relevant``.
+    ``overall``: mae = ``user_mae`` (Eq. 13), ndcg@k is Eq. 14, rmse is flat over all
+    ratings (the paper has no RMSE). Scenario cells (A.2.3): flat ``mae``/``rmse`` over
+    the cell's ratings and, besides, the paper's ``clip_ndcg@k`` (:func:`clip_ndcg`, pairs in
+    the given order); overall has no clip NDCG (NaN). An empty cell gets NaN metrics and
+    zero counts. ``scenario`` holds names from ``scenarios`` or integer codes into it.
     """
     k = _check_pos_int(k, "k")
     clip_size = _check_pos_int(clip_size, "clip_size")
+    min_ratings = _check_pos_int(min_ratings, "min_ratings")
     if len(set(scenarios)) != len(scenarios):
         raise ValueError(f"scenarios must be distinct, got {list(scenarios)}")
     p, t = _check_pair(pred, true)
     u = _check_index(user_index, p.size)
     s = _scenario_labels(scenario, p.size, scenarios)
+    _check_ratings_nonneg(t)
     key = f"ndcg@{k}"
-    out: dict[str, dict[str, float]] = {
-        "overall": {
-            "mae": user_mae(p, t, u),
-            "rmse": rmse(p, t),
-            key: user_ndcg(p, t, u, k=k),
-            "n": int(p.size),
-            "n_users": int(np.unique(u).size),
-        }
-    }
-    for name in scenarios:
-        m = s == name
+
+    def cell(m: np.ndarray, overall: bool) -> dict[str, float]:
         n = int(m.sum())
-        out[name] = {
-            "mae": mae(p[m], t[m]) if n else float("nan"),
-            "rmse": rmse(p[m], t[m]) if n else float("nan"),
-            key: clip_ndcg(p[m], t[m], k=k, clip_size=clip_size),
-            "n": n,
-            "n_users": int(np.unique(u[m]).size),
+        pm, tm, um = p[m], t[m], u[m]
+        ranking = ranking_metrics(pm, tm, um, ks=ranking_ks, threshold=threshold, min_ratings=min_ratings)
+        nan = float("nan")
+        out = {
+            "mae": (user_mae(pm, tm, um) if overall else mae(pm, tm)) if n else nan,
+            "rmse": rmse(pm, tm) if n else nan,
+            key: user_ndcg(pm, tm, um, k=k, min_ratings=min_ratings),
+            f"clip_{key}": nan if overall else clip_ndcg(pm, tm, k=k, clip_size=clip_size),
         }
-    return out
+        out.update({name: v for name, v in ranking.items() if not name.startswith("n_")})
+        out.update({
+            "n": n,
+            "n_users": int(np.unique(um).size),
+            "n_users_ranked": ranking["n_users_ranked"],
+            "n_users_relevant": ranking["n_users_relevant"],
+        })
+        return out
+
+    result = {"overall": cell(np.ones(p.size, dtype=bool), True)}
+    for name in scenarios:
+        result[name] = cell(s == name, False)
+    return result
 
 
 # --------------------------------------------------------------------------
@@ -461,3 +675,142 @@ def paired_test(a: Any, b: Any) -> dict[str, float]:
         else:
             t_p = float(stats.ttest_rel(x, y).pvalue)
     return {"mean_diff": float(np.mean(d)), "wilcoxon_p": w_p, "ttest_p": t_p, "n": int(x.size)}
+
+
+def paired_test_by_stratum(a: Sequence[Any], b: Sequence[Any]) -> dict[str, Any]:
+    """Paired per-unit test (a - b) over several strata (seeds), one Wilcoxon test per stratum.
+
+    ``a[s]`` and ``b[s]`` hold the paired units (e.g. per-user errors) of stratum ``s``. A
+    user is a test user in several seeds' splits, so pooling the strata would count one
+    person several times as independent evidence. Instead each stratum gets its own
+    one-sided Wilcoxon signed-rank test (alternative a > b, as a mid-p so that the discrete
+    statistic's extreme ends do not give infinite z; zero differences dropped; all zero:
+    z = 0), its p is turned into z_s = Phi^-1(1 - p_s), and the z's are combined by
+    Stouffer's method with equal weights, Z = sum z_s / sqrt(S); the two-sided p is
+    2 (1 - Phi(|Z|)). Direction is kept (a stratum favouring b cancels one favouring a),
+    which Fisher's method on two-sided p's would not do. The strata must be independent for
+    the combined p to be exact; seeds' splits share some users, so it is still optimistic
+    when the same users recur, but it no longer multiplies the evidence by the seeds.
+
+    Returns ``mean_diff`` (mean over strata of each stratum's mean difference),
+    ``stouffer_z``, ``p`` (two-sided), ``per_stratum`` (n, mean_diff, one-sided mid-p) and
+    ``n`` (units in all). Strata with fewer than 2 units are skipped; at least one is needed.
+    """
+    if len(a) != len(b):
+        raise ValueError(f"a and b must have the same number of strata, got {len(a)} and {len(b)}")
+    zs: list[float] = []
+    per: list[dict[str, float]] = []
+    diffs: list[float] = []
+    for s, (xa, xb) in enumerate(zip(a, b)):
+        x = _as_1d_float(xa, f"a[{s}]")
+        y = _as_1d_float(xb, f"b[{s}]")
+        if x.shape != y.shape:
+            raise ValueError(f"stratum {s}: a and b must have the same shape, got {x.shape} and {y.shape}")
+        if x.size < 2:
+            continue
+        d = x - y
+        if not np.any(d != 0):
+            p_one = 0.5
+        else:
+            # mid-p, (P(T > t) + P(T >= t)) / 2: a discrete statistic's one-sided p is 1 at the
+            # far end (e.g. every difference negative), which would make z = -inf
+            p_ge = float(stats.wilcoxon(x, y, alternative="greater").pvalue)
+            p_le = float(stats.wilcoxon(x, y, alternative="less").pvalue)
+            p_one = (p_ge + 1.0 - p_le) / 2.0
+        z = float(stats.norm.isf(min(max(p_one, 1e-300), 1.0 - 1e-16)))
+        zs.append(z)
+        diffs.append(float(d.mean()))
+        per.append({"n": int(x.size), "mean_diff": float(d.mean()), "p_greater_mid": p_one})
+    if not zs:
+        raise ValueError("paired_test_by_stratum needs a stratum with at least 2 paired units")
+    z_all = float(np.sum(zs) / np.sqrt(len(zs)))
+    return {
+        "mean_diff": float(np.mean(diffs)),
+        "stouffer_z": z_all,
+        "p": float(min(1.0, 2.0 * stats.norm.sf(abs(z_all)))),
+        "n": int(sum(r["n"] for r in per)),
+        "n_strata": len(per),
+        "per_stratum": per,
+    }
+
+
+def holm(pvalues: Any) -> np.ndarray:
+    """Holm's step-down adjusted p-values (family-wise error control, any dependence).
+
+    Sorted ascending, the i-th smallest of m p-values becomes
+    ``max_{j <= i} min(1, (m - j + 1) p_(j))``. NaN entries (tests not run) stay NaN and are
+    not counted in m. Reject at level alpha where the adjusted p <= alpha.
+    """
+    p = np.asarray(pvalues, dtype=float)
+    if p.ndim != 1:
+        raise ValueError(f"pvalues must be 1-D, got shape {p.shape}")
+    ok = np.isfinite(p)
+    if ((p[ok] < 0) | (p[ok] > 1)).any():
+        bad = p[ok][(p[ok] < 0) | (p[ok] > 1)][0]
+        raise ValueError(f"p-values must be in [0, 1], got {bad}")
+    out = np.full(p.shape, np.nan)
+    vals = p[ok]
+    m = vals.size
+    if m == 0:
+        return out
+    order = np.argsort(vals, kind="stable")
+    adj = np.minimum(1.0, np.maximum.accumulate(vals[order] * (m - np.arange(m))))
+    res = np.empty(m)
+    res[order] = adj
+    out[ok] = res
+    return out
+
+
+def bootstrap_clip_ndcg_replicates(
+    pred: Any, true: Any, user_index: Any, k: int = 3, clip_size: int = 5, n_boot: int = 1000, seed: int = 0,
+    chunk: int = 64,
+) -> np.ndarray:
+    """``bootstrap_metric_replicates(pred, true, user_index, clip_ndcg)`` computed in batches.
+
+    The same draws for a seed and the same values (up to float rounding), without a Python
+    call per replicate: every replicate's resampled users are laid out in draw order, cut
+    into clips, and all clips of ``chunk`` replicates are scored at once.
+    """
+    k = _check_pos_int(k, "k")
+    clip_size = _check_pos_int(clip_size, "clip_size")
+    n_boot = _check_pos_int(n_boot, "n_boot")
+    chunk = _check_pos_int(chunk, "chunk")
+    p, t = _check_pair(pred, true, allow_empty=True)
+    u = _check_index(user_index, p.size)
+    if p.size == 0:
+        return np.full(n_boot, np.nan)
+    _check_ratings_nonneg(t)
+    groups = _groups(u)
+    order = np.concatenate(groups)
+    counts = np.array([g.size for g in groups])
+    starts = np.concatenate(([0], np.cumsum(counts)[:-1]))
+    n_users = counts.size
+    rng = np.random.default_rng(seed)
+    draws = rng.integers(0, n_users, size=(n_boot, n_users))
+    values = np.empty(n_boot)
+    for b0 in range(0, n_boot, chunk):
+        d = draws[b0:b0 + chunk]
+        nb = d.shape[0]
+        lengths = counts[d].ravel()
+        total = int(lengths.sum())
+        offsets = np.repeat(starts[d.ravel()] - (np.cumsum(lengths) - lengths), lengths)
+        rows = order[offsets + np.arange(total)]
+        tot = counts[d].sum(axis=1)
+        rep = np.repeat(np.arange(nb), tot)
+        pos = np.arange(total) - np.repeat(np.cumsum(tot) - tot, tot)
+        n_full = tot // clip_size
+        full = pos < (n_full * clip_size)[rep]
+        sums = np.zeros(nb)
+        if full.any():
+            fr = rows[full]
+            scores = _ndcg_rows(p[fr].reshape(-1, clip_size), t[fr].reshape(-1, clip_size), k)
+            sums += np.bincount(np.repeat(np.arange(nb), n_full), weights=scores, minlength=nb)
+        rem = tot - n_full * clip_size
+        part_rows, part_rep = rows[~full], rep[~full]
+        for r in np.unique(rem[rem > 0]):
+            which = np.flatnonzero(rem == r)
+            sel = np.isin(part_rep, which)
+            pr = part_rows[sel]
+            sums[which] += _ndcg_rows(p[pr].reshape(-1, r), t[pr].reshape(-1, r), k)
+        values[b0:b0 + nb] = sums / (n_full + (rem > 0))
+    return values

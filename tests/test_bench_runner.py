@@ -134,7 +134,97 @@ def test_paired_tests(bench_run):
     assert t["per_seed"]["n"] == 2
     assert t["per_user"]["n"] == sum(results["methods"]["global-mean"]["cells"]["overall"]["n_users_per_seed"])
     # the bias baseline beats the global mean on planted user biases, visibly so per user
-    assert t["per_user"]["mean_diff"] > 0 and t["per_user"]["wilcoxon_p"] < 0.05
+    assert t["per_user"]["mean_diff"] > 0 and t["per_user"]["p"] < 0.05
+    # per user: one test per seed, combined -- not the seeds' users pooled as independent
+    assert t["per_user"]["n_strata"] == 2 and len(t["per_user"]["per_stratum"]) == 2
+    # Holm within the family: adjusted >= raw, and the smallest raw p is multiplied by the family size
+    raw = [x["per_user"]["p"] for x in tests if "p" in x.get("per_user", {})]
+    for x in tests:
+        if "p" in x.get("per_user", {}):
+            assert x["per_user"]["p_holm"] >= x["per_user"]["p"]
+    smallest = min(range(len(raw)), key=raw.__getitem__)
+    adjusted = [x["per_user"]["p_holm"] for x in tests if "p" in x.get("per_user", {})]
+    assert adjusted[smallest] == pytest.approx(min(1.0, len(raw) * raw[smallest]))
+    # every method against the best simple baseline (lowest overall MAE): its own family
+    vs = results["baseline_tests"]
+    best = min(("global-mean", "baseline-predictor", "profile-mlp"),
+               key=lambda m: results["methods"][m]["cells"]["overall"]["mae"]["mean"])
+    assert vs["baseline"] == best
+    assert {(x["a"], x["b"]) for x in vs["tests"]} == {(m, best) for m in results["methods"] if m != best}
+    # tested metrics: MAE, RMSE, within-user NDCG everywhere; the clip NDCG per scenario (per seed only)
+    cells = {(x["cell"], x["metric"]) for x in tests}
+    assert ("overall", "clip_ndcg@3") not in cells and ("C-W", "clip_ndcg@3") in cells
+    assert all("per_user" not in x for x in tests if x["metric"] == "clip_ndcg@3")
+
+
+def _legacy_copy(src: Path, dst: Path, keep_runs: bool) -> None:
+    """``src`` as an older metarec left it: format 1 files with different (stale) numbers."""
+    import gzip
+    import shutil
+
+    shutil.copytree(src, dst)
+    res = json.loads((dst / "results.json").read_text())
+    res["format"] = "metarec-bench-results-1"
+    for r in res["runs"]:
+        r["format"] = "metarec-bench-run-1"
+        r["metrics"]["overall"]["ndcg@3"] = 0.123
+        for c in r["metrics"].values():
+            c.pop("rmse", None)
+    res.pop("baseline_tests")
+    (dst / "results.json").write_text(json.dumps(res))
+    if keep_runs:
+        for r in res["runs"]:
+            (dst / "runs" / f"{r['method']}__seed{r['seed']}.json").write_text(json.dumps(r))
+    else:  # a committed folder: only the aggregated, compressed predictions
+        shutil.rmtree(dst / "runs")
+        with gzip.open(dst / "predictions.csv.gz", "wt", encoding="utf-8") as fh:
+            fh.write((dst / "predictions.csv").read_text())
+        (dst / "predictions.csv").unlink()
+
+
+def test_report_rebuild_recomputes_an_older_folder_from_its_predictions(bench_run, tmp_path):
+    from metarec.cli import main
+
+    out, results = bench_run
+    old = tmp_path / "old"
+    _legacy_copy(out, old, keep_runs=False)
+    # an older folder is refused with the command that fixes it, not misread
+    res = CliRunner().invoke(main, ["report", str(old)])
+    assert res.exit_code != 0 and "metarec report --rebuild" in res.output
+    res = CliRunner().invoke(main, ["report", "--rebuild", str(old)])
+    assert res.exit_code == 0, res.output
+    new = json.loads((old / "results.json").read_text())
+    assert new["format"] == "metarec-bench-results-2" and new["rebuilt"]["from_format"] == "metarec-bench-results-1"
+    for key in ("methods", "paired_tests", "baseline_tests", "metrics_info"):
+        assert new[key] == json.loads(json.dumps(results[key])), key
+    assert [r["metrics"] for r in new["runs"]] == [r["metrics"] for r in json.loads(json.dumps(results["runs"]))]
+    assert new["command"] == results["command"] and new["environment"] == results["environment"]
+    assert recompute(old) == 0
+    assert (old / "summary.md").read_text() == (out / "summary.md").read_text()  # the same tables, re-rendered
+    # --against picks the comparator of the baseline family
+    res = CliRunner().invoke(main, ["report", "--rebuild", "--against", "profile-mlp", str(old)])
+    assert res.exit_code == 0, res.output
+    vs = json.loads((old / "results.json").read_text())["baseline_tests"]
+    assert vs["baseline"] == "profile-mlp" and {t["b"] for t in vs["tests"]} == {"profile-mlp"}
+    res = CliRunner().invoke(main, ["report", "--rebuild", "--against", "nope", str(old)])
+    assert res.exit_code != 0 and "'nope' has no successful runs" in res.output
+    res = CliRunner().invoke(main, ["report", "--against", "profile-mlp", str(old)])
+    assert res.exit_code != 0 and "--against needs --rebuild" in res.output
+
+
+def test_resume_rescores_older_run_files_instead_of_mixing_definitions(bench_run, tmp_path):
+    from metarec.bench.results import RunDir, build_results
+
+    out, results = bench_run
+    old = tmp_path / "old"
+    _legacy_copy(out, old, keep_runs=True)
+    rd = RunDir(old)
+    again = build_results(rd, results["config"], environment=results["environment"], dataset=results["dataset"])
+    assert again["methods"] == json.loads(json.dumps(results["methods"]))
+    for r in again["runs"]:
+        on_disk = json.loads(rd.run_json(r["method"], r["seed"]).read_text())
+        assert on_disk["format"] == "metarec-bench-run-2" and on_disk["rescored_from"] == "metarec-bench-run-1"
+        assert "rmse" in on_disk["metrics"]["overall"]
 
 
 def test_output_dir_in_use_is_refused(bench_run):
@@ -197,7 +287,7 @@ def test_failing_and_unimportable_plugins_do_not_lose_other_results(tmp_path, mo
     # the successful methods' numbers and predictions are all there, the failed ones' are not
     preds = read_predictions(tmp_path / "run" / "predictions.csv")
     assert set(preds["method"]) == {"global-mean", "baseline-predictor"}
-    assert len(results["paired_tests"]) == 10  # the two successful methods, 5 cells x 2 metrics
+    assert len(results["paired_tests"]) == 19  # the two successful methods, 5 cells x 4 metrics, no overall clip NDCG
     assert "Failures" in (tmp_path / "run" / "summary.md").read_text()
     assert recompute(tmp_path / "run") == 0
 

@@ -79,12 +79,33 @@ def test_ndcg_scores_order_inside_top_k_unlike_reference_helper():
     assert got < reference - 1e-6
 
 
-def test_ndcg_ties_earlier_position_first():
-    # items 0 and 1 tie on pred; the earlier one (true 3) ranks first.
-    # k=1: DCG = 2^3-1 = 7, IDCG = 2^5-1 = 31
-    assert ndcg_at_k([2.0, 2.0, 1.0], [3.0, 5.0, 1.0], k=1) == pytest.approx(7 / 31)
-    # swapping the tied items puts the 5 first -> 1.0, so the tie rule matters
-    assert ndcg_at_k([2.0, 2.0, 1.0], [5.0, 3.0, 1.0], k=1) == pytest.approx(1.0)
+def test_ndcg_ties_are_averaged_not_broken_by_position():
+    # items 0 and 1 tie on pred; k=1: the tied group (true 3 and 5) holds rank 1, so the
+    # DCG is its mean gain: ((2^3-1) + (2^5-1)) / 2 = 19; IDCG = 31 -> 19/31, whichever order
+    assert ndcg_at_k([2.0, 2.0, 1.0], [3.0, 5.0, 1.0], k=1) == pytest.approx(19 / 31)
+    assert ndcg_at_k([2.0, 2.0, 1.0], [5.0, 3.0, 1.0], k=1) == pytest.approx(19 / 31)
+    # k=2: the group fills ranks 1-2, so DCG = 19/1 + 19/log2 3; IDCG = 31 + 7/log2 3
+    assert ndcg_at_k([2.0, 2.0, 1.0], [3.0, 5.0, 1.0], k=2) == pytest.approx(
+        (19 + 19 / log2(3)) / (31 + 7 / log2(3)))
+
+
+def test_ndcg_tie_group_straddling_the_cut_off():
+    # pred ranks item 0 first (true 1), then items 1, 2, 3 tie (true 5, 1, 3) over ranks 2-4;
+    # k=2 sees rank 2 only of the group: mean gain (31 + 1 + 7)/3 = 13.
+    # DCG = 1/1 + 13/log2 3; IDCG = 31 + 7/log2 3
+    got = ndcg_at_k([9.0, 4.0, 4.0, 4.0], [1.0, 5.0, 1.0, 3.0], k=2)
+    assert got == pytest.approx((1 + 13 / log2(3)) / (31 + 7 / log2(3)))
+
+
+def test_constant_predictor_scores_a_random_order_not_the_list_order():
+    # all predictions tie: NDCG is the mean over all orders, the same for any list order
+    true = [5.0, 4.0, 3.0, 1.0, 1.0]
+    import itertools
+    perms = [ndcg_at_k([5.0, 4.0, 3.0, 2.0, 1.0], [true[i] for i in perm], k=3)
+             for perm in itertools.permutations(range(5))]
+    assert ndcg_at_k([3.0] * 5, true, k=3) == pytest.approx(np.mean(perms))
+    assert ndcg_at_k([3.0] * 5, true[::-1], k=3) == pytest.approx(np.mean(perms))
+    assert ndcg_at_k([3.0] * 5, true, k=3) < ndcg_at_k([5.0, 4.0, 3.0, 2.0, 1.0], true, k=3)
 
 
 def test_ndcg_list_shorter_than_k():
@@ -119,19 +140,34 @@ def test_user_ndcg_groups_and_keeps_order():
     assert got == pytest.approx((a + 1.0) / 2)
 
 
-def test_user_ndcg_tie_order_within_user():
-    # one user, tied predictions: earlier row first. k=1 -> true[0]
-    assert user_ndcg([1.0, 1.0], [2.0, 3.0], [0, 0], k=1) == pytest.approx(3 / 7)
-    assert user_ndcg([1.0, 1.0], [3.0, 2.0], [0, 0], k=1) == pytest.approx(1.0)
+def test_user_ndcg_ties_within_user_are_averaged():
+    # one user, tied predictions: k=1 -> mean gain (3 + 7)/2 = 5 over IDCG 7, either order
+    assert user_ndcg([1.0, 1.0], [2.0, 3.0], [0, 0], k=1) == pytest.approx(5 / 7)
+    assert user_ndcg([1.0, 1.0], [3.0, 2.0], [0, 0], k=1) == pytest.approx(5 / 7)
+
+
+def test_user_ndcg_min_ratings_leaves_out_single_rating_users():
+    # user 0: pred 2, 1 -> true 1, 2: (1 + 3/log2 3)/(3 + 1/log2 3); user 1: one rating (1.0)
+    u0 = (1 + 3 / log2(3)) / (3 + 1 / log2(3))
+    args = ([2.0, 1.0, 4.0], [1.0, 2.0, 5.0], [0, 0, 1])
+    assert user_ndcg(*args, k=3) == pytest.approx((u0 + 1.0) / 2)
+    assert user_ndcg(*args, k=3, min_ratings=2) == pytest.approx(u0)
+    assert np.isnan(user_ndcg([1.0], [2.0], [0], min_ratings=2))
 
 
 def _naive_ndcg(pred, true, k):
-    # independent plain-Python version: sorted() is stable, so ties keep position
-    order = sorted(range(len(pred)), key=lambda i: -pred[i])[:k]
-    dcg = sum((2 ** true[i] - 1) / log2(n + 2) for n, i in enumerate(order))
+    # independent plain-Python version: expected DCG over every order of tied predictions
+    import itertools
+
+    idx = sorted(range(len(pred)), key=lambda i: -pred[i])
+    groups = [list(g) for _, g in itertools.groupby(idx, key=lambda i: pred[i])]
+    dcgs = []
+    for combo in itertools.product(*(itertools.permutations(g) for g in groups)):
+        order = [i for g in combo for i in g][:k]
+        dcgs.append(sum((2 ** true[i] - 1) / log2(n + 2) for n, i in enumerate(order)))
     ideal = sorted(true, reverse=True)[:k]
     idcg = sum((2 ** y - 1) / log2(n + 2) for n, y in enumerate(ideal))
-    return 1.0 if idcg == 0 else dcg / idcg
+    return 1.0 if idcg == 0 else (sum(dcgs) / len(dcgs)) / idcg
 
 
 def test_user_and_clip_ndcg_match_naive_on_tied_random_lists():
@@ -207,23 +243,117 @@ def test_scenario_metrics_hand():
     assert out["overall"]["mae"] == pytest.approx((1 / 3 + 1 + 1) / 3)
     # overall RMSE is flat: squares 1,0,0,4,0,1 -> sqrt(6/6)
     assert out["overall"]["rmse"] == pytest.approx(1.0)
-    # overall NDCG: user 1 pred 4,2,3 -> true 5,3,2 = ideal -> 1; user 2 pred 1,2 ->
-    # true 2,3: (3 + 7/log2 3)/(7 + 3/log2 3); user 3 single -> 1
+    # overall NDCG (within-user, users with >= 2 ratings): user 1 pred 4,2,3 -> true 5,3,2 =
+    # ideal -> 1; user 2 pred 1,2 -> true 2,3: (3 + 7/log2 3)/(7 + 3/log2 3); user 3 (one) left out
     u2 = (3 + 7 / log2(3)) / (7 + 3 / log2(3))
-    assert out["overall"]["ndcg@3"] == pytest.approx((1 + u2 + 1) / 3)
-    assert (out["overall"]["n"], out["overall"]["n_users"]) == (6, 3)
+    assert out["overall"]["ndcg@3"] == pytest.approx((1 + u2) / 2)
+    assert np.isnan(out["overall"]["clip_ndcg@3"])  # the paper's clip NDCG is per scenario only
+    assert (out["overall"]["n"], out["overall"]["n_users"], out["overall"]["n_users_ranked"]) == (6, 3, 2)
     # W-W rows 0, 2, 5: errors 1, 0, 1 -> MAE 2/3, RMSE sqrt(2/3);
-    # one clip pred 4,3,5 -> true 4,5,3: DCG 15 + 31/log2 3 + 7/2, IDCG 31 + 15/log2 3 + 7/2
+    # clip NDCG: one clip pred 4,3,5 -> true 4,5,3: DCG 15 + 31/log2 3 + 7/2, IDCG 31 + 15/log2 3 + 7/2
+    # within-user NDCG: user 1 (rows 0, 2: pred 4,3 true 5,3, ideal) -> 1; user 3 has one rating
     ww = out["W-W"]
     assert ww["mae"] == pytest.approx(2 / 3)
     assert ww["rmse"] == pytest.approx(sqrt(2 / 3))
-    assert ww["ndcg@3"] == pytest.approx((15 + 31 / log2(3) + 3.5) / (31 + 15 / log2(3) + 3.5))
-    assert (ww["n"], ww["n_users"]) == (3, 2)
-    # C-C rows 3, 4 (one user): MAE (2+0)/2 = 1, NDCG = u2
+    assert ww["clip_ndcg@3"] == pytest.approx((15 + 31 / log2(3) + 3.5) / (31 + 15 / log2(3) + 3.5))
+    assert ww["ndcg@3"] == pytest.approx(1.0)
+    assert (ww["n"], ww["n_users"], ww["n_users_ranked"]) == (3, 2, 1)
+    # C-C rows 3, 4 (one user): MAE (2+0)/2 = 1, clip and within-user NDCG = u2
     assert out["C-C"]["mae"] == pytest.approx(1.0)
+    assert out["C-C"]["clip_ndcg@3"] == pytest.approx(u2)
     assert out["C-C"]["ndcg@3"] == pytest.approx(u2)
     assert (out["C-C"]["n"], out["C-C"]["n_users"]) == (2, 1)
-    assert (out["W-C"]["mae"], out["W-C"]["n"]) == (0.0, 1)
+    # W-C: one rating -> no within-user NDCG; its clip is one item -> 1
+    assert (out["W-C"]["mae"], out["W-C"]["n"], out["W-C"]["clip_ndcg@3"]) == (0.0, 1, 1.0)
+    assert np.isnan(out["W-C"]["ndcg@3"])
+    # relevance (true >= 4), overall: user 1 rel 1,0,0, the relevant item ranked first ->
+    # P@3 = 1/3 (and P@5 = 1/3: a 3-item list divides by 3), MAP = NDCG_rel = 1; user 2 has no
+    # relevant item (left out), user 3 one rating (left out)
+    o = out["overall"]
+    assert (o["precision@3"], o["precision@5"], o["map@3"], o["ndcg_rel@5"]) == pytest.approx((1 / 3, 1 / 3, 1, 1))
+    assert o["n_users_relevant"] == 1
+
+
+def test_ranking_metrics_hand_with_ties_k_above_n_and_users_without_relevant_items():
+    # user "a": pred 3, 3, 1, 2; true 5, 2, 4, 1 -> relevant (>= 4): items 0 and 2.
+    # ranks: {0, 1} tied at 1-2 (mean relevance 1/2), item 3 (0) at 3, item 2 (1) at 4.
+    # k=3: P = (1/2 + 1/2 + 0)/3; NDCG_rel = (1/2 + 1/2/log2 3)/(1 + 1/log2 3);
+    #      AP = (1/min(2,3)) * (E[rel1]/1 + E[rel2 (rel1 + rel2)]/2) = (1/2 + (1/2)/2)/2 = 3/8
+    #      (the two orders of the tie give AP 1/2 and 1/4).
+    # k=5 > 4 items: P divides by 4: (1/2 + 1/2 + 0 + 1)/4 = 1/2; AP adds rank 4: 2/4 ->
+    #      (1/2 + 1/4 + 1/2)/2 = 5/8; NDCG_rel adds 1/log2 5.
+    # user "b": no relevant item (true 1, 2): left out. user "c": one rating: left out.
+    from metarec.metrics import ranking_metrics
+
+    pred = [3.0, 3.0, 1.0, 2.0, 1.0, 2.0, 4.0]
+    true = [5.0, 2.0, 4.0, 1.0, 1.0, 2.0, 5.0]
+    users = ["a", "a", "a", "a", "b", "b", "c"]
+    got = ranking_metrics(pred, true, users, ks=(3, 5), threshold=4.0, min_ratings=2)
+    l3, l5 = log2(3), log2(5)
+    assert got["precision@3"] == pytest.approx(1 / 3)
+    assert got["ndcg_rel@3"] == pytest.approx((0.5 + 0.5 / l3) / (1 + 1 / l3))
+    assert got["map@3"] == pytest.approx(3 / 8)
+    assert got["precision@5"] == pytest.approx(1 / 2)
+    assert got["map@5"] == pytest.approx(5 / 8)
+    assert got["ndcg_rel@5"] == pytest.approx((0.5 + 0.5 / l3 + 1 / l5) / (1 + 1 / l3))
+    assert (got["n_users_ranked"], got["n_users_relevant"]) == (2, 1)
+    # the threshold is a parameter: at >= 2, user "b" has a relevant item (rank 1 -> all 1)
+    low = ranking_metrics(pred, true, users, ks=(3,), threshold=2.0)
+    assert low["n_users_relevant"] == 2
+    # nobody relevant: NaN, not an error
+    none = ranking_metrics([1.0, 2.0], [1.0, 1.0], [0, 0], ks=(3,))
+    assert np.isnan(none["precision@3"]) and none["n_users_relevant"] == 0
+
+
+def _brute_relevance(pred, true, k, threshold=4.0):
+    """Every metric averaged over every order of the tied predictions (plain Python)."""
+    import itertools
+
+    idx = sorted(range(len(pred)), key=lambda i: -pred[i])
+    groups = [list(g) for _, g in itertools.groupby(idx, key=lambda i: pred[i])]
+    rel_all = [1.0 if y >= threshold else 0.0 for y in true]
+    n_rel = sum(rel_all)
+    kk = min(k, len(pred))
+    out = []
+    for combo in itertools.product(*(itertools.permutations(g) for g in groups)):
+        rel = [rel_all[i] for g in combo for i in g]
+        p = sum(rel[:kk]) / kk
+        ndcg = sum(rel[r] / log2(r + 2) for r in range(kk)) / sum(1 / log2(r + 2) for r in range(int(min(n_rel, kk))))
+        ap = sum(rel[i] * sum(rel[: i + 1]) / (i + 1) for i in range(kk)) / min(n_rel, kk)
+        out.append((p, ndcg, ap))
+    return np.mean(out, axis=0)
+
+
+def test_relevance_metrics_match_brute_force_over_tie_orders():
+    from metarec.metrics import per_user_scores
+
+    rng = np.random.default_rng(11)
+    users = np.repeat(np.arange(80), rng.integers(2, 7, size=80))
+    pred = rng.integers(1, 4, size=users.size).astype(float)  # heavy ties
+    true = rng.integers(1, 6, size=users.size).astype(float)
+    for k in (1, 3, 5):
+        want = []
+        for u in np.unique(users):
+            m = users == u
+            want.append(_brute_relevance(list(pred[m]), list(true[m]), k) if (true[m] >= 4).any()
+                        else (np.nan, np.nan, np.nan))
+        want = np.array(want)
+        for j, name in enumerate(("precision", "ndcg_rel", "map")):
+            got = per_user_scores(pred, true, users, f"{name}@{k}", threshold=4.0)
+            np.testing.assert_allclose(got, want[:, j], rtol=1e-12, atol=1e-12)
+
+
+def test_per_user_scores_mae_mse_and_bad_metric_names():
+    from metarec.metrics import per_user_scores
+
+    got = per_user_scores([1.0, 3.0, 2.0], [2.0, 1.0, 2.0], ["x", "y", "x"], "mae")
+    assert got == pytest.approx([0.5, 2.0])
+    assert per_user_scores([1.0, 3.0, 2.0], [2.0, 1.0, 2.0], ["x", "y", "x"], "mse") == pytest.approx([0.5, 4.0])
+    for bad in ("ndcg", "mae@3", "recall@5", "map@0", "map@x"):
+        with pytest.raises(ValueError, match="metric|cut-off"):
+            per_user_scores([1.0], [1.0], [0], bad)
+    with pytest.raises(ValueError, match="threshold must be a finite number"):
+        per_user_scores([1.0], [1.0], [0], "map@3", threshold=float("nan"))
 
 
 def test_scenario_metrics_empty_scenario_is_nan():
@@ -241,7 +371,7 @@ def test_scenario_metrics_int_codes_equal_names_and_key_follows_k():
     assert set(by_name) == {"overall", "W-W", "W-C", "C-W", "C-C"}
     assert "ndcg@2" in by_name["W-W"] and "ndcg@3" not in by_name["W-W"]
     for cell in ("overall", "W-W", "W-C", "C-C"):
-        assert by_name[cell] == pytest.approx(by_code[cell])
+        assert by_name[cell] == pytest.approx(by_code[cell], nan_ok=True)
 
 
 def test_scenario_metrics_bad_labels():
@@ -367,6 +497,57 @@ def test_paired_test_identical_inputs():
     assert r == {"mean_diff": 0.0, "wilcoxon_p": 1.0, "ttest_p": 1.0, "n": 3}
 
 
+# ---------------------------------------------------------------- multiplicity and strata
+
+def test_holm_hand_example():
+    # sorted p: 0.005, 0.01, 0.03, 0.04 (m = 4) -> x4, x3, x2, x1 = 0.02, 0.03, 0.06, 0.04;
+    # running max -> 0.02, 0.03, 0.06, 0.06; back in input order:
+    from metarec.metrics import holm
+
+    assert holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    # capped at 1; NaN (a test not run) is not counted in m
+    got = holm([0.5, np.nan, 0.4])
+    assert got[0] == pytest.approx(0.8) and np.isnan(got[1]) and got[2] == pytest.approx(0.8)
+    assert holm([0.6, 0.7]) == pytest.approx([1.0, 1.0])  # 0.6 x 2 capped at 1; 0.7 raised to the running max
+    assert holm([]).size == 0
+    with pytest.raises(ValueError, match="in \\[0, 1\\], got 1.5"):
+        holm([0.1, 1.5])
+
+
+def test_stratified_test_combines_seeds_by_stouffer_and_keeps_direction():
+    from metarec.metrics import paired_test_by_stratum
+
+    rng = np.random.default_rng(0)
+    a1, b1 = rng.normal(1.0, 1, 40), rng.normal(0.0, 1, 40)
+    a2, b2 = rng.normal(0.0, 1, 40), rng.normal(1.0, 1, 40)
+    one = paired_test_by_stratum([a1], [b1])
+    # continuous data (no ties): the mid-p is the ordinary one-sided p up to 1/2 P(T = t)
+    p1 = (stats.wilcoxon(a1, b1, alternative="greater").pvalue + 1 - stats.wilcoxon(a1, b1, alternative="less").pvalue) / 2
+    assert one["stouffer_z"] == pytest.approx(stats.norm.isf(p1))
+    assert one["p"] == pytest.approx(2 * stats.norm.sf(abs(stats.norm.isf(p1))))
+    # two seeds pointing opposite ways cancel; two pointing the same way add up
+    opposite = paired_test_by_stratum([a1, a2], [b1, b2])
+    same = paired_test_by_stratum([a1, a1], [b1, b1])
+    z = stats.norm.isf(p1)
+    assert same["stouffer_z"] == pytest.approx(2 * z / np.sqrt(2))
+    assert opposite["p"] > 0.05 > same["p"]
+    assert same["n_strata"] == 2 and same["n"] == 80
+    # a stratum of identical values contributes z = 0; one with < 2 units is skipped
+    flat = paired_test_by_stratum([a1, [1.0, 1.0], [3.0]], [b1, [1.0, 1.0], [2.0]])
+    assert flat["stouffer_z"] == pytest.approx(z / np.sqrt(2)) and flat["n_strata"] == 2
+    # every difference negative in 5 units: the exact one-sided p is 1 at that end; the mid-p
+    # (1 + 31/32)/2 keeps z finite (-2.15), and 5 seeds like it give a finite combined p
+    neg = paired_test_by_stratum([[1.0, 2.0, 3.0, 4.0, 5.0]], [[2.0, 4.0, 6.0, 8.0, 10.0]])
+    assert neg["per_stratum"][0]["p_greater_mid"] == pytest.approx((1 + 31 / 32) / 2)
+    assert neg["stouffer_z"] == pytest.approx(stats.norm.isf((1 + 31 / 32) / 2))
+    five = paired_test_by_stratum([[1.0, 2.0, 3.0, 4.0, 5.0]] * 5, [[2.0, 4.0, 6.0, 8.0, 10.0]] * 5)
+    assert five["stouffer_z"] == pytest.approx(np.sqrt(5) * stats.norm.isf((1 + 31 / 32) / 2))
+    with pytest.raises(ValueError, match="at least 2 paired units"):
+        paired_test_by_stratum([[1.0]], [[2.0]])
+    with pytest.raises(ValueError, match="same number of strata"):
+        paired_test_by_stratum([a1], [b1, b2])
+
+
 # ---------------------------------------------------------------- bad input
 
 @pytest.mark.parametrize(
@@ -386,6 +567,7 @@ def test_paired_test_identical_inputs():
         (lambda: user_mae([1.0, 2.0], [1.0, 2.0], [0]), "user_index has length 1"),
         (lambda: user_ndcg([1.0], [1.0], [np.nan]), "user_index contains NaN"),
         (lambda: user_ndcg([1.0], [1.0], [0], k=-1), "k must be >= 1, got -1"),
+        (lambda: user_ndcg([1.0], [1.0], [0], min_ratings=0), "min_ratings must be >= 1, got 0"),
         (lambda: bootstrap_ci([1.0, 2.0], n_boot=0), "n_boot must be >= 1, got 0"),
         (lambda: bootstrap_ci([1.0, 2.0], alpha=1.5), r"alpha must be in \(0, 1\), got 1.5"),
         (lambda: bootstrap_ci([1.0, np.nan]), "per_user_values contains"),

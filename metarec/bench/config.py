@@ -23,6 +23,7 @@ A method's own settings resolve as: its Config defaults < its preset < file over
 from __future__ import annotations
 
 import copy
+import math
 import dataclasses
 import math
 import os
@@ -77,6 +78,10 @@ class BenchConfig(ValidatedConfig):
     #: NDCG cut-off and the clip length of the per-scenario clip-NDCG (appendix A.2.3).
     k: int = setting(3, ge=1)
     clip_size: int = setting(5, ge=1)
+    #: Ranking metrics on the query items (Precision / NDCG_rel / MAP at these cut-offs): a query
+    #: item is relevant when its true rating is >= ``relevance_threshold``.
+    ranking_ks: tuple[int, ...] = setting((3, 5), ge=1, min_len=1, unique=True)
+    relevance_threshold: float = 4.0
     #: Bootstrap resamples (over test users) for the confidence intervals, and their level.
     n_boot: int = setting(1000, ge=1)
     ci_level: float = setting(0.95, gt=0, lt=1)
@@ -160,6 +165,7 @@ class BenchConfig(ValidatedConfig):
         d = dataclasses.asdict(self)
         d["methods"] = list(self.methods)
         d["seeds"] = list(self.seeds)
+        d["ranking_ks"] = list(self.ranking_ks)
         d["method_settings"] = {
             k: {"preset": v.preset, "overrides": jsonable(v.overrides)} for k, v in self.method_settings.items()
         }
@@ -250,6 +256,7 @@ BENCH_FIELDS = tuple(f.name for f in dataclasses.fields(BenchConfig) if f.name !
 #: Fields that change the numbers; a resumed run must not change them.
 RESULT_FIELDS = (
     "dataset", "data_dir", "dataset_config", "offline", "epochs", "k", "clip_size", "n_boot", "ci_level",
+    "ranking_ks", "relevance_threshold",
     "protocol", "synthetic", "method_settings",
 )
 

@@ -1,4 +1,4 @@
-"""Per-scenario bar charts of MAE and NDCG@k with error bars (matplotlib, an optional extra).
+"""Per-scenario bar charts of MAE, within-user NDCG@k and the paper's clip NDCG@k with error bars (matplotlib, an optional extra).
 
 Error bars are the 95 % bootstrap intervals over test users when the results have them (our
 runs), else ± one standard deviation over seeds; published single-run values have none.
@@ -47,12 +47,15 @@ def _plot(views: Sequence[ResultsView], stem: str | Path, formats: Sequence[str]
     many = len(views) > 1
     cells = [c for c in CELLS if any(v.cell(m, c) for v, m in series)]
     width_in = max(7.0, min(16.0, 2.0 + 0.3 * len(cells) * len(series)))
-    fig, axes = plt.subplots(2, 1, figsize=(width_in, 7.0), sharex=True)
+    panels = ((lambda v: "mae", "MAE (lower is better)"),
+              (lambda v: v.ndcg_key, "NDCG@{k} within user (higher is better)"),
+              (lambda v: v.clip_key, "clip NDCG@{k}, the paper's A.2.3 (higher is better)"))
+    fig, axes = plt.subplots(len(panels), 1, figsize=(width_in, 9.5), sharex=True)
     width = 0.8 / len(series)
     x = np.arange(len(cells))
-    for ax, (pos, title) in zip(axes, ((0, "MAE (lower is better)"), (1, "NDCG@{k} (higher is better)"))):
+    for ax, (key_of, title) in zip(axes, panels):
         for j, (v, m) in enumerate(series):
-            key = "mae" if pos == 0 else v.ndcg_key
+            key = key_of(v)
             means, lo, hi = [], [], []
             for c in cells:
                 entry = v.cell(m, c).get(key) or {}
@@ -79,7 +82,8 @@ def _plot(views: Sequence[ResultsView], stem: str | Path, formats: Sequence[str]
         ax.set_xticklabels(cells)
         ax.set_title(title.format(k=views[0].k))
         ax.grid(axis="y", alpha=0.3)
-    axes[1].set_ylim(bottom=max(0.0, axes[1].get_ylim()[0]))
+    for ax in axes[1:]:
+        ax.set_ylim(bottom=max(0.0, ax.get_ylim()[0]))
     axes[0].legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
     datasets = ", ".join(sorted({v.dataset for v in views}))
     fig.suptitle(f"metarec bench · {datasets} · error bars: 95 % bootstrap CI over test users "

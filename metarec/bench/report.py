@@ -1,11 +1,15 @@
 """Tables of benchmark results: the rich console table, ``summary.md`` and ``summary.tex``.
 
-Layout (as the paper's Table 1): one row per method and metric (MAE, NDCG@k), one column per
-cell (overall, W-W, W-C, C-W, C-C), ``mean ± std`` over seeds. The best value of each column
-(lowest MAE, highest NDCG, compared at the 4 decimals shown, ties all marked) is bold, and in
-the console also followed by ``*`` so it survives a terminal without styles. Several results
-(runs, or the paper's published numbers) can be shown side by side: their rows are prefixed
-with their label, and "best" is taken over all rows shown.
+Layout (as the paper's Table 1): one row per method and metric -- MAE, RMSE, the within-user
+NDCG@k and the paper's clip NDCG@k (appendix A.2.3) -- one column per cell (overall, W-W,
+W-C, C-W, C-C), ``mean ± std`` over seeds. The best value of each column (lowest MAE/RMSE,
+highest NDCG, compared at the 4 decimals shown, ties all marked) is bold, and in the console
+also followed by ``*`` so it survives a terminal without styles. Several results (runs, or the
+paper's published numbers) can be shown side by side: their rows are prefixed with their
+label, and "best" is taken over all rows shown; a metric a view has no number for (the
+paper's RMSE) gets no rows. ``summary.md`` adds the intervals, the ranking metrics on the
+query items (P / NDCG_rel / MAP@K) and the two families of paired tests with raw and
+Holm-adjusted p.
 """
 
 from __future__ import annotations
@@ -37,36 +41,65 @@ def _fmt(x: float) -> str:
     return "–" if not math.isfinite(x) else f"{x:.{DECIMALS}f}"
 
 
-def _metrics(view: ResultsView) -> list[tuple[str, str]]:
-    return [("mae", "MAE"), (view.ndcg_key, f"NDCG@{view.k}")]
+#: A metric row of a table: (results key, label, higher is better).
+MetricRow = tuple[str, str, bool]
+
+
+def _metrics(view: ResultsView) -> list[MetricRow]:
+    """The main table's metrics: MAE, RMSE, within-user NDCG@k and the paper's clip NDCG@k."""
+    return [("mae", "MAE", False), ("rmse", "RMSE", False), (view.ndcg_key, f"NDCG@{view.k} (per user)", True),
+            (view.clip_key, f"clip NDCG@{view.k} (paper A.2.3)", True)]
+
+
+def ranking_metrics_of(view: ResultsView) -> list[MetricRow]:
+    """The ranking table's metrics: Precision / NDCG_rel / MAP at every ranking cut-off present."""
+    ks = sorted({int(key.split("@")[1]) for e in view.methods.values() for c in e.get("cells", {}).values()
+                 for key in c if isinstance(key, str) and key.startswith("precision@")})
+    return [row for kk in ks for row in ((f"precision@{kk}", f"P@{kk}", True), (f"ndcg_rel@{kk}", f"NDCG_rel@{kk}", True),
+                                         (f"map@{kk}", f"MAP@{kk}", True))]
 
 
 class Table:
-    """The numbers of one comparison table, with the best cell of each column found once."""
+    """The numbers of one comparison table, with the best cell of each column found once.
 
-    def __init__(self, views: Sequence[ResultsView], cells: Sequence[str] = CELLS, pm: str = " ± ") -> None:
+    ``metrics``: which rows each view gets (default: :func:`_metrics`); a metric that no
+    method of a view has a value for (e.g. the paper's RMSE) gets no rows for that view.
+    """
+
+    def __init__(self, views: Sequence[ResultsView], cells: Sequence[str] = CELLS, pm: str = " ± ",
+                 metrics: Any = None) -> None:
         self.pm = pm
         if not views:
             raise ValueError("nothing to show: no results")
         self.views = list(views)
+        self.metrics_of = metrics or _metrics
         self.cells = [c for c in cells if any(v.cell(m, c) for v in views for m in v.methods)]
         self.many = len(views) > 1
         # rows: (view, method, metric key, metric label)
         self.rows: list[tuple[ResultsView, str, str, str]] = []
+        self.higher: dict[str, bool] = {}
         for v in self.views:
+            shown = [(key, label, higher) for key, label, higher in self.metrics_of(v)
+                     if any(math.isfinite(v.value(m, c, key)[0]) for m in v.methods for c in self.cells)]
             for m in v.methods:
-                for key, label in _metrics(v):
+                for key, label, higher in shown:
                     self.rows.append((v, m, key, label))
+                    self.higher[label] = higher
+        self.labels = list(dict.fromkeys(r[3] for r in self.rows))
         self.best: set[tuple[int, str]] = set()
-        for metric_pos in range(2):
+        for label in self.labels:
             for cell in self.cells:
-                idx = [i for i, r in enumerate(self.rows) if _metrics(r[0])[metric_pos][0] == r[2]]
+                idx = [i for i, r in enumerate(self.rows) if r[3] == label]
                 vals = {i: round(self.rows[i][0].value(self.rows[i][1], cell, self.rows[i][2])[0], DECIMALS) for i in idx}
                 finite = {i: x for i, x in vals.items() if math.isfinite(x)}
                 if len(finite) < 2:
                     continue
-                target = min(finite.values()) if metric_pos == 0 else max(finite.values())
+                target = max(finite.values()) if self.higher[label] else min(finite.values())
                 self.best |= {(i, cell) for i, x in finite.items() if x == target}
+
+    def last_of_method(self, i: int) -> bool:
+        """Whether row ``i`` is the last row of its (view, method)."""
+        return i == len(self.rows) - 1 or self.rows[i + 1][:2] != self.rows[i][:2]
 
     def row_label(self, i: int) -> str:
         """The method name, prefixed by the results' label when several are compared."""
@@ -103,14 +136,17 @@ class Table:
 
     def notes(self) -> list[str]:
         """Footnotes that explain the table's marks."""
-        out = ["best per column in bold (lowest MAE, highest NDCG; at 4 decimals)"]
+        out = ["best per column in bold (lowest MAE/RMSE, highest NDCG/P/MAP; at 4 decimals)"]
         if any(not v.published and any((v.cell(m, "overall").get("mae") or {}).get("std") is None for m in v.methods)
                for v in self.views):
             out.append("no ± std where a method has a single seed")
         if any(v.published for v in self.views):
-            out.append("† published single-run value (no std); the paper's scenario NDCG is its clip-NDCG")
+            out.append("† published single-run value (no std); the paper's scenario NDCG is its clip NDCG")
         if any(not v.published for v in self.views):
             out.append("n = query ratings per seed; mean ± std over seeds (ddof=1)")
+            if self.metrics_of is _metrics:
+                out.append("NDCG@k: within-user, mean over users with >= 2 query ratings in the cell; clip NDCG: "
+                           "the paper's, over clips of consecutive ratings that mix users; ties averaged in both")
         return out
 
 
@@ -146,29 +182,29 @@ def rich_tables(views: Sequence[ResultsView], width: int | None = None) -> list[
     one table per metric with ``± std`` under the mean, so that nothing is cut off."""
     out = []
     for g in group_views(views):
-        if width is None or width >= _label_width(g) + 16 + 19 * len(CELLS):
+        if width is None or width >= _label_width(g) + 34 + 19 * len(CELLS):
             out.append(rich_table(g))
         else:
-            out.extend(rich_table(g, compact=True, metric=i) for i in range(2))
+            out.extend(rich_table(g, compact=True, metric=label) for label in Table(g).labels)
     return out
 
 
 def rich_table(
-    views: Sequence[ResultsView], title: str | None = None, *, compact: bool = False, metric: int | None = None
+    views: Sequence[ResultsView], title: str | None = None, *, compact: bool = False, metric: str | None = None
 ) -> Any:
     """The comparison table of views of ONE dataset (see :func:`rich_tables` for several).
 
-    ``compact``: ``± std`` on a second line, narrow method column; ``metric``: only MAE (0) or
-    only NDCG (1) rows.
+    ``compact``: ``± std`` on a second line, narrow method column; ``metric``: only the rows of
+    that metric label (e.g. ``"MAE"``).
     """
     from rich.table import Table as RichTable
 
     t = Table(views, pm="\n±" if compact else "±")
-    notes = ["* (bold) = best per column: lowest MAE, highest NDCG, at 4 decimals", *t.notes()[1:]]
-    rows = [i for i, r in enumerate(t.rows) if metric is None or _metrics(r[0])[metric][0] == r[2]]
+    notes = ["* (bold) = best per column: lowest MAE/RMSE, highest NDCG, at 4 decimals", *t.notes()[1:]]
+    rows = [i for i, r in enumerate(t.rows) if metric is None or r[3] == metric]
     what = ""
     if metric is not None:
-        what = " · " + ("MAE (lower is better)" if metric == 0 else f"NDCG@{views[0].k} (higher is better)")
+        what = f" · {metric} ({'higher' if t.higher.get(metric) else 'lower'} is better)"
     table = RichTable(
         title=title or f"metarec bench · {views[0].dataset}{what}", caption="; ".join(notes), show_lines=compact
     )
@@ -194,23 +230,23 @@ def rich_table(
         if show_presets:
             lead.append(_preset_label(v, m) if first else "")
         lead += [label] if metric is None else []
-        table.add_row(*lead, *cells, end_section=(metric is None and key != "mae"))
+        table.add_row(*lead, *cells, end_section=(metric is None and t.last_of_method(i)))
     return table
 
 
 # ---------------------------------------------------------------------------- markdown
 
 
-def markdown_table(views: Sequence[ResultsView]) -> str:
+def markdown_table(views: Sequence[ResultsView], metrics: Any = None) -> str:
     """Markdown table(s): one per dataset, each under a heading when there are several."""
     groups = group_views(views)
     if len(groups) == 1:
-        return _markdown_table(groups[0])
-    return "\n\n".join(f"### {g[0].dataset}\n\n" + _markdown_table(g) for g in groups)
+        return _markdown_table(groups[0], metrics)
+    return "\n\n".join(f"### {g[0].dataset}\n\n" + _markdown_table(g, metrics) for g in groups)
 
 
-def _markdown_table(views: Sequence[ResultsView]) -> str:
-    t = Table(views)
+def _markdown_table(views: Sequence[ResultsView], metrics: Any = None) -> str:
+    t = Table(views, metrics=metrics)
     lines = [
         "| method | metric | " + " | ".join(t.header(c) for c in t.cells) + " |",
         "|---|---|" + "---:|" * len(t.cells),
@@ -241,12 +277,57 @@ def _p(x: Any) -> str:
     return f"{x:.2g}" if x >= 1e-4 else f"{x:.1e}"
 
 
+def _avg(values: Sequence[int] | None) -> str:
+    """The mean of per-seed counts ('–' without them)."""
+    values = list(values or [])
+    return _count(sum(values) / len(values)) if values else "–"
+
+
+def _with_ci(entry: Mapping[str, Any] | None) -> str:
+    """``mean [lo, hi]`` of one metric of one cell ('–' when absent)."""
+    if not entry or entry.get("mean") is None or not math.isfinite(float(entry["mean"])):
+        return "–"
+    ci = _ci(entry)
+    return _fmt(float(entry["mean"])) + ("" if ci == "–" else f" {ci}")
+
+
+def _metric_label(metric: str) -> str:
+    if metric in ("mae", "rmse"):
+        return metric.upper()
+    if metric.startswith("clip_ndcg@"):
+        return "clip NDCG@" + metric.split("@")[1]
+    return metric.upper()
+
+
+def _tests_table(tests: Sequence[Mapping[str, Any]], k: int) -> list[str]:
+    """Rows of a paired-test table: raw and Holm-adjusted p of both tests."""
+    lines = [
+        "per seed: paired t-test on the per-seed cell values; per user: one Wilcoxon signed-rank test per "
+        "seed on per-user values (MAE; squared error for RMSE; within-user NDCG), seeds combined by "
+        "Stouffer's z, so a user who recurs across seeds is not counted as independent users (clip NDCG "
+        "has no per-user units). Holm: adjusted within this table, per kind of test.",
+        "",
+        "| a | b | cell | metric | mean diff | p (t, per seed) | Holm | p (per user, Stouffer) | Holm | users |",
+        "|---|---|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for t in tests:
+        ps, pu = t.get("per_seed", {}), t.get("per_user", {})
+        diff = ps.get("mean_diff", pu.get("mean_diff"))
+        lines.append(
+            f"| {t['a']} | {t['b']} | {t['cell']} | {_metric_label(t['metric'])} | "
+            f"{'–' if diff is None else f'{diff:+.4f}'} | {_p(ps.get('ttest_p'))} | {_p(ps.get('ttest_p_holm'))} | "
+            f"{_p(pu.get('p'))} | {_p(pu.get('p_holm'))} | {pu.get('n', '–')} |"
+        )
+    return lines
+
+
 def markdown_summary(results: Mapping[str, Any], extra: Sequence[ResultsView] = ()) -> str:
     """``summary.md`` of one benchmark: table, cell sizes and intervals, paired tests, failures, runs."""
     from metarec.bench.results import ResultsView
 
     cfg = results.get("config", {})
-    k = int(results.get("metrics_info", {}).get("k", 3))
+    info = results.get("metrics_info", {})
+    k = int(info.get("k", 3))
     key = f"ndcg@{k}"
     view = ResultsView(
         results.get("label", "run"), results.get("dataset", {}).get("name") or cfg.get("dataset", "?"),
@@ -276,43 +357,62 @@ def markdown_summary(results: Mapping[str, Any], extra: Sequence[ResultsView] = 
         f"## Cell sizes and {int(100 * float(cfg.get('ci_level', 0.95)))} % bootstrap intervals",
         "",
         "Intervals: percentile bootstrap of the mean over seeds, resampling test users within each "
-        "seed's split. "
-        "n = query ratings per seed, users = test users with a rating in the cell.",
+        "seed's split (stratified by seed). "
+        "n = query ratings per seed, users = test users with a rating in the cell, ranked = those with "
+        f">= {info.get('min_ratings', 2)} ratings there (the users of the within-user NDCG@{k}).",
         "",
-        f"| method | cell | n | users | MAE | MAE CI | NDCG@{k} | NDCG@{k} CI |",
-        "|---|---|---:|---:|---:|---|---:|---|",
+        f"| method | cell | n | users | ranked | MAE | RMSE | NDCG@{k} | clip NDCG@{k} |",
+        "|---|---|---:|---:|---:|---|---|---|---|",
     ]
     for m, e in view.methods.items():
         for c in CELLS:
             cell = e["cells"][c]
-            users = cell.get("n_users_per_seed") or []
             out.append(
-                f"| {m} | {c} | {_count(cell['n'])} | {_count(sum(users) / max(len(users), 1))} | "
-                f"{_fmt(float(cell['mae']['mean']) if cell['mae']['mean'] is not None else float('nan'))} | "
-                f"{_ci(cell['mae'])} | "
-                f"{_fmt(float(cell[key]['mean']) if cell[key]['mean'] is not None else float('nan'))} | "
-                f"{_ci(cell[key])} |"
+                f"| {m} | {c} | {_count(cell['n'])} | {_avg(cell.get('n_users_per_seed'))} | "
+                f"{_avg(cell.get('n_users_ranked_per_seed'))} | "
+                + " | ".join(_with_ci(cell.get(name)) for name in ("mae", "rmse", key, f"clip_{key}")) + " |"
             )
+    if ranking_metrics_of(view):
+        thr = info.get("relevance_threshold", 4.0)
+        out += [
+            "",
+            f"## Ranking metrics on the query items (relevant: rating >= {thr:g})",
+            "",
+            "Per user, on the user's query items in the cell, ranked by prediction (ties averaged): "
+            "Precision@K, NDCG_rel@K (binary gains) and MAP@K, averaged over the users with >= "
+            f"{info.get('min_ratings', 2)} query ratings in the cell and at least one relevant item "
+            "(users without a relevant item are left out: no order can help them). A list shorter than K "
+            "is ranked whole (precision divides by min(K, length)), so P@K with K >= the query size does not "
+            "depend on the predictions.",
+            "",
+            markdown_table([view], metrics=ranking_metrics_of),
+            "",
+            "| cell | users with a relevant item (mean per seed; the same for every method) |",
+            "|---|---:|",
+        ]
+        first = next(iter(view.methods.values()))
+        for c in CELLS:
+            out.append(f"| {c} | {_avg(first['cells'][c].get('n_users_relevant_per_seed'))} |")
+    vs = results.get("baseline_tests") or {}
+    if vs.get("tests"):
+        out += [
+            "",
+            f"## Against the best simple baseline: {vs['baseline']}",
+            "",
+            f"a − {vs['baseline']} ({vs.get('rule', '')}); one family, Holm-adjusted within this table.",
+            "",
+            *_tests_table(vs["tests"], k),
+        ]
     tests = results.get("paired_tests") or []
     if tests:
         out += [
             "",
-            "## Paired tests (a − b, same seeds and splits)",
+            "## Paired tests, every pair (a − b, same seeds and splits)",
             "",
-            "per seed: paired t-test on the per-seed cell values; per user: Wilcoxon signed-rank on "
-            "per-user errors of the cell, pooled over seeds (MAE in every cell, NDCG per user overall only).",
+            "One family, Holm-adjusted within this table (raw p, then Holm).",
             "",
-            "| a | b | cell | metric | mean diff | p (t, per seed) | p (Wilcoxon, per user) | users |",
-            "|---|---|---|---|---:|---:|---:|---:|",
+            *_tests_table(tests, k),
         ]
-        for t in tests:
-            ps, pu = t.get("per_seed", {}), t.get("per_user", {})
-            diff = ps.get("mean_diff", pu.get("mean_diff"))
-            out.append(
-                f"| {t['a']} | {t['b']} | {t['cell']} | {'MAE' if t['metric'] == 'mae' else t['metric'].upper()} | "
-                f"{'–' if diff is None else f'{diff:+.4f}'} | {_p(ps.get('ttest_p'))} | "
-                f"{_p(pu.get('wilcoxon_p'))} | {pu.get('n', '–')} |"
-            )
     failed = [r for r in results.get("runs", []) if r.get("status") != "ok"]
     missing = {m: e["seeds_missing"] for m, e in results.get("methods", {}).items() if e.get("seeds_missing")}
     if failed or missing:
@@ -379,7 +479,7 @@ def _latex_table(views: Sequence[ResultsView], caption: str | None = None) -> st
         first = i == 0 or t.rows[i - 1][:2] != (v, m)
         name = _tex_escape(t.row_label(i)) if first else ""
         lines.append(f"{name} & {_tex_escape(label)} & " + " & ".join(cells) + r" \\")
-        if key != "mae" and i != len(t.rows) - 1:
+        if t.last_of_method(i) and i != len(t.rows) - 1:
             lines.append(r"\midrule")
     lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
     return "\n".join(lines) + "\n"

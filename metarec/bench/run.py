@@ -37,6 +37,7 @@ from metarec.bench.environment import git_info
 from metarec.bench.progress import ProgressCallback, Sink
 from metarec.bench.results import (
     RUN_FORMAT,
+    MetricSpec,
     RunDir,
     predictions_csv_text,
     read_json,
@@ -560,7 +561,7 @@ def execute_run(spec: RunSpec, sink: Sink | None = None, write: FileWriter | Non
         rows, arrays = _query_rows(pristine, pred, spec.method, spec.seed)  # the true ratings: pristine
         scores = run_metrics(
             arrays["prediction"], arrays["rating"], arrays["user_id"], arrays["scenario"],
-            k=cfg.k, clip_size=cfg.clip_size, n_boot=cfg.n_boot, level=cfg.ci_level, seed=spec.seed,
+            n_boot=cfg.n_boot, level=cfg.ci_level, seed=spec.seed, spec=MetricSpec.from_config(cfg.to_dict()),
         )
         timings["metrics_s"] = time.perf_counter() - t0
         record.update(scores)

@@ -31,7 +31,14 @@ def _reference_path(value: str) -> Path:
 @click.option("--out", "-o", type=click.Path(file_okay=False),
               help="Write summary.md/.tex and plot.png/.svg here. [default: the run folder when one is given]")
 @click.option("--label", "labels", multiple=True, help="Row label of each PATH, in order (default: folder names).")
-def report(paths: tuple[str, ...], reference: str | None, out: str | None, labels: tuple[str, ...]) -> None:
+@click.option("--rebuild", is_flag=True,
+              help="First recompute every number of each run folder from its predictions with this metarec's "
+                   "metrics (rewrites its results.json; needed for folders of an older metarec).")
+@click.option("--against", metavar="METHOD", default=None,
+              help="With --rebuild: compare every method with METHOD in the baseline tests "
+                   "[default: the best simple baseline].")
+def report(paths: tuple[str, ...], reference: str | None, out: str | None, labels: tuple[str, ...],
+           rebuild: bool, against: str | None) -> None:
     """Show saved results (run folders, results.json or reference files) as one table.
 
     With one run folder and no --out, its summary.md, summary.tex and plot are rewritten
@@ -43,6 +50,8 @@ def report(paths: tuple[str, ...], reference: str | None, out: str | None, label
       metarec report runs/20240101-120000
       metarec report runs/a runs/b --out runs/compare
       metarec report runs/a --reference
+      metarec report --rebuild runs/old-run
+      metarec report --rebuild --against baseline-predictor runs/a
     """
     from metarec.bench.plot import plot_views
     from metarec.bench.report import latex_table, markdown_table, rich_tables, table_console, write_reports
@@ -52,6 +61,19 @@ def report(paths: tuple[str, ...], reference: str | None, out: str | None, label
     if labels and len(labels) != len(paths):
         raise click.ClickException(f"--label given {len(labels)} time(s) for {len(paths)} path(s)")
     console = table_console()
+    if against is not None and not rebuild:
+        raise click.ClickException("--against needs --rebuild (the tests are recomputed from the predictions)")
+    if rebuild:
+        from metarec.bench.results import rebuild_results
+
+        for p in paths:
+            if not Path(p).is_dir():
+                raise click.ClickException(f"--rebuild: {p} is not a run folder (a folder with results.json)")
+            try:
+                rebuild_results(p, baseline=against)
+            except (ValueError, FileNotFoundError) as exc:
+                raise click.ClickException(str(exc)) from None
+            console.print(f"rebuilt {Path(p) / 'results.json'} from its predictions")
     try:
         views = []
         for i, p in enumerate(paths):
