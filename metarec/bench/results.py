@@ -777,7 +777,7 @@ def build_results(
     header = ",".join(PREDICTION_COLUMNS) + "\n"
     write_text(rd.predictions, header + "".join(parts))
     write_json(rd.results, results)
-    return results
+    return clean_json(results)  # as results.json holds it (NaN -> null)
 
 
 def _aggregated_predictions(root: Path) -> Path | None:

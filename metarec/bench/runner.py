@@ -28,7 +28,7 @@ from typing import Any, Callable, Sequence
 from metarec.bench.environment import cpu_model, environment_info, git_info  # noqa: F401  (re-exported)
 from metarec.bench.executor import make_executor
 from metarec.bench.progress import BenchProgress
-from metarec.bench.results import RUN_FORMAT, RunDir, build_results, write_json
+from metarec.bench.results import RUN_FORMAT, RunDir, build_results, clean_json, write_json
 from metarec.bench.run import (  # noqa: F401  (re-exported: the public names of the harness)
     CheckpointCallback,
     PeakMemory,
@@ -260,6 +260,7 @@ def run_bench(
         results["wall_time_note"] = "this invocation only (resumed)" if resume else "whole benchmark"
         results["runs_time_s"] = sum(float(r.get("timings", {}).get("total_s", 0.0)) for r in results["runs"])
         write_json(rd.results, results)
+        results = clean_json(results)  # what the caller gets is what results.json holds (NaN -> null)
         if render is None:
             from metarec.bench.report import write_reports
 
