@@ -431,8 +431,8 @@ class S2MetaConfig(EpisodicConfig):
     #: Evaluation stop rule: ``threshold`` (p > stop_threshold, deterministic) or ``sample`` (u < p).
     eval_stop_rule: Literal["threshold", "sample"] = "threshold"
     stop_threshold: float = setting(0.5, gt=0, lt=1)
-    #: REINFORCE cost per extra step (0 in the config).
-    step_penalty: float = setting(0.0, ge=0)
+    #: REINFORCE cost per extra step (0 in the config; negative: a reward for going on).
+    step_penalty: float = 0.0
     #: Adam learning rates of the three groups (theta_0, update controller, stop controller).
     init_lr: float = setting(1e-4, gt=0)
     update_lr: float = setting(1e-4, gt=0)

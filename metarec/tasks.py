@@ -103,7 +103,7 @@ class TaskBatch:
     support_mask: Tensor  # bool [B, S]
     query_items: Tensor  # long [B, Q]
     query_features: dict[str, Tensor]  # [B, Q, ...]
-    query_ratings: Tensor  # float [B, Q]
+    query_ratings: Tensor  # float [B, Q]; all NaN in the batches adapt_and_predict gets
     query_mask: Tensor  # bool [B, Q]
     query_scenario: Tensor  # long [B, Q], index into SCENARIOS (-1 on padding)
 

@@ -173,8 +173,7 @@ def check_learner(
         ("random ratings", noisy.to(batch.query_ratings)),
         ("NaN ratings", torch.full_like(batch.query_ratings, float("nan"))),
     ):
-        with torch.no_grad():
-            out = model.adapt_and_predict(dataclasses.replace(batch, query_ratings=ratings))
+        out = model.adapt_and_predict(dataclasses.replace(batch, query_ratings=ratings))  # as predict calls it
         outs[label] = out.detach().cpu()[test.query_mask]
     ref = outs["the true ratings"]
     for label in ("random ratings", "NaN ratings"):
