@@ -133,7 +133,7 @@ def _print_report(r: dict[str, Any]) -> None:
     head.add_row("checksum", str(r.get("checksum")))
     head.add_row("canonical", flag)
     for n, v in (r.get("non_canonical_files") or {}).items():
-        head.add_row("  differs", f"{n}: md5 {v['md5']} (official {v['official_md5']})")
+        head.add_row("  differs", f"{n}: {'' if ':' in v['md5'] else 'md5 '}{v['md5']} (official {v['official_md5']})")
     head.add_row("seed", str(r["seed"]))
     cache = r.get("cache", {})
     head.add_row("cache", ("hit" if cache.get("hit") else "built") + f" in {r.get('load_seconds', '?')} s")

@@ -72,7 +72,7 @@ def _flag(data: InteractionData, entry: DatasetEntry, ver: Verification) -> Inte
     data.extras["file_md5"] = dict(ver.md5)
     data.extras["file_status"] = dict(ver.status)
     if ver.non_canonical:
-        files = ", ".join(f"{n} (md5 {v['md5']}, official {v['official_md5']})" for n, v in ver.non_canonical.items())
+        files = ", ".join(f"{n} ({'' if ':' in v['md5'] else 'md5 '}{v['md5']}, official {v['official_md5']})" for n, v in ver.non_canonical.items())
         data.notes.insert(0, f"NON-CANONICAL DATA: {files} differ(s) from the official {entry.name} release")
     return data
 
