@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from metarec.config import ConfigError
 from metarec.data.custom import combined_checksum, file_digest
 
 ENV_DATA_DIR = "METAREC_DATA_DIR"
@@ -181,13 +182,28 @@ def loader_function(entry: DatasetEntry) -> Callable[..., Any]:
     return _import(entry.loader)
 
 
+class UnknownDatasetError(ConfigError, KeyError):
+    """A dataset name that is neither built in nor ``synthetic``/``custom`` (a one-line message)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+def unknown_dataset_message(name: str, config_flag: str = "--dataset-config") -> str:
+    """What to type instead of an unknown dataset name (a schema file given as the name, for example)."""
+    known = ", ".join([*CATALOG, *VIRTUAL_DATASETS])
+    msg = f"unknown dataset {name!r}; known: {known}"
+    if str(name).lower().endswith(".toml") or Path(str(name)).is_file():
+        msg += f". To load your own data described by {name}, use: -d custom {config_flag} {name}"
+    return msg
+
+
 def get_entry(name: str) -> DatasetEntry:
     """The catalog entry of a built-in dataset (an error listing the known names otherwise)."""
     try:
         return CATALOG[name]
     except KeyError:
-        known = ", ".join([*CATALOG, *VIRTUAL_DATASETS])
-        raise KeyError(f"unknown dataset {name!r}; known: {known}") from None
+        raise UnknownDatasetError(unknown_dataset_message(name)) from None
 
 
 # ------------------------------------------------------------------------------ directories
@@ -304,6 +320,7 @@ __all__ = [
     "ENV_DATA_DIR",
     "ML_1M",
     "Resource",
+    "UnknownDatasetError",
     "Verification",
     "dataset_dir",
     "get_entry",

@@ -61,7 +61,7 @@ from metarec.schema import Feature, FeatureSchema
 from metarec.tasks import FeatureTable
 
 #: Bumped whenever assembling the same files could give different tasks (part of cache keys).
-ASSEMBLY_VERSION = 1
+ASSEMBLY_VERSION = 2
 
 MISSING_CATEGORY = "<missing>"
 UNKNOWN_CATEGORY = "<unknown>"

@@ -124,16 +124,16 @@ def generic_defaults(data: InteractionData) -> dict[str, Any]:
 
 
 def defaults_applied(config: ProtocolConfig | None, data: InteractionData) -> dict[str, str]:
-    """Where each dataset-default key's value came from: ``config``, ``dataset`` or ``generic``."""
+    """Where each dataset-default key's value came from: ``config``, the dataset's default, or the generic one."""
     cfg = config or ProtocolConfig()
     out = {}
     for key in dataset_default_keys():
         if getattr(cfg, key) is not None:
             out[key] = "config"
         elif key in data.protocol_defaults:
-            out[key] = "dataset"
+            out[key] = "dataset default"
         else:
-            out[key] = "generic (data " + ("with" if data.has_time else "without") + " a time column)"
+            out[key] = "generic default for data " + ("with" if data.has_time else "without") + " a time column"
     return out
 
 
