@@ -518,7 +518,7 @@ def run_bench(
     # before the output folder is claimed.
     first_split = load_bench_split(cfg, cfg.seeds[0])
     data_info = dataset_info(first_split)
-    console.print(data_summary_line(first_split.info))
+    console.print(data_summary_line(first_split.info), soft_wrap=True, markup=False)
     rd = RunDir(out)
     out.mkdir(parents=True, exist_ok=True)
     write_json(rd.config, {"format": CONFIG_FORMAT, "config": cfg.to_dict()})

@@ -86,7 +86,7 @@ def _check_dataset(cfg: Any, *, explicit: bool, err: Any) -> None:
         if not Path(cfg.dataset_config).is_file():
             raise ConfigError(f"--dataset-config: file not found: {cfg.dataset_config}")
         if is_schema_file(cfg.dataset_config):
-            err.print(f"--dataset-config {cfg.dataset_config} is a dataset schema: benchmarking it as -d custom")
+            err.print(f"--dataset-config {cfg.dataset_config} is a dataset schema: benchmarking it as -d custom", soft_wrap=True)
             cfg.dataset = "custom"
     if cfg.dataset == "custom" and not cfg.dataset_config:
         raise ConfigError(CUSTOM_NEEDS_SCHEMA)
