@@ -300,60 +300,8 @@ def write_ml100k(directory: Path, *, n_users: int = 36, n_items: int = 45, seed:
     return ML100KFixture(directory, ratings, item_year, item_genres)
 
 
-ML100K_SCHEMA = '''name = "ml-100k-style"
-rating_min = 1
-rating_max = 5
-
-[ratings]
-path = "u.data"                 # ".data" says nothing about the layout: give format and delimiter
-format = "tsv"
-header = false
-names = ["user_id", "item_id", "rating", "timestamp"]
-user = "user_id"
-item = "item_id"
-rating = "rating"
-time = "timestamp"
-
-[users]
-path = "u.user"
-format = "dat"                  # plain fields split on the delimiter, no quoting
-delimiter = "|"
-header = false
-names = ["user_id", "age", "gender", "occupation", "zip"]
-id = "user_id"
-features = [
-  { name = "age", kind = "categorical", bins = [18, 25, 35, 45, 50, 56] },
-  { name = "gender", kind = "categorical" },
-  { name = "occupation", kind = "categorical" },
-]
-
-[items]
-path = "u.item"
-format = "dat"
-delimiter = "|"
-encoding = "latin-1"
-header = false
-names = ["item_id", "title", "release_date", "video_release_date", "imdb_url",
-         "unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary",
-         "Drama", "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery", "Romance", "Sci-Fi", "Thriller",
-         "War", "Western"]
-id = "item_id"
-
-[[items.features]]              # 19 one-hot flag columns -> one multi-valued feature
-name = "genre"
-kind = "multi_categorical"
-flags = ["unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary",
-         "Drama", "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery", "Romance", "Sci-Fi", "Thriller",
-         "War", "Western"]
-
-[[items.features]]              # "01-Jan-1995" -> "1995"; the movie without a date gets <missing>
-name = "year"
-kind = "categorical"
-column = "release_date"
-derive = "year"
-date_format = "%d-%b-%Y"
-on_missing = "category"
-'''
+#: The schema of the "Bring your own data" page's worked example: the page includes this file verbatim.
+ML100K_SCHEMA = (Path(__file__).resolve().parents[1] / "docs" / "examples" / "ml-100k" / "schema.toml").read_text("utf-8")
 
 
 @dataclass

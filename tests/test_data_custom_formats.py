@@ -89,12 +89,37 @@ def test_cli_bench_and_info_on_the_ml100k_layout(ml100k, tmp_path, monkeypatch):
     r = CliRunner().invoke(main, ["bench", "-d", "custom", "--dataset-config", schema, "-m", "global-mean",
                                   "--seeds", "0", "--threads", "1", "--no-progress", "--out", str(tmp_path / "run")])
     assert r.exit_code == 0, r.output
-    assert "users kept; 6 with fewer than 20 ratings set aside; nothing dropped while loading" in " ".join(r.output.split())
+    line = "data ml-100k-style: 30 users kept; 6 with fewer than 20 ratings set aside; nothing dropped while loading"
+    assert line in r.output.splitlines()
+    page = (Path(__file__).resolve().parents[1] / "docs" / "custom-data.md").read_text("utf-8")
+    assert f"`{line}`" in page  # the page quotes this exact line
+    for fact in ("36 users of whom 30 have at least 20 ratings (6 set aside), 24 warm\nand 6 cold users",
+                 "35 warm and 10 cold items"):
+        assert fact in page
     import json
 
     res = json.loads((tmp_path / "run" / "results.json").read_text())
     assert res["dataset"]["protocol"]["user_state_rule"] == "time_quantile"
     assert res["dataset"]["protocol_defaults_from"]["rating_order"].startswith("generic default")
+
+
+def test_page_shows_the_fixture_lines(ml100k):
+    page = (Path(__file__).resolve().parents[1] / "docs" / "custom-data.md").read_text("utf-8")
+    d = ml100k.directory
+    shown = d.joinpath("u.data").read_text().splitlines()[:3] + d.joinpath("u.user").read_text().splitlines()[:3]
+    items = d.joinpath("u.item").read_bytes().decode("latin-1").splitlines()
+    for line in shown + [items[4], items[6]]:
+        assert line in page, line
+    assert '--8<-- "docs/examples/ml-100k/schema.toml"' in page
+
+
+def test_a_bad_date_names_file_line_and_format(ml100k):
+    path = ml100k.directory / "u.item"
+    lines = path.read_bytes().decode("latin-1").splitlines()
+    lines[6] = lines[6].replace("|unknown||", "|unknown|1-1-95|")
+    path.write_bytes(("\n".join(lines) + "\n").encode("latin-1"))
+    with pytest.raises(DataFormatError, match=r"u\.item, line 7: feature 'year': '1-1-95' is not a date in the format '%d-%b-%Y'"):
+        load_custom(ml100k.directory / "schema.toml")
 
 
 def test_side_without_features_gets_one_constant_feature(tmp_path):

@@ -117,3 +117,6 @@ def test_real_yelp_counts(tmp_path, monkeypatch):
     assert s.info["canonical"] is True
     assert (s.info["users_total"], s.info["users_kept"], s.info["users_warm"], s.info["users_cold"]) == (16239, 2554, 2298, 256)
     assert (s.info["items_warm"], s.info["items_cold"]) == (1239, 8349)
+    total = {k: s.info["query_scenarios_train"][k] + s.info["query_scenarios_test"][k] for k in ("W-W", "W-C", "C-W", "C-C")}
+    assert total == {"W-W": 6592, "W-C": 4898, "C-W": 734, "C-C": 546}  # the numbers docs/protocol.md quotes
+    assert (s.info["train_users"], s.info["test_users"]) == (2043, 511)
