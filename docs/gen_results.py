@@ -27,7 +27,7 @@ RESULTS_FORMAT = "metarec-bench-results-2"
 REFERENCE_FORMAT = "metarec-bench-reference-1"
 SPEED_PREFIX = "metarec-speed"
 CELLS = ("overall", "W-W", "W-C", "C-W", "C-C")
-DATASET_NAMES = {"ml-1m": "MovieLens-1M", "book-crossing": "Book-Crossing", "synthetic": "Synthetic data"}
+DATASET_NAMES = {"ml-1m": "MovieLens-1M", "book-crossing": "Book-Crossing", "yelp": "Yelp (HIN release)", "synthetic": "Synthetic data"}
 PAPER_METHODS = ("melu", "metacs-dnn", "s2meta", "rum-item", "rum-feature", "mamo")
 
 

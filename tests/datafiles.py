@@ -209,3 +209,146 @@ def write_bx(directory: Path, *, n_good_users: int = 25, per_user: int = 22, see
         "ratings_duplicate": 1,
     }
     return BXFixture(d, drops, good)
+
+
+# ------------------------------------------------------------------ custom layouts (issue 16)
+
+
+def write_no_user_features(directory: Path, *, n_users: int = 40, n_items: int = 30, per_user: int = 20, seed: int = 0) -> Path:
+    """An Amazon-style release: ratings and an item table (brand, categories), nothing about users.
+
+    The schema has no ``[users]`` table. Returns the schema path.
+    """
+    rng = np.random.default_rng(seed)
+    directory.mkdir(parents=True, exist_ok=True)
+    items = ["asin,brand,categories"]
+    for i in range(n_items):
+        items.append(f"B{i:04d},brand{i % 4},{'|'.join(sorted({f'c{i % 3}', f'c{(i * 5) % 7}'}))}")
+    (directory / "items.csv").write_text("\n".join(items) + "\n", "utf-8")
+    rows = ["reviewer,asin,overall,unixReviewTime"]
+    for u in range(n_users):
+        for k, i in enumerate(rng.choice(n_items, size=per_user, replace=False).tolist()):
+            rows.append(f"A{u:05d},B{i:04d},{int(rng.integers(1, 6))},{1_400_000_000 + 86_400 * u + 3_600 * k}")
+    (directory / "ratings.csv").write_text("\n".join(rows) + "\n", "utf-8")
+    schema = directory / "schema.toml"
+    schema.write_text(
+        'name = "no-user-features"\n\n[ratings]\npath = "ratings.csv"\nuser = "reviewer"\nitem = "asin"\n'
+        'rating = "overall"\ntime = "unixReviewTime"\n\n[items]\npath = "items.csv"\nid = "asin"\nfeatures = [\n'
+        '  { name = "brand", kind = "categorical" },\n'
+        '  { name = "categories", kind = "multi_categorical", separator = "|" },\n]\n',
+        "utf-8",
+    )
+    return schema
+
+
+ML100K_GENRES = ["unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary", "Drama",
+                 "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery", "Romance", "Sci-Fi", "Thriller", "War", "Western"]
+ML100K_ITEM_COLUMNS = ["item_id", "title", "release_date", "video_release_date", "imdb_url", *ML100K_GENRES]
+_MONTHS = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"]
+
+
+@dataclass
+class ML100KFixture:
+    """Files in the MovieLens-100K layout and the raw records they hold (for independent counts)."""
+
+    directory: Path
+    ratings: list[tuple[int, int, int, int]]  # (user, item, rating, timestamp) in file order
+    item_year: dict[int, str]  # "" for the movie without a release date
+    item_genres: dict[int, list[str]]
+
+
+def write_ml100k(directory: Path, *, n_users: int = 36, n_items: int = 45, seed: int = 0) -> ML100KFixture:
+    """``u.data`` / ``u.user`` / ``u.item`` as the ML-100K release writes them.
+
+    ``u.data``: tab-separated ``user item rating timestamp``, no header. ``u.user``: ``|``-separated
+    ``user|age|gender|occupation|zip``. ``u.item``: ``|``-separated, ISO-8859-1, ``id|title|release
+    date (01-Jan-1995)|video release date (empty)|IMDb URL|`` and 19 genre flags (0/1); one movie
+    has no release date and only the ``unknown`` genre, as movie 267 of the release. Some users
+    have fewer than 20 ratings, and timestamps tie within a user.
+    """
+    rng = np.random.default_rng(seed)
+    directory.mkdir(parents=True, exist_ok=True)
+    occupations = ["student", "engineer", "writer", "other", "educator"]
+    users = [f"{u}|{int(rng.integers(15, 70))}|{'MF'[u % 2]}|{occupations[u % 5]}|{10000 + 37 * u:05d}" for u in range(1, n_users + 1)]
+    (directory / "u.user").write_bytes(("\n".join(users) + "\n").encode("latin-1"))
+    items, item_year, item_genres = [], {}, {}
+    for i in range(1, n_items + 1):
+        title = f"Caf\u00e9 Soci\u00e9t\u00e9 {i} ({1990 + i % 8})" if i % 5 == 0 else f"Movie {i} ({1990 + i % 8})"
+        if i == 7:
+            date, flags = "", [1] + [0] * 18
+            title = "unknown"
+        else:
+            year = 1990 + i % 8
+            date = f"{1 + i % 28:02d}-{_MONTHS[i % 12]}-{year}"
+            flags = [0] + [int(rng.random() < 0.25) for _ in range(18)]
+            if sum(flags) == 0:
+                flags[1 + i % 18] = 1
+        item_year[i] = date[-4:] if date else ""
+        item_genres[i] = [g for g, f in zip(ML100K_GENRES, flags) if f]
+        url = f"http://us.imdb.com/M/title-exact?Movie%20{i}" if i != 7 else ""
+        items.append("|".join([str(i), title, date, "", url, *map(str, flags)]))
+    (directory / "u.item").write_bytes(("\n".join(items) + "\n").encode("latin-1"))
+    ratings = []
+    for u in range(1, n_users + 1):
+        n = 12 if u % 6 == 0 else int(rng.integers(20, 31))  # every sixth user has too few ratings
+        base = 874_000_000 + 400_000 * u + int(rng.integers(0, 3_000_000))
+        for k, i in enumerate(rng.choice(np.arange(1, n_items + 1), size=n, replace=False).tolist()):
+            ratings.append((u, int(i), int(rng.integers(1, 6)), base + 600 * (k // 2)))  # pairs share a timestamp
+    order = rng.permutation(len(ratings))  # the release is not sorted by user or time
+    ratings = [ratings[k] for k in order]
+    (directory / "u.data").write_text("".join(f"{u}\t{i}\t{r}\t{t}\n" for u, i, r, t in ratings), "ascii")
+    return ML100KFixture(directory, ratings, item_year, item_genres)
+
+
+#: The schema of the "Bring your own data" page's worked example: the page includes this file verbatim.
+ML100K_SCHEMA = (Path(__file__).resolve().parents[1] / "docs" / "examples" / "ml-100k" / "schema.toml").read_text("utf-8")
+
+
+@dataclass
+class YelpFixture:
+    """Files in the layout of the Yelp HIN release and the records they hold."""
+
+    directory: Path
+    ratings: list[tuple[int, int, int]]
+    categories: dict[int, list[int]]
+    city: dict[int, int]
+    compliments: dict[int, list[int]]
+    friends: dict[int, set[int]]
+
+
+def write_yelp(directory: Path, *, n_users: int = 40, n_items: int = 60, seed: int = 0) -> YelpFixture:
+    """``user_business.dat`` etc.: tab-separated, no header, LF, ``id, id, value`` rows, no time.
+
+    Some businesses have no category or no city, some users no compliment and no friend (as in
+    the release); friendships are written in both directions.
+    """
+    rng = np.random.default_rng(seed)
+    directory.mkdir(parents=True, exist_ok=True)
+    ratings = []
+    for u in range(1, n_users + 1):
+        n = 8 if u % 5 == 0 else int(rng.integers(20, 28))
+        for b in rng.choice(np.arange(1, n_items + 1), size=n, replace=False).tolist():
+            ratings.append((u, int(b), int(rng.integers(1, 6))))
+    ratings = [ratings[k] for k in rng.permutation(len(ratings))]
+    categories = {b: sorted(set(rng.choice(np.arange(1, 12), size=int(rng.integers(1, 4))).tolist()))
+                  for b in range(1, n_items + 1) if b % 9 != 0}
+    city = {b: int(rng.integers(1, 6)) for b in range(1, n_items + 1) if b != 4}
+    compliments = {u: sorted(set(rng.choice(np.arange(1, 12), size=int(rng.integers(1, 5))).tolist()))
+                   for u in range(1, n_users + 1) if u % 7 != 0}
+    friends: dict[int, set[int]] = {u: set() for u in range(1, n_users + 1)}
+    for u in range(1, n_users + 1):
+        for v in rng.choice(np.arange(1, n_users + 1), size=int(rng.integers(0, 8)), replace=False).tolist():
+            if v != u and u % 4 != 0 and v % 4 != 0:
+                friends[u].add(int(v))
+                friends[int(v)].add(u)
+
+    def write(name: str, rows: list[tuple[int, ...]]) -> None:
+        (directory / name).write_text("".join("\t".join(map(str, r)) + "\n" for r in rows), "ascii")
+
+    write("user_business.dat", ratings)
+    write("business_category.dat", [(b, c, 1) for b, cs in categories.items() for c in cs])
+    write("business_city.dat", [(b, c, 1) for b, c in city.items()])
+    write("user_compliment.dat", [(u, c, 1) for u, cs in compliments.items() for c in cs])
+    write("user_user.dat", [(u, v, 1) for u in friends for v in sorted(friends[u])])
+    (directory / "README").write_text("\n", "ascii")
+    return YelpFixture(directory, ratings, categories, city, compliments, friends)

@@ -221,3 +221,46 @@ def test_info_reports_checksum_canonical_and_drops():
     assert split.info["checksum"] == "sha256:abc" and split.info["canonical"] is False
     assert split.info["load_drops"] == {"ratings_duplicate": 2}
     assert split.test.info["canonical"] is False and split.train.info["checksum"] == "sha256:abc"
+
+
+# ------------------------------------------------------------------ data without time (issue 16)
+
+
+def test_random_rating_order_is_seeded_and_keeps_each_users_ratings():
+    data = regular_data()
+    a = build_split(data, ProtocolConfig(rating_order="random"), seed=0)
+    b = build_split(data, ProtocolConfig(rating_order="random"), seed=3)
+    c = build_split(data, ProtocolConfig(rating_order="random", order_seed=1), seed=0)
+    t = build_split(data, ProtocolConfig(rating_order="time"), seed=0)
+    pairs = lambda s: {(int(u), int(i)) for ts in (s.train, s.test) for u, row in zip(ts.user_index, ts.query_items)  # noqa: E731
+                       for i in row}
+    assert pairs(a) == pairs(b)  # the run seed does not change the order: only the train/test users
+    assert pairs(a) != pairs(c) and pairs(a) != pairs(t)
+    rated = set(zip(data.user.tolist(), data.item.tolist()))
+    assert pairs(a) <= rated
+    assert a.info["protocol"]["rating_order"] == "random" and a.info["protocol"]["order_seed"] == 0
+
+
+def test_random_user_state_rule_marks_the_stated_fraction_cold():
+    data = regular_data(n_users=50)
+    s = build_split(data, ProtocolConfig(user_state_rule="random", user_warm_fraction=0.8), seed=0)
+    assert (s.info["users_warm"], s.info["users_cold"]) == (40, 10) and s.info["user_cold_fraction"] == 0.2
+    again = build_split(data, ProtocolConfig(user_state_rule="random", user_warm_fraction=0.8), seed=5)
+    cold = lambda sp: {int(u) for ts in (sp.train, sp.test) for u, sc in zip(ts.user_index, ts.query_scenario)  # noqa: E731
+                       if int(sc[0]) >= 2}
+    assert cold(s) == cold(again)  # drawn from order_seed, not from the run seed
+
+
+def test_time_quantile_refuses_data_without_usable_time():
+    data = regular_data()
+    data.has_time = False
+    with pytest.raises(ProtocolError, match="'time_quantile' needs rating times, but the data has no time column"):
+        build_split(data, ProtocolConfig(user_state_rule="time_quantile"))
+    # with no rule given, data without time gets the random defaults, recorded with their origin
+    s = build_split(data, ProtocolConfig(), seed=0)
+    assert (s.info["protocol"]["user_state_rule"], s.info["protocol"]["rating_order"]) == ("random", "random")
+    assert s.info["protocol_defaults_from"]["rating_order"] == "generic default for data without a time column"
+    flat = regular_data()
+    flat.time[:] = 7.0
+    with pytest.raises(ProtocolError, match="the same time on every rating"):
+        build_split(flat, ProtocolConfig(user_state_rule="time_quantile"))

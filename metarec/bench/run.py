@@ -304,12 +304,27 @@ def changed_tensors(pristine: Any, given: Any) -> list[str]:
     return out
 
 
+def data_summary_line(info: dict[str, Any]) -> str:
+    """One console line: the data, what the protocol kept, and every record dropped (by reason)."""
+    drops = {k: v for k, v in (info.get("load_drops") or {}).items() if v}
+    short = info.get("users_dropped_too_few_ratings", 0)
+    per_user = (info.get("protocol") or {}).get("ratings_per_user")
+    parts = [f"data {info.get('dataset')}: {info.get('users_kept', 0):,} users kept"]
+    parts.append(f"{short:,} with fewer than {per_user} ratings set aside" if short else "none set aside")
+    dropped = ", ".join(f"{k} {v:,}" for k, v in drops.items())
+    parts.append(f"dropped while loading: {dropped}" if dropped else "nothing dropped while loading")
+    if info.get("canonical") is False:
+        parts.append("NON-CANONICAL files")
+    return "; ".join(parts)
+
+
 def dataset_info(split: Any) -> dict[str, Any]:
     """What results.json says about the data: name, checksum, canonical flag, drops, protocol."""
     info = dict(split.info)
     keep = (
         "title", "non_canonical_files", "data_notes", "notes", "file_status", "data_dir", "loader_options",
         "users_total", "users_kept", "items_in_trimmed_table", "split_time_utc", "paper_counts", "unverified",
+        "protocol_defaults_from", "time_source", "user_cold_fraction", "users_dropped_too_few_ratings",
     )
     return {
         "name": info.get("dataset"),

@@ -31,6 +31,7 @@ from metarec.bench.progress import BenchProgress
 from metarec.bench.results import RUN_FORMAT, RunDir, build_results, clean_json, write_json
 from metarec.bench.run import (  # noqa: F401  (re-exported: the public names of the harness)
     CheckpointCallback,
+    data_summary_line,
     PeakMemory,
     RunSpec,
     dataset_info,
@@ -193,6 +194,7 @@ def run_bench(
     # before the output folder is claimed.
     first_split = load_bench_split(cfg, cfg.seeds[0])
     data_info = dataset_info(first_split)
+    console.print(data_summary_line(first_split.info), soft_wrap=True, markup=False)
     for line in data_flags(data_info):
         console.print(line)
     rd = RunDir(out)

@@ -84,12 +84,36 @@ def _check_selected(selected: tuple[str, ...], given: dict[str, Any], resume: bo
         )
 
 
+def _check_dataset(cfg: Any, *, explicit: bool, err: Any) -> None:
+    """Wrong dataset invocations as errors that say what to type (before any work starts).
+
+    ``--dataset-config SCHEMA`` without ``-d`` means ``-d custom`` (said on the console);
+    ``-d custom`` needs ``--dataset-config``; a file name given as ``-d`` is pointed at ``-d custom``.
+    """
+    from metarec.config import ConfigError
+    from metarec.data.catalog import UnknownDatasetError, unknown_dataset_message
+    from metarec.data.load import CUSTOM_NEEDS_SCHEMA, available_datasets, is_schema_file
+
+    if cfg.dataset_config and not explicit and cfg.dataset != "custom":
+        if not Path(cfg.dataset_config).is_file():
+            raise ConfigError(f"--dataset-config: file not found: {cfg.dataset_config}")
+        if is_schema_file(cfg.dataset_config):
+            err.print(f"--dataset-config {cfg.dataset_config} is a dataset schema: benchmarking it as -d custom", soft_wrap=True)
+            cfg.dataset = "custom"
+    if cfg.dataset == "custom" and not cfg.dataset_config:
+        raise ConfigError(CUSTOM_NEEDS_SCHEMA)
+    if cfg.dataset not in available_datasets():
+        raise UnknownDatasetError(unknown_dataset_message(cfg.dataset))
+
+
 @click.command("bench")
 @click.option("--methods", "-m", help="Comma-separated learner names (see `metarec methods`). [default: global-mean,baseline-predictor]")
-@click.option("--dataset", "-d", help="ml-1m, book-crossing, synthetic, ... [default: ml-1m]")
+@click.option("--dataset", "-d", help="ml-1m, yelp, book-crossing, synthetic, or custom (your own data, with "
+              "--dataset-config SCHEMA.toml; see docs/custom-data.md). [default: ml-1m]")
 @click.option("--data-dir", type=click.Path(file_okay=False), help="Folder with the raw dataset files.")
 @click.option("--dataset-config", type=click.Path(dir_okay=False),
-              help="Loader TOML: a custom dataset's schema, or [loader] options of a built-in one.")
+              help="Loader TOML: a custom dataset's schema (implies -d custom when -d is not given), "
+                   "or [loader] options of a built-in one.")
 @click.option("--seeds", "-s", help="Run seeds: 0,1,2 or 0-4 (each decides the user split and the initialisation). [default: 0,1,2]")
 @click.option("--device", type=click.Choice(DEVICE_CHOICES), help="auto = CUDA when available. [default: auto]")
 @click.option("--out", "-o", type=click.Path(file_okay=False), help="Output folder. [default: runs/<timestamp>]")
@@ -169,6 +193,8 @@ def bench(
     from metarec.bench.report import rich_tables, table_console, views_from_paths
     from metarec.bench.runner import BenchError, default_out_dir, run_bench
     from metarec.config import ConfigError
+    from metarec.data.protocol import ProtocolError
+    from metarec.data.readers import DataFormatError
 
     console = table_console()
     err = Console(stderr=True, soft_wrap=True)  # one line per message, also in a log file
@@ -211,6 +237,7 @@ def bench(
         layers.append(set_layer)
         cfg = resolve_config(*layers)
         _check_selected(cfg.methods, {**set_layer["methods"], **preset_layer}, resume)
+        _check_dataset(cfg, explicit=any("dataset" in (layer.get("bench") or {}) for layer in layers), err=err)
         out_dir = Path(cfg.out) if cfg.out else default_out_dir()
         cfg.out = str(out_dir)
         results = run_bench(cfg, out=out_dir, resume=resume, drop_failed_runs=drop_failed, console=err,

@@ -74,7 +74,7 @@ def _protocol(overrides: tuple[str, ...], n_support: int | None) -> Any:
 
 
 @datasets.command("info")
-@click.argument("name")
+@click.argument("name", metavar="NAME")
 @click.option("--data-dir", type=click.Path(file_okay=False), default=None, help=DATA_DIR_HELP)
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
               help="custom: the dataset schema TOML; built-in: a TOML with a [loader] table of options.")
@@ -88,7 +88,8 @@ def _protocol(overrides: tuple[str, ...], n_support: int | None) -> Any:
 @click.pass_context
 def info(ctx: click.Context, name: str, data_dir: str | None, config_path: str | None, seed: int,
          n_support: int | None, overrides: tuple[str, ...], offline: bool, no_cache: bool, as_json: bool) -> None:
-    """Counts of the cold-start protocol on dataset NAME."""
+    """Counts of the cold-start protocol on dataset NAME: ml-1m, yelp, book-crossing, synthetic, or custom
+    (your own data: `metarec datasets info custom --config SCHEMA.toml`)."""
     from metarec.config import ConfigError
     from metarec.data import load_split
     from metarec.data.protocol import ProtocolError
@@ -100,10 +101,9 @@ def info(ctx: click.Context, name: str, data_dir: str | None, config_path: str |
         protocol = _protocol(overrides, n_support)
         split = load_split(name, data_dir=data_dir, protocol=protocol, seed=seed, offline=offline,
                            use_cache=not no_cache, config_path=config_path)
-    except (DataNotFoundError, DataFormatError, ConfigError, ProtocolError, UserError) as exc:
-        raise click.ClickException(one_line(exc)) from None
-    except (KeyError, ImportError) as exc:
-        raise click.ClickException(one_line(exc)) from None
+    except (DataNotFoundError, DataFormatError, ConfigError, ProtocolError, UserError, KeyError, ImportError) as exc:
+        msg = one_line(exc)
+        raise click.ClickException(msg.replace("use: -d custom --dataset-config", "use: metarec datasets info custom --config")) from None
     report = _report(split)
     if as_json:
         click.echo(json.dumps(report, indent=2, default=str))
@@ -139,8 +139,27 @@ def _print_report(r: dict[str, Any]) -> None:
     if r.get("unverified"):
         head.add_row("unverified", f"[yellow]{r['unverified']}[/]")
     for n, v in (r.get("non_canonical_files") or {}).items():
-        head.add_row("  differs", f"{n}: md5 {v['md5']} (official {v['official_md5']})")
+        head.add_row("  differs", f"{n}: {'' if ':' in v['md5'] else 'md5 '}{v['md5']} (official {v['official_md5']})")
     head.add_row("seed", str(r["seed"]))
+    proto = r.get("protocol") or {}
+    source = r.get("protocol_defaults_from") or {}
+
+    def from_(key: str) -> str:
+        return f" ({source[key]})" if source.get(key, "config") != "config" else ""
+
+    if proto:
+        order = proto.get("rating_order")
+        head.add_row("rating order", f"{order}" + (f", order_seed {proto.get('order_seed')}" if order == "random" else "")
+                     + from_("rating_order"))
+        rule = proto.get("user_state_rule")
+        detail = {"time_quantile": f"warm iff first rating before the {proto.get('user_time_quantile')} time quantile",
+                  "id_order": f"first {proto.get('user_warm_fraction')} of users by {proto.get('id_order_by')} order warm",
+                  "random": f"{proto.get('user_warm_fraction')} warm / {round(1 - proto.get('user_warm_fraction', 0.9), 6)} cold "
+                            f"at random, order_seed {proto.get('order_seed')}"}.get(rule, "")
+        head.add_row("user state", f"{rule}: {detail}{from_('user_state_rule')}")
+        head.add_row("item state", f"warm iff more than {proto.get('item_cold_max_ratings')} ratings in the trimmed table"
+                     + from_("item_cold_max_ratings"))
+        head.add_row("time", str(r.get("time_source", "")))
     cache = r.get("cache", {})
     head.add_row("cache", ("hit" if cache.get("hit") else "built") + f" in {r.get('load_seconds', '?')} s")
     console.print(head)

@@ -39,6 +39,9 @@ class InteractionData:
     drops: dict[str, int] = field(default_factory=dict)
     protocol_defaults: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    #: Whether ``time`` holds real rating times; ``False`` when it is only the file position (no
+    #: time column), which the ``time_quantile`` user-state rule refuses.
+    has_time: bool = True
     #: Anything else a loader knows (the synthetic generator puts its planted truth here).
     extras: dict[str, Any] = field(default_factory=dict)
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from metarec.config import ConfigError
 from metarec.data.custom import combined_checksum, file_digest
 
 ENV_DATA_DIR = "METAREC_DATA_DIR"
@@ -34,6 +35,13 @@ class DataFile:
     md5: str | None
     #: Which release the file belongs to (for messages).
     origin: str = ""
+    #: sha256 of the file, for releases identified by sha256 rather than md5 (checked instead of md5).
+    sha256: str | None = None
+
+    @property
+    def digest(self) -> tuple[str, str | None]:
+        """``(algorithm, official digest)``: sha256 when known, else md5."""
+        return ("sha256", self.sha256) if self.sha256 else ("md5", self.md5)
 
 
 @dataclass(frozen=True)
@@ -144,8 +152,32 @@ BOOK_CROSSING = DatasetEntry(
     paper_counts={"users_kept": 4323, "items_warm": 628},
 )
 
+_HIN_RAW = "https://raw.githubusercontent.com/librahu/HIN-Datasets-for-Recommendation-and-Network-Embedding/cc05c484b628b08237f0a876fcebf99d736ccbea/Yelp"
+_YELP_SHA256 = {
+    "user_business.dat": "d57853e95c3f49f0060f31ee9365ab3fffe1010999c76863c3cd9628b91e994d",
+    "business_category.dat": "d3c1499e406c0a842b3c08c478ffe7bf26a8758b630e0b056d0f4bcf18c01a5b",
+    "business_city.dat": "09c009dfa16709aff52de4831b9cb30f45a16dcfce1db06858d54af6ef5f7d1e",
+    "user_compliment.dat": "e7f5c15155bf0843e3bdf9fb4743bb3ebf76826b4108e9e194fd637e0bb05ed6",
+    "user_user.dat": "d360f88f66b7ba9a1fd460b8c414dba1bec6489773283083a614a77925bcaaed",
+}
+
+YELP = DatasetEntry(
+    name="yelp",
+    title="Yelp (HIN release used by MetaHIN, KDD 2020): business category/city, user compliments and friends",
+    folder="yelp",
+    # sha256 of the files of librahu/HIN-Datasets-for-Recommendation-and-Network-Embedding @ cc05c48 (Yelp/);
+    # no md5 is published for this release.
+    files=tuple(DataFile(n, None, "HIN-Datasets Yelp/", sha256=h) for n, h in _YELP_SHA256.items()),
+    resources=tuple(Resource(f"{_HIN_RAW}/{n}", None, kind="file", filename=n,
+                             note="verified by sha256 after download") for n in _YELP_SHA256),
+    loader="metarec.data.yelp:load_yelp",
+    options="metarec.data.yelp:YelpOptions",
+    version=1,
+    homepage="https://github.com/librahu/HIN-Datasets-for-Recommendation-and-Network-Embedding",
+)
+
 #: Built-in datasets backed by files. ``synthetic`` and ``custom`` are handled by :mod:`metarec.data.load`.
-CATALOG: dict[str, DatasetEntry] = {e.name: e for e in (ML_1M, BOOK_CROSSING)}
+CATALOG: dict[str, DatasetEntry] = {e.name: e for e in (ML_1M, BOOK_CROSSING, YELP)}
 VIRTUAL_DATASETS = ("synthetic", "custom")
 
 
@@ -168,7 +200,20 @@ class UnknownDatasetError(UserError, KeyError):
     """No dataset of that name; the message lists the known ones (and the closest match)."""
 
     def __str__(self) -> str:  # KeyError would quote the message
-        return str(self.args[0])
+        return str(self.args[0]) if self.args else ""
+
+
+def unknown_dataset_message(name: str, config_flag: str = "--dataset-config") -> str:
+    """What to type instead of an unknown dataset name (a schema file given as the name, for example)."""
+    import difflib
+
+    names = [*CATALOG, *VIRTUAL_DATASETS]
+    hint = difflib.get_close_matches(str(name), names, n=1, cutoff=0.5)
+    did = f" (did you mean {hint[0]!r}?)" if hint else ""
+    msg = f"unknown dataset {name!r}{did}; known: {', '.join(names)}"
+    if str(name).lower().endswith(".toml") or Path(str(name)).is_file():
+        msg += f". To load your own data described by {name}, use: -d custom {config_flag} {name}"
+    return msg
 
 
 def get_entry(name: str) -> DatasetEntry:
@@ -176,12 +221,7 @@ def get_entry(name: str) -> DatasetEntry:
     try:
         return CATALOG[name]
     except KeyError:
-        import difflib
-
-        names = [*CATALOG, *VIRTUAL_DATASETS]
-        hint = difflib.get_close_matches(name, names, n=1, cutoff=0.5)
-        did = f" (did you mean {hint[0]!r}?)" if hint else ""
-        raise UnknownDatasetError(f"unknown dataset {name!r}{did}; known: {', '.join(names)}") from None
+        raise UnknownDatasetError(unknown_dataset_message(name)) from None
 
 
 # ------------------------------------------------------------------------------ directories
@@ -218,6 +258,7 @@ class Verification:
 
     directory: Path
     status: dict[str, str]  # name -> verified | non-canonical | unverified | missing
+    #: Digest per file: md5 hex, or ``"sha256:<hex>"`` for files the catalog knows by sha256.
     md5: dict[str, str]
     expected: dict[str, str | None]
 
@@ -264,15 +305,17 @@ def verify(entry: DatasetEntry, directory: str | Path) -> Verification:
     status, md5, expected = {}, {}, {}
     for f in entry.files:
         p = directory / f.name
-        expected[f.name] = f.md5
+        algorithm, official = f.digest
+        prefix = "" if algorithm == "md5" else f"{algorithm}:"
+        expected[f.name] = None if official is None else prefix + official
         if not p.is_file():
             status[f.name] = "missing"
             continue
-        md5[f.name] = file_digest(p, "md5")
-        if f.md5 is None:
+        md5[f.name] = prefix + file_digest(p, algorithm)
+        if official is None:
             status[f.name] = "unverified"
         else:
-            status[f.name] = "verified" if md5[f.name] == f.md5 else "non-canonical"
+            status[f.name] = "verified" if md5[f.name] == expected[f.name] else "non-canonical"
     return Verification(directory, status, md5, expected)
 
 
@@ -289,11 +332,13 @@ def missing_files_message(entry: DatasetEntry, ver: Verification) -> str:
 __all__ = [
     "BOOK_CROSSING",
     "CATALOG",
+    "YELP",
     "DataFile",
     "DatasetEntry",
     "ENV_DATA_DIR",
     "ML_1M",
     "Resource",
+    "UnknownDatasetError",
     "Verification",
     "dataset_dir",
     "get_entry",

@@ -47,7 +47,7 @@ import hashlib
 import html
 import re
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal, Mapping
 
@@ -61,10 +61,13 @@ from metarec.schema import Feature, FeatureSchema
 from metarec.tasks import FeatureTable
 
 #: Bumped whenever assembling the same files could give different tasks (part of cache keys).
-ASSEMBLY_VERSION = 1
+ASSEMBLY_VERSION = 2
 
 MISSING_CATEGORY = "<missing>"
 UNKNOWN_CATEGORY = "<unknown>"
+#: The one feature of a side declared without features: every row has the same value, so a
+#: method's embedding of it is a learned default vector (or bias) shared by all users/items.
+CONSTANT_FEATURE = "_constant"
 _ANNOTATION = re.compile(r"\s*\([^)]*\)")
 
 
@@ -110,10 +113,28 @@ class FeatureSpec(ValidatedConfig):
     strip_annotations: bool = False
     html_unescape: bool = False
     lowercase: bool = False
+    #: The value a missing entry becomes under ``on_missing = "category"``.
+    missing_category: str = MISSING_CATEGORY
+    #: Multi-valued from 0/1 flag columns: the columns (of the table) whose value ``1`` means
+    #: "has this value"; the values are the column names, or ``flag_labels`` when given.
+    flags: tuple[str, ...] | None = None
+    flag_labels: tuple[str, ...] | None = None
+    #: A relational file with one ``(id, value)`` row per value (many public releases): the
+    #: values of this feature come from ``file``'s ``column``, joined on its ``id`` column.
+    file: "FileSpec | None" = None
+    #: Derive the value: ``year`` (of a date; ``date_format`` is a ``strptime`` format such as
+    #: ``"%d-%b-%Y"``, without it ISO dates), or ``count`` (number of rows of this id in ``file``
+    #: or number of values of ``column``; a number, bucketed by ``bins`` unless kind is numeric).
+    derive: Literal["year", "count"] | None = None
+    date_format: str | None = None
+    #: Bucket a number into a categorical value: ascending edges ``[e1, e2, ...]`` make the
+    #: values ``<e1``, ``[e1,e2)``, ..., ``>=ek``.
+    bins: tuple[float, ...] | None = None
 
     rules = (
-        Rule("a separator for a multi_categorical feature",
-             lambda c: c.kind != "multi_categorical" or bool(c.separator), ("name", "kind", "separator")),
+        Rule("a separator for a multi_categorical feature (or flags = [...] columns, or a relational file)",
+             lambda c: (c.kind != "multi_categorical" or bool(c.separator) or c.flags is not None
+                        or (c.file is not None and c.derive is None)), ("name", "kind", "separator")),
         Rule("on_missing to be one of " + "; ".join(f"{k}: {', '.join(v)}" for k, v in _ON_MISSING.items()),
              lambda c: c.on_missing in _ON_MISSING[c.kind], ("name", "kind", "on_missing")),
         Rule("vocabulary or vocabulary_file, not both",
@@ -121,6 +142,30 @@ class FeatureSpec(ValidatedConfig):
     )
 
     def __post_init__(self) -> None:
+        implicit = self.flags is not None or (self.file is not None and self.derive is None)
+        if self.kind == "multi_categorical" and not self.separator and not implicit:
+            raise ValueError(
+                f"multi_categorical feature {self.name!r} needs a separator (or flags = [...] columns, or a relational file)"
+            )
+        if self.flags is not None:
+            if self.kind != "multi_categorical" or not self.flags:
+                raise ValueError(f"feature {self.name!r}: flags need kind = \"multi_categorical\" and at least one column")
+            if self.flag_labels is not None and len(self.flag_labels) != len(self.flags):
+                raise ValueError(f"feature {self.name!r}: flag_labels has {len(self.flag_labels)} labels for {len(self.flags)} flags")
+            object.__setattr__(self, "flags", tuple(self.flags))
+        if self.bins is not None:
+            b = [float(x) for x in self.bins]
+            if not b or any(x >= y for x, y in zip(b, b[1:])):
+                raise ValueError(f"feature {self.name!r}: bins must be a non-empty ascending list of numbers, got {list(self.bins)}")
+            if self.kind != "categorical":
+                raise ValueError(f"feature {self.name!r}: bins make a categorical feature; set kind = \"categorical\"")
+            object.__setattr__(self, "bins", tuple(b))
+        if self.derive == "count" and self.kind == "multi_categorical":
+            raise ValueError(f"feature {self.name!r}: derive = \"count\" gives a number; use kind numeric or categorical with bins")
+        if self.date_format is not None and self.derive != "year":
+            raise ValueError(f"feature {self.name!r}: date_format is used with derive = \"year\" only")
+        object.__setattr__(self, "missing_values", tuple(self.missing_values))
+        object.__setattr__(self, "value_map", dict(self.value_map))
         # TOML may give numbers as vocabulary values and a list of missing values: normalise first.
         if self.vocabulary is not None and not isinstance(self.vocabulary, str):
             object.__setattr__(self, "vocabulary", tuple(str(v) for v in self.vocabulary))
@@ -135,20 +180,43 @@ class FeatureSpec(ValidatedConfig):
 
 
 @dataclass(frozen=True)
+class FileSpec(ValidatedConfig):
+    """A relational feature file: one row per (id, value); ``id`` and ``column`` name its columns."""
+
+    path: str
+    id: str = "id"
+    column: str = "value"
+    format: Literal["csv", "tsv", "dat", "parquet"] | None = None
+    delimiter: str | None = None
+    encoding: str = "utf-8"
+    header: bool = True
+    names: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True)
 class TableSpec(ValidatedConfig):
     """A user or item table: where it is, its id column, its features."""
 
-    id: str
-    features: tuple[FeatureSpec, ...]
+    id: str = "id"
+    #: May be empty: the side then gets the constant feature :data:`CONSTANT_FEATURE` (see
+    #: :func:`assemble`), which every method embeds as one learned default vector/bias.
+    features: tuple[FeatureSpec, ...] = ()
+    #: ``None``: no table, the ids are those of the ratings file (no features).
     path: str | None = None
-    format: Literal["csv", "tsv", "parquet"] | None = None
-    delimiter: str = ","
+    format: Literal["csv", "tsv", "dat", "parquet"] | None = None
+    #: ``None``: ``,`` for csv, tab for tsv; ``dat`` needs one (any length, e.g. ``::``).
+    delimiter: str | None = None
     encoding: str = "utf-8"
+    #: ``False``: the first line is data; name the columns with ``names`` (else "0", "1", ...).
+    header: bool = True
+    names: tuple[str, ...] | None = None
     #: Keep only the rows that have ratings (after cleaning), so vocabularies built from the
     #: data hold no never-rated values. Rows are never reordered.
     prune_unrated: bool = True
 
-    rules = (Rule("at least one feature (learners need one)", lambda c: len(c.features) > 0, ("id",)),)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "features", tuple(self.features))
+        super().__post_init__()
 
 
 @dataclass(frozen=True)
@@ -160,10 +228,14 @@ class RatingsSpec(ValidatedConfig):
     rating: str = "rating"
     #: Time column (numbers, or ISO-8601 date/times); ``None``: the file order is the time.
     time: str | None = None
+    #: ``strptime`` format of a time column written as text (e.g. ``"%d-%b-%Y %H:%M"``).
+    time_format: str | None = None
     path: str | None = None
-    format: Literal["csv", "tsv", "parquet"] | None = None
-    delimiter: str = ","
+    format: Literal["csv", "tsv", "dat", "parquet"] | None = None
+    delimiter: str | None = None
     encoding: str = "utf-8"
+    header: bool = True
+    names: tuple[str, ...] | None = None
     #: Repeated (user, item) pairs: ``error`` (naming both lines), or keep the ``first``/``last``
     #: by (time, file position), counting the others as dropped.
     duplicates: Literal["error", "first", "last"] = "error"
@@ -207,24 +279,44 @@ def load_schema_file(path: str | Path) -> DatasetSpec:
     unknown = sorted(set(raw) - known)
     if unknown:
         raise ConfigError(f"{where}: unknown top-level key(s) {', '.join(unknown)}; valid: {', '.join(sorted(known))}")
-    for section in ("ratings", "users", "items"):
-        if not isinstance(raw.get(section), dict):
-            raise ConfigError(f"{where}: missing [{section}] table")
-        if "path" not in raw[section]:
-            raise ConfigError(f"{where}: [{section}] needs a path")
+    if not isinstance(raw.get("ratings"), dict):
+        raise ConfigError(f"{where}: missing [ratings] table")
+    if "path" not in raw["ratings"]:
+        raise ConfigError(f"{where}: [ratings] needs a path")
     ratings = build_config(RatingsSpec, raw["ratings"], where=f"{where} [ratings]")
+    _check_names(ratings, f"{where} [ratings]")
     tables = {}
     for side in ("users", "items"):
-        sec = dict(raw[side])
-        feats = sec.pop("features", None)
-        if not isinstance(feats, list) or not feats:
-            raise ConfigError(f"{where}: [{side}] needs a non-empty features list")
+        sec = raw.get(side)
+        if sec is None:  # no table: ids from the ratings file, no features
+            tables[side] = TableSpec(id="id", features=(), path=None)
+            continue
+        if not isinstance(sec, dict):
+            raise ConfigError(f"{where}: [{side}] must be a table")
+        sec = dict(sec)
+        feats = sec.pop("features", [])
+        if not isinstance(feats, list):
+            raise ConfigError(f"{where}: [{side}] features must be a list of tables")
+        if "path" not in sec and feats and any(not (isinstance(f, dict) and "file" in f) for f in feats):
+            raise ConfigError(f"{where}: [{side}] needs a path (features read from its columns); only relational "
+                              "features (file = {{...}}) work without one")
         specs = []
         for k, f in enumerate(feats):
+            fwhere = f"{where} {side}.features[{k}] ({f.get('name') if isinstance(f, dict) else f})"
             if not isinstance(f, dict) or "name" not in f or "kind" not in f:
                 raise ConfigError(f"{where}: {side}.features[{k}] needs at least name and kind")
-            specs.append(build_config(FeatureSpec, f, where=f"{where} {side}.features[{k}] ({f.get('name')})"))
+            f = dict(f)
+            if "file" in f:
+                if not isinstance(f["file"], dict) or "path" not in f["file"]:
+                    raise ConfigError(f"{fwhere}: file must be a table with at least a path, e.g. "
+                                      "file = {{ path = \"x.dat\", header = false, names = [\"id\", \"value\"] }}")
+                f["file"] = build_config(FileSpec, f["file"], where=f"{fwhere} file")
+                _check_names(f["file"], f"{fwhere} file")
+            specs.append(build_config(FeatureSpec, f, where=fwhere))
+        if "path" not in sec and "id" not in sec:
+            sec["id"] = "id"
         tables[side] = build_config(TableSpec, {**sec, "features": tuple(specs)}, where=f"{where} [{side}]")
+        _check_names(tables[side], f"{where} [{side}]")
     protocol = raw.get("protocol", {})
     if not isinstance(protocol, dict):
         raise ConfigError(f"{where}: [protocol] must be a table")
@@ -255,11 +347,35 @@ def _check_protocol_keys(protocol: Mapping[str, Any], where: str) -> None:
             "(give the other protocol settings when you run, e.g. `metarec bench --protocol ...`)"
         )
     rule = protocol.get("user_state_rule")
-    if rule is not None and rule not in ("time_quantile", "id_order"):
-        raise ConfigError(f"{where} [protocol]: user_state_rule must be time_quantile or id_order, got {rule!r}")
+    if rule is not None and rule not in ("time_quantile", "id_order", "random"):
+        raise ConfigError(f"{where} [protocol]: user_state_rule must be time_quantile, id_order or random, got {rule!r}")
+    order = protocol.get("rating_order")
+    if order is not None and order not in ("time", "random"):
+        raise ConfigError(f"{where} [protocol]: rating_order must be time or random, got {order!r}")
     cold = protocol.get("item_cold_max_ratings")
     if cold is not None and (not isinstance(cold, int) or isinstance(cold, bool) or cold < 0):
         raise ConfigError(f"{where} [protocol]: item_cold_max_ratings must be a non-negative integer, got {cold!r}")
+
+
+def _check_names(spec: Any, where: str) -> None:
+    """``names`` is for headerless files; their column references must be among them."""
+    names = getattr(spec, "names", None)
+    if names is None:
+        return
+    if getattr(spec, "format", None) == "parquet":
+        raise ConfigError(f"{where}: names apply to text files, not parquet")
+    if len(set(names)) != len(names):
+        raise ConfigError(f"{where}: names lists a column twice: {list(names)}")
+    if isinstance(spec, RatingsSpec):
+        refs = [("user", spec.user), ("item", spec.item), ("rating", spec.rating), ("time", spec.time)]
+    elif isinstance(spec, FileSpec):
+        refs = [("id", spec.id), ("column", spec.column)]
+    else:
+        refs = [("id", spec.id)] + [(f"features {f.name!r}", c) for f in spec.features if f.file is None
+                                    for c in (f.flags or (f.source,))]
+    for key, col in refs:
+        if col is not None and col not in names:
+            raise ConfigError(f"{where}: {key} column {col!r} is not in names {list(names)}")
 
 
 def file_digest(path: str | Path, algorithm: str = "md5") -> str:
@@ -279,15 +395,18 @@ def combined_checksum(digests: Mapping[str, str]) -> str:
 
 def spec_files(spec: DatasetSpec) -> dict[str, Path]:
     """The data files a custom spec reads (ratings, users, items, vocabulary files)."""
-    out = {}
-    for key, p in (("ratings", spec.ratings.path), ("users", spec.users.path), ("items", spec.items.path)):
-        if p is None:
-            raise ConfigError(f"dataset {spec.name!r}: {key} has no path")
-        out[key] = spec.resolve(p)
+    if spec.ratings.path is None:
+        raise ConfigError(f"dataset {spec.name!r}: ratings has no path")
+    out = {"ratings": spec.resolve(spec.ratings.path)}
+    for key, p in (("users", spec.users.path), ("items", spec.items.path)):
+        if p is not None:
+            out[key] = spec.resolve(p)
     for side, table in (("users", spec.users), ("items", spec.items)):
         for f in table.features:
             if f.vocabulary_file:
                 out[f"{side}.{f.name}.vocabulary"] = spec.resolve(f.vocabulary_file)
+            if f.file is not None:
+                out[f"{side}.{f.name}.file"] = spec.resolve(f.file.path)
     return out
 
 
@@ -298,13 +417,9 @@ def load_custom(config_path: str | Path) -> InteractionData:
     for key, p in files.items():
         if not p.exists():
             raise DataFormatError(config_path, f"{key} file not found: {p}")
-    r, u, i = spec.ratings, spec.users, spec.items
-    rating_cols = [r.user, r.item, r.rating] + ([r.time] if r.time else [])
-    ratings = read_table(files["ratings"], format=r.format, delimiter=r.delimiter, encoding=r.encoding, columns=rating_cols)
-    users = read_table(files["users"], format=u.format, delimiter=u.delimiter, encoding=u.encoding, columns=_table_columns(u))
-    items = read_table(files["items"], format=i.format, delimiter=i.delimiter, encoding=i.encoding, columns=_table_columns(i))
     digests = {key: file_digest(p, "sha256") for key, p in files.items()}
     digests["schema"] = file_digest(config_path, "sha256")
+    ratings, users, items = read_spec_tables(spec, files)
     return assemble(
         spec,
         ratings,
@@ -317,12 +432,148 @@ def load_custom(config_path: str | Path) -> InteractionData:
     )
 
 
+def read_spec_tables(spec: DatasetSpec, files: Mapping[str, Path] | None = None) -> tuple[RawTable, RawTable, RawTable]:
+    """Read the ratings file and the user/item tables a spec names, with relational and flag features joined in.
+
+    A side without a table gets one made of the ratings file's ids (in order of first
+    appearance); every feature ends up as one column of its table (see :func:`_derive_columns`).
+    """
+    files = dict(files or spec_files(spec))
+    r = spec.ratings
+    rating_cols = [r.user, r.item, r.rating] + ([r.time] if r.time else [])
+    ratings = read_table(files["ratings"], format=r.format, delimiter=r.delimiter, encoding=r.encoding,
+                         columns=rating_cols, header=r.header, names=r.names)
+    if len(ratings) == 0:
+        raise DataFormatError(files["ratings"], "the ratings file has no data rows"
+                              + (" (only a header line)" if r.header else "") + "; nothing to load")
+    tables = []
+    for side, tspec, id_col in (("users", spec.users, r.user), ("items", spec.items, r.item)):
+        if tspec.path is None:
+            ids = ratings.column(id_col)
+            _, first = np.unique(_normalise_ids(ids).astype(str), return_index=True)
+            first = np.sort(first)
+            table = RawTable(ratings.path, {tspec.id: ids[first]}, ratings.lines[first])
+        else:
+            table = read_table(files[side], format=tspec.format, delimiter=tspec.delimiter, encoding=tspec.encoding,
+                               columns=_table_columns(tspec), header=tspec.header, names=tspec.names)
+            if len(table) == 0:
+                raise DataFormatError(files[side], f"the {side} file has no data rows"
+                                      + (" (only a header line)" if tspec.header else "")
+                                      + f"; give its rows or remove [{side}] to take the ids from the ratings file")
+        tables.append(_derive_columns(spec, tspec, table, side))
+    return ratings, tables[0], tables[1]
+
+
 def _table_columns(table: TableSpec) -> list[str]:
     cols = [table.id]
     for f in table.features:
-        if f.source not in cols:
-            cols.append(f.source)
+        if f.file is not None:
+            continue
+        for c in f.flags or (f.source,):
+            if c not in cols:
+                cols.append(c)
     return cols
+
+
+#: Joins the values of a multi-valued feature built by :func:`_derive_columns` (never in real text).
+_JOIN = "\x1f"
+
+
+def derived_source(f: FeatureSpec) -> str:
+    """The table column that holds feature ``f`` after :func:`_derive_columns`."""
+    return f"\x00{f.name}" if (f.flags or f.file is not None or f.derive or f.bins) else f.source
+
+
+def _derive_columns(spec: DatasetSpec, tspec: TableSpec, table: RawTable, side: str) -> RawTable:
+    """Add one column per feature that is not a plain column: flags, relational files, year, count, bins."""
+    ids = _normalise_ids(table.column(tspec.id))
+    for f in tspec.features:
+        if derived_source(f) == f.source:
+            continue
+        if f.flags is not None:
+            labels = f.flag_labels or f.flags
+            flag_cols = []
+            for c in f.flags:
+                col = table.column(c)
+                flags = np.array([str(v).strip() for v in col], dtype=object)
+                bad = ~np.isin(flags, ["0", "1"])
+                if bad.any():
+                    k = int(np.flatnonzero(bad)[0])
+                    raise table.error(k, f"{side} feature {f.name!r}: flag column {c!r} holds {show(col[k])}, expected 0 or 1")
+                flag_cols.append(flags == "1")
+            on = np.stack(flag_cols, axis=1) if flag_cols else np.zeros((len(table), 0), bool)
+            values = np.array([_JOIN.join(lab for lab, x in zip(labels, row) if x) for row in on], dtype=object)
+        elif f.file is not None:
+            fs = f.file
+            path = spec.resolve(fs.path)
+            rel = read_table(path, format=fs.format, delimiter=fs.delimiter, encoding=fs.encoding,
+                             columns=[fs.id, fs.column], header=fs.header, names=fs.names)
+            rel_ids = rel.column(fs.id)
+            rows = _lookup(rel_ids, ids)
+            per: dict[int, list[str]] = {}
+            for k, (row, v) in enumerate(zip(rows, rel.column(fs.column))):
+                if row >= 0:
+                    per.setdefault(int(row), []).append(str(v).strip())
+            n_orphan = int((rows < 0).sum())
+            if n_orphan:
+                table.notes.append(f"{path}: {n_orphan} row(s) of ids absent from the {side} table ignored (feature {f.name!r})")
+            if f.derive == "count":
+                values = np.array([str(len(set(per.get(k, ())))) for k in range(len(table))], dtype=object)
+            elif f.kind != "multi_categorical":
+                many = next((k for k, v in per.items() if len(set(v)) > 1), None)
+                if many is not None:
+                    raise DataFormatError(path, f"{side} {show(ids[many])} has {len(set(per[many]))} values of the {f.kind} "
+                                                f"feature {f.name!r}; declare it multi_categorical")
+                values = np.array([per[k][0] if k in per else "" for k in range(len(table))], dtype=object)
+            else:
+                values = np.array([_JOIN.join(per.get(k, ())) for k in range(len(table))], dtype=object)
+        else:
+            col = table.column(f.source)
+            if f.derive == "year":
+                values = np.array([_year(table, k, v, f) for k, v in enumerate(col)], dtype=object)
+            elif f.derive == "count":
+                if not f.separator:
+                    raise DataFormatError(table.path, f"{side} feature {f.name!r}: derive = \"count\" on a column needs a separator")
+                values = np.array([str(len({p.strip() for p in str(v).split(f.separator) if p.strip()})) for v in col], dtype=object)
+            else:
+                values = np.asarray(col, dtype=object)
+        if f.bins is not None:
+            values = np.array([_bucket(table, k, v, f, side) for k, v in enumerate(values)], dtype=object)
+        table.columns[derived_source(f)] = values
+    return table
+
+
+def _year(table: RawTable, k: int, value: Any, f: FeatureSpec) -> str:
+    import datetime as _dt
+
+    v = "" if value is None else str(value).strip()
+    if v in f.missing_values:
+        return ""
+    try:
+        if f.date_format:
+            return str(_dt.datetime.strptime(v, f.date_format).year)
+        return str(_dt.date.fromisoformat(v[:10]).year)
+    except ValueError:
+        want = f"the format {f.date_format!r}" if f.date_format else "an ISO date (or set date_format)"
+        raise table.error(k, f"feature {f.name!r}: {v!r} is not a date in {want}") from None
+
+
+def _bucket(table: RawTable, k: int, value: Any, f: FeatureSpec, side: str) -> str:
+    v = "" if value is None else str(value).strip()
+    if v in f.missing_values:
+        return ""
+    try:
+        x = float(v)
+    except ValueError:
+        raise table.error(k, f"{side} feature {f.name!r}: {v!r} is not a number to bucket by bins") from None
+    edges = f.bins or ()
+    fmt = lambda e: f"{e:g}"  # noqa: E731
+    if x < edges[0]:
+        return f"<{fmt(edges[0])}"
+    for a, b in zip(edges, edges[1:]):
+        if a <= x < b:
+            return f"[{fmt(a)},{fmt(b)})"
+    return f">={fmt(edges[-1])}"
 
 
 # ------------------------------------------------------------------------------- assembling
@@ -359,6 +610,14 @@ def assemble(
     if len(order) != n_raw:
         raise ValueError(f"order has {len(order)} values for {n_raw} ratings")
 
+    if n_raw == 0:
+        raise DataFormatError(ratings.path, "the ratings file has no data rows; nothing to load")
+    for table, tspec, side in ((users, spec.users, "users"), (items, spec.items, "items")):
+        if len(table) == 0:
+            raise DataFormatError(table.id_path or table.path, f"the {side} table has no data rows (a header only?); "
+                                  f"every rating would lose its {side[:-1]}")
+        if any(derived_source(f) not in table.columns for f in tspec.features):
+            _derive_columns(spec, tspec, table, side)
     u_prep = _prepare_table(spec, spec.users, users, "user", counts)
     i_prep = _prepare_table(spec, spec.items, items, "item", counts)
 
@@ -399,8 +658,9 @@ def assemble(
         keep &= ~bad
 
     # --- time
+    has_time = time is not None or rs.time is not None
     if time is None:
-        time = _parse_time(ratings, rs.time) if rs.time else order.astype(np.float64)
+        time = _parse_time(ratings, rs.time, rs.time_format) if rs.time else order.astype(np.float64)
     time = np.asarray(time, dtype=np.float64)
 
     # --- duplicates among the kept ratings
@@ -428,6 +688,9 @@ def assemble(
             counts["ratings_duplicate"] += int((~chosen).sum())
             keep[kept[by[~chosen]]] = False
     kept = np.flatnonzero(keep)
+    if len(kept) == 0:
+        why = ", ".join(f"{k}: {v}" for k, v in counts.items() if v) or "no reason counted"
+        raise DataFormatError(ratings.path, f"all {n_raw} ratings were dropped while cleaning ({why}); check the declared policies")
 
     # --- prune tables to the rated rows, then encode
     u_final = u_prep.keep.copy()
@@ -462,6 +725,7 @@ def assemble(
         source_files=dict(source_files or {}),
         drops=counts_out,
         protocol_defaults=dict(spec.protocol),
+        has_time=has_time,
         notes=list(notes or []) + [n for t in (ratings, users, items) for n in t.notes],
         extras=dict(extras or {}),
     )
@@ -489,7 +753,7 @@ def _prepare_table(spec: DatasetSpec, tspec: TableSpec, table: RawTable, side: s
         raise table.error(int(rows[1]), f"{side} id {show(ids[rows[1]])} appears more than once (first at {table.unit} {int(table.lines[rows[0]])})")
     keep = np.ones(len(table), dtype=bool)
     values: dict[str, Any] = {}
-    for f in tspec.features:
+    for f in map(_effective, tspec.features):
         col = table.column(f.source)
         vocab = _fixed_vocabulary(spec, f)
         if f.kind == "numeric":
@@ -526,6 +790,16 @@ def _prepare_table(spec: DatasetSpec, tspec: TableSpec, table: RawTable, side: s
                 counts[f"{side}s_missing_{f.name}"] += int((missing & keep).sum())
                 keep &= ~missing
     return _Prepared(table.id_path or table.path, ids_norm, keep, values, table)
+
+
+def _effective(f: FeatureSpec) -> FeatureSpec:
+    """``f`` reading its derived column (flags, relational file, year, count, bins), if it has one."""
+    src = derived_source(f)
+    if src == f.source:
+        return f
+    multi = f.kind == "multi_categorical"
+    return replace(f, column=src, separator=_JOIN if multi else None, flags=None, file=None, derive=None,
+                   date_format=None, bins=None, kind="categorical" if f.bins is not None else f.kind)
 
 
 def _normalise_ids(ids: np.ndarray) -> np.ndarray:
@@ -636,9 +910,20 @@ def _numeric_column(table: RawTable, f: FeatureSpec) -> np.ndarray:
     return out
 
 
-def _parse_time(table: RawTable, name: str) -> np.ndarray:
-    """Numbers as they are; ISO-8601 strings as seconds since the epoch (UTC)."""
+def _parse_time(table: RawTable, name: str, time_format: str | None = None) -> np.ndarray:
+    """Numbers as they are; ISO-8601 strings (or ``time_format``, a ``strptime`` format) as seconds since the epoch (UTC)."""
     col = table.column(name)
+    if time_format is not None and col.dtype == object:
+        import datetime as _dt
+
+        out = np.empty(len(col), dtype=np.float64)
+        for k, v in enumerate(col):
+            try:
+                t = _dt.datetime.strptime(str(v).strip(), time_format)
+            except ValueError:
+                raise table.error(k, f"time column {name!r}: {v!r} does not match time_format {time_format!r}") from None
+            out[k] = t.replace(tzinfo=t.tzinfo or _dt.timezone.utc).timestamp()
+        return out
     if col.dtype != object:
         return col.astype(np.float64)
     try:
@@ -668,7 +953,10 @@ def _encode_table(
     new_index[rows] = np.arange(len(rows))
     features: list[Feature] = []
     columns: dict[str, torch.Tensor] = {}
-    for f in tspec.features:
+    if not tspec.features:
+        features.append(Feature(CONSTANT_FEATURE, "categorical", ("all",)))
+        columns[CONSTANT_FEATURE] = torch.zeros(len(rows), dtype=torch.long)
+    for f in map(_effective, tspec.features):
         vals = prep.values[f.name][rows]
         if f.kind == "numeric":
             x = vals.astype(np.float64)
@@ -699,10 +987,10 @@ def _encode_table(
             if v is None or v in missing_set:
                 if f.on_missing != "category":
                     return -1
-                if MISSING_CATEGORY not in index:
-                    index[MISSING_CATEGORY] = len(vocab)
-                    vocab.append(MISSING_CATEGORY)
-                return index[MISSING_CATEGORY]
+                if f.missing_category not in index:
+                    index[f.missing_category] = len(vocab)
+                    vocab.append(f.missing_category)
+                return index[f.missing_category]
             if v not in index:  # only a fixed vocabulary can miss a value; on_unknown="category"
                 if UNKNOWN_CATEGORY not in index:
                     index[UNKNOWN_CATEGORY] = len(vocab)
@@ -732,7 +1020,7 @@ def _encode_table(
             for j, x in enumerate(lists):
                 mat[j, : len(x)] = x
             if not vocab:
-                vocab = [MISSING_CATEGORY]  # every row empty: keep the feature well-formed
+                vocab = [f.missing_category]  # every row empty: keep the feature well-formed
             features.append(Feature(f.name, "multi_categorical", tuple(vocab), separator=f.separator, max_values=width))
             columns[f.name] = torch.as_tensor(mat, dtype=torch.long)
     ids = np.array([str(x) for x in prep.ids_raw[rows]], dtype=str)

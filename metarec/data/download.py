@@ -255,8 +255,8 @@ def download_dataset(
     if bad:
         for n in bad:
             (directory / n).unlink(missing_ok=True)
-        detail = "; ".join(f"{n}: md5 {v['md5']}, published {v['official_md5']}" for n, v in bad.items())
-        raise DownloadError(f"{entry.name}: downloaded file(s) do not match their published md5 and were removed ({detail})")
+        detail = "; ".join(f"{n}: {'' if ':' in v['md5'] else 'md5 '}{v['md5']}, published {v['official_md5']}" for n, v in bad.items())
+        raise DownloadError(f"{entry.name}: downloaded file(s) do not match their published checksum and were removed ({detail})")
     if after.missing:
         raise DownloadError(f"{entry.name}: file(s) {', '.join(after.missing)} are still missing after the download")
     return dict(after.status)

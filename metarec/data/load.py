@@ -37,11 +37,32 @@ from metarec.data.readers import DataNotFoundError
 from metarec.data.synthetic import SyntheticOptions, make_synthetic
 
 
+#: The one-line error for ``custom`` without a schema file, naming the flag of each entry point.
+CUSTOM_NEEDS_SCHEMA = (
+    "dataset 'custom' needs the TOML schema file describing your data: "
+    "`metarec bench -d custom --dataset-config FILE`, `metarec datasets info custom --config FILE`, "
+    "or config_path=FILE in Python (see docs/custom-data.md)"
+)
+
+
+def is_schema_file(path: str | Path) -> bool:
+    """Whether a TOML file is a custom dataset schema (it has a ``[ratings]`` table)."""
+    try:
+        return isinstance(load_toml(path).get("ratings"), dict)
+    except (ConfigError, OSError):
+        return False
+
+
 def _loader_options(name: str, cls: type, config_path: str | Path | None) -> Any:
     layer: dict[str, Any] = {}
     if config_path is not None:
         raw = load_toml(config_path)
         unknown = sorted(set(raw) - {"loader"})
+        if "ratings" in raw:
+            raise ConfigError(
+                f"{config_path} is a custom dataset schema (it has [ratings]), but the dataset is {name!r}; "
+                f"to load it use -d custom (datasets info: `metarec datasets info custom --config {config_path}`)"
+            )
         if unknown:
             raise ConfigError(f"{config_path}: for dataset {name!r} only a [loader] table is read; unknown key(s) {', '.join(unknown)}")
         layer = raw.get("loader", {})
@@ -72,7 +93,7 @@ def _flag(data: InteractionData, entry: DatasetEntry, ver: Verification) -> Inte
     data.extras["file_md5"] = dict(ver.md5)
     data.extras["file_status"] = dict(ver.status)
     if ver.non_canonical:
-        files = ", ".join(f"{n} (md5 {v['md5']}, official {v['official_md5']})" for n, v in ver.non_canonical.items())
+        files = ", ".join(f"{n} ({'' if ':' in v['md5'] else 'md5 '}{v['md5']}, official {v['official_md5']})" for n, v in ver.non_canonical.items())
         data.notes.insert(0, f"NON-CANONICAL DATA: {files} differ(s) from the official {entry.name} release")
     return data
 
@@ -87,7 +108,7 @@ def load_dataset(
     """Parse and clean a dataset (no protocol applied, no cache)."""
     if name == "custom":
         if config_path is None:
-            raise ConfigError("dataset 'custom' needs config_path: the TOML file describing your data")
+            raise ConfigError(CUSTOM_NEEDS_SCHEMA)
         return load_custom(config_path)
     if name == "synthetic":
         opts = _loader_options(name, SyntheticOptions, config_path)
@@ -126,7 +147,7 @@ def load_split(
     opts: Any = None
     if name == "custom":
         if config_path is None:
-            raise ConfigError("dataset 'custom' needs config_path: the TOML file describing your data")
+            raise ConfigError(CUSTOM_NEEDS_SCHEMA)
         spec = load_schema_file(config_path)
         files = spec_files(spec)
         missing = [f"{k}: {p}" for k, p in files.items() if not p.exists()]
@@ -194,4 +215,4 @@ def available_datasets() -> list[str]:
     return [*CATALOG, "synthetic", "custom"]
 
 
-__all__ = ["available_datasets", "load_dataset", "load_split"]
+__all__ = ["CUSTOM_NEEDS_SCHEMA", "available_datasets", "is_schema_file", "load_dataset", "load_split"]

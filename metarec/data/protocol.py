@@ -59,9 +59,11 @@ class ProtocolConfig(ValidatedConfig):
     train_fraction: float = setting(0.8, gt=0, lt=1)
     #: Fraction of the training users held out for validation (0 = none, as in the paper).
     validation_fraction: float = setting(0.0, ge=0, lt=1)
-    #: ``time_quantile`` (warm iff first rating before the quantile time of all ratings) or
-    #: ``id_order`` (the first ``user_warm_fraction`` of users in table order are warm).
-    user_state_rule: Literal["time_quantile", "id_order"] | None = None
+    #: ``time_quantile`` (warm iff first rating before the quantile time of all ratings; needs a
+    #: real time column), ``id_order`` (the first ``user_warm_fraction`` of users in table order
+    #: are warm) or ``random`` (a seeded random ``user_warm_fraction`` of the kept users are
+    #: warm, drawn from ``order_seed``). Dataset default; data without time defaults to ``random``.
+    user_state_rule: Literal["time_quantile", "id_order", "random"] | None = None
     user_time_quantile: float = setting(0.8, gt=0, lt=1)
     user_warm_fraction: float = setting(0.9, gt=0, lt=1)
     #: The order used by ``id_order``: ``table`` (the user table's order; Book-Crossing's loader
@@ -72,6 +74,14 @@ class ProtocolConfig(ValidatedConfig):
     item_cold_max_ratings: int | None = setting(None, ge=0)
     #: What to do with users with fewer than ``ratings_per_user`` ratings: drop and count, or fail.
     short_users: Literal["drop", "error"] = "drop"
+    #: Order of each user's ratings ("the first 20", support before query): ``time`` (by time,
+    #: then file position) or ``random`` (a seeded permutation drawn from ``order_seed``, for
+    #: data without time). Dataset default; data without time defaults to ``random``.
+    rating_order: Literal["time", "random"] | None = None
+    #: Seed of the ``random`` rating order and ``random`` user-state rule. Fixed across run seeds
+    #: on purpose: like a time order, it defines the data, while the run seed draws the
+    #: train/test users and the initialisation.
+    order_seed: int = 0
 
     rules = (
         Rule("n_support + n_query <= ratings_per_user",
@@ -87,13 +97,37 @@ class ProtocolConfig(ValidatedConfig):
                 f"dataset {data.name!r} sets protocol key(s) {', '.join(bad)}, which a dataset cannot default; "
                 f"a dataset may set only {', '.join(dataset_default_keys())} (pass the others in the ProtocolConfig)"
             )
-        defaults = {"user_state_rule": "time_quantile", "item_cold_max_ratings": 10, **data.protocol_defaults}
+        defaults = {**generic_defaults(data), **data.protocol_defaults}
         for key, value in d.items():
             if value is None:
                 if key not in defaults:
                     raise ProtocolError(f"protocol key {key!r} has no value and dataset {data.name!r} gives no default")
                 d[key] = defaults[key]
         return ProtocolConfig(**d)
+
+
+def generic_defaults(data: InteractionData) -> dict[str, Any]:
+    """Defaults for a dataset that sets none: by time when it has a time column, seeded random otherwise."""
+    timed = data.has_time
+    return {
+        "user_state_rule": "time_quantile" if timed else "random",
+        "rating_order": "time" if timed else "random",
+        "item_cold_max_ratings": 10,
+    }
+
+
+def defaults_applied(config: ProtocolConfig | None, data: InteractionData) -> dict[str, str]:
+    """Where each dataset-default key's value came from: ``config``, the dataset's default, or the generic one."""
+    cfg = config or ProtocolConfig()
+    out = {}
+    for key in dataset_default_keys():
+        if getattr(cfg, key) is not None:
+            out[key] = "config"
+        elif key in data.protocol_defaults:
+            out[key] = "dataset default"
+        else:
+            out[key] = "generic default for data " + ("with" if data.has_time else "without") + " a time column"
+    return out
 
 
 def dataset_default_keys() -> tuple[str, ...]:
@@ -111,13 +145,24 @@ class Split:
     info: dict[str, Any]
 
 
-def trim_per_user(data: InteractionData, ratings_per_user: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Rows of each user's first ``ratings_per_user`` ratings by (time, file position).
+def trim_per_user(
+    data: InteractionData, ratings_per_user: int, rating_order: str = "time", order_seed: int = 0
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Rows of each user's first ``ratings_per_user`` ratings by (time, file position), or in a
+    seeded random order (``rating_order="random"``).
 
     Returns ``(kept_users, rows [U, R], short_users)``: ``rows[k]`` are the rating indices of
-    ``kept_users[k]`` in time order; users with fewer ratings are listed in ``short_users``.
+    ``kept_users[k]`` in that order; users with fewer ratings are listed in ``short_users``.
     """
-    order = np.lexsort((data.order, data.time, data.user))  # by user, then time, then file position
+    if rating_order == "time":
+        order = np.lexsort((data.order, data.time, data.user))  # by user, then time, then file position
+    elif rating_order == "random":
+        # one permutation of the whole log keyed by file position, so it does not depend on how the loader sorted rows
+        key = np.empty(data.n_ratings, dtype=np.int64)
+        key[np.argsort(data.order, kind="stable")] = numpy_generator(order_seed, "rating-order").permutation(data.n_ratings)
+        order = np.lexsort((key, data.user))
+    else:
+        raise ProtocolError(f"unknown rating_order {rating_order!r}; use time or random")
     users_sorted = data.user[order]
     uniq, start, counts = np.unique(users_sorted, return_index=True, return_counts=True)
     enough = counts >= ratings_per_user
@@ -128,6 +173,12 @@ def trim_per_user(data: InteractionData, ratings_per_user: int) -> tuple[np.ndar
 def user_cold_flags(data: InteractionData, users: np.ndarray, cfg: ProtocolConfig) -> tuple[np.ndarray, dict[str, Any]]:
     """Cold flag per user in ``users`` under ``cfg.user_state_rule``, plus what was used."""
     if cfg.user_state_rule == "time_quantile":
+        if not data.has_time or (len(data.time) and float(data.time.min()) == float(data.time.max())):
+            why = "has no time column" if not data.has_time else "has the same time on every rating"
+            raise ProtocolError(
+                f"{data.name}: user_state_rule 'time_quantile' needs rating times, but the data {why}; "
+                "use user_state_rule = \"random\" (seeded, user_warm_fraction warm) or \"id_order\""
+            )
         times = np.sort(data.time, kind="stable")
         pos = min(int(round(cfg.user_time_quantile * len(times))), len(times) - 1)
         split_time = float(times[pos])
@@ -152,7 +203,12 @@ def user_cold_flags(data: InteractionData, users: np.ndarray, cfg: ProtocolConfi
         ranks = np.empty(len(users), dtype=np.int64)
         ranks[np.argsort(key, kind="stable")] = np.arange(len(users))
         return ranks >= n_warm, {"n_warm_by_id_order": n_warm}
-    raise ProtocolError(f"unknown user_state_rule {cfg.user_state_rule!r}; use time_quantile or id_order")
+    if cfg.user_state_rule == "random":
+        n_warm = int(cfg.user_warm_fraction * len(users))
+        cold = np.ones(len(users), dtype=bool)
+        cold[numpy_generator(cfg.order_seed, "user-state").permutation(len(users))[:n_warm]] = False
+        return cold, {"n_warm_by_random_rule": n_warm, "user_cold_fraction": round(1.0 - cfg.user_warm_fraction, 6)}
+    raise ProtocolError(f"unknown user_state_rule {cfg.user_state_rule!r}; use time_quantile, id_order or random")
 
 
 def _utc(t: float) -> str:
@@ -167,7 +223,7 @@ def _utc(t: float) -> str:
 def build_split(data: InteractionData, config: ProtocolConfig | None = None, *, seed: int = 0) -> Split:
     """Apply the protocol to ``data``; the user split depends only on ``seed``."""
     cfg = (config or ProtocolConfig()).resolved(data)
-    users, rows, short = trim_per_user(data, cfg.ratings_per_user)
+    users, rows, short = trim_per_user(data, cfg.ratings_per_user, cfg.rating_order, cfg.order_seed)
     if len(short) and cfg.short_users == "error":
         raise ProtocolError(
             f"{data.name}: {len(short)} users have fewer than {cfg.ratings_per_user} ratings "
@@ -226,6 +282,8 @@ def build_split(data: InteractionData, config: ProtocolConfig | None = None, *, 
         "dataset": data.name,
         "seed": seed,
         "protocol": asdict(cfg),
+        "protocol_defaults_from": defaults_applied(config, data),
+        "time_source": "time column" if data.has_time else "none (file position only)",
         "users_total": len(data.users),
         "users_kept": int(len(users)),
         "users_dropped_too_few_ratings": int(len(short)),
@@ -250,4 +308,7 @@ def build_split(data: InteractionData, config: ProtocolConfig | None = None, *, 
     return Split(train=train, test=test, validation=validation, info=info)
 
 
-__all__ = ["ProtocolConfig", "ProtocolError", "Split", "build_split", "dataset_default_keys", "trim_per_user", "SCENARIOS"]
+__all__ = [
+    "ProtocolConfig", "ProtocolError", "Split", "build_split", "dataset_default_keys", "defaults_applied",
+    "generic_defaults", "trim_per_user", "SCENARIOS",
+]

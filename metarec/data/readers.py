@@ -450,21 +450,110 @@ def read_parquet(path: str | Path, *, columns: Sequence[str] | None = None) -> R
     return RawTable(str(path), cols, np.arange(1, table.num_rows + 1), unit="row")
 
 
+#: File extensions whose format is known; anything else needs ``format`` (and ``delimiter``).
+EXTENSION_FORMATS = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".parquet": "parquet", ".pq": "parquet", ".dat": "dat"}
+FORMATS = ("csv", "tsv", "dat", "parquet")
+
+
+def detect_format(path: str | Path, format: str | None = None) -> str:
+    """``format`` if given, else the one the extension names; an unknown extension is an error saying what to set."""
+    if format is not None:
+        fmt = format.lower()
+        if fmt not in FORMATS:
+            raise DataFormatError(path, f"unknown format {format!r}; use {', '.join(FORMATS)}")
+        return fmt
+    ext = Path(path).suffix.lower()
+    if ext in EXTENSION_FORMATS:
+        return EXTENSION_FORMATS[ext]
+    raise DataFormatError(
+        path,
+        f"cannot tell the format from the extension {ext or '(none)'!r}; set format = \"csv\" (quoted fields), "
+        "\"tsv\" or \"dat\" (plain fields split on delimiter, e.g. \"::\" or \"|\"), or \"parquet\", and delimiter",
+    )
+
+
 def read_table(
     path: str | Path,
     *,
     format: str | None = None,
-    delimiter: str = ",",
+    delimiter: str | None = None,
     encoding: str = "utf-8",
     columns: Sequence[str] | None = None,
+    header: bool = True,
+    names: Sequence[str] | None = None,
 ) -> RawTable:
-    """CSV or Parquet by ``format`` (or by the file extension when ``format`` is ``None``)."""
-    fmt = (format or ("parquet" if str(path).lower().endswith((".parquet", ".pq")) else "csv")).lower()
+    """A table by ``format`` (or by the file extension: ``.csv``, ``.tsv``/``.tab``, ``.dat``, ``.parquet``).
+
+    ``csv``/``tsv`` use Python's csv dialect (``"`` quoting); ``dat`` splits each line on
+    ``delimiter`` literally (any length, no quoting: the MovieLens/HIN ``.dat`` layouts), and needs
+    ``delimiter``. ``header = False`` reads every line as data, with columns named by ``names``
+    (or ``"0"``, ``"1"``, ... by position when ``names`` is not given).
+    """
+    fmt = detect_format(path, format)
     if fmt == "parquet":
         return read_parquet(path, columns=columns)
-    if fmt in ("csv", "tsv"):
-        return read_csv(path, delimiter="\t" if fmt == "tsv" and delimiter == "," else delimiter, encoding=encoding, columns=columns)
-    raise DataFormatError(path, f"unknown format {fmt!r}; use csv, tsv or parquet")
+    if fmt == "dat" and not delimiter:
+        raise DataFormatError(path, "format 'dat' needs a delimiter (e.g. delimiter = \"::\", \"|\" or \"\\t\")")
+    delim = delimiter or ("\t" if fmt == "tsv" else ",")
+    if fmt in ("csv", "tsv") and len(delim) != 1:
+        raise DataFormatError(path, f"format {fmt!r} needs a one-character delimiter, got {delim!r}; use format = \"dat\" for {delim!r}")
+    if fmt == "csv" and header and names is None:
+        return read_csv(path, delimiter=delim, encoding=encoding, columns=columns)
+    return _read_headerless_or_named(path, fmt, delim, encoding, header, names, columns)
+
+
+def _read_headerless_or_named(
+    path: str | Path, fmt: str, delim: str, encoding: str, header: bool, names: Sequence[str] | None,
+    columns: Sequence[str] | None,
+) -> RawTable:
+    text = decode(read_bytes(path), path, encoding)
+    if fmt == "dat":
+        lines = text_lines(text)
+        while lines and not lines[-1].strip():
+            lines.pop()
+        records = [ln.split(delim) for ln in lines]
+        starts = list(range(1, len(records) + 1))
+    else:
+        reader = csv.reader(io.StringIO(text, newline=""), delimiter=delim, strict=True)
+        records, starts = [], []
+        prev_end = 0
+        try:
+            for row in reader:
+                start, prev_end = prev_end + 1, reader.line_num
+                if row:
+                    records.append(row)
+                    starts.append(start)
+        except csv.Error as exc:
+            raise DataFormatError(path, f"malformed CSV: {exc}", reader.line_num) from None
+    head_line = None
+    if header:
+        if not records:
+            raise DataFormatError(path, "the file is empty; expected a header line (set header = false if it has none)")
+        head_line = [h.strip() for h in records.pop(0)]
+        starts.pop(0)
+    if names is None:
+        names = head_line if head_line is not None else [str(k) for k in range(len(records[0]) if records else 0)]
+    names = [str(n) for n in names]
+    n = len(names)
+    want = list(names) if columns is None else list(columns)
+    missing = [c for c in want if c not in names]
+    if missing:
+        src = "names" if head_line is None or names is not head_line else "the header"
+        hint = _separator_hint(delim.join(head_line or [""]), delim) if head_line and len(head_line) == 1 else ""
+        raise DataFormatError(path, f"missing column(s) {', '.join(map(repr, missing))}; {src} has {', '.join(map(repr, names))}{hint}")
+    for rec, start in zip(records, starts):
+        if len(rec) != n:
+            raw = delim.join(rec)
+            what = "blank line" if not raw.strip() else f"expected {n} {delim!r}-separated fields, found {len(rec)}"
+            hint = _separator_hint(raw, delim) if raw.strip() else ""
+            raise DataFormatError(path, f"{what}{hint}: {raw[:80]!r}", start)
+    index = [names.index(c) for c in want]
+    cols = {}
+    for name, j in zip(want, index):
+        col = np.empty(len(records), dtype=object)
+        col[:] = [r[j] for r in records]
+        cols[name] = col
+    return RawTable(str(path), cols, np.asarray(starts, dtype=np.int64))
 
 
 def parse_numbers(table: RawTable, name: str, *, integer: bool = False) -> np.ndarray:
