@@ -130,6 +130,8 @@ class RecommenderModel:
         self.device = learner.device
         self._catalogue_device = catalogue.items.to(self.device)
         self._lock = threading.Lock()
+        #: Also :func:`warnings.warn` about skipped unknown items (they are always in the notes).
+        self.warn_on_skip = True
         self.grad_mode = self._probe_grad_mode()
 
     # ------------------------------------------------------------------ description
@@ -258,7 +260,8 @@ class RecommenderModel:
                 if unknown_items == "skip":
                     msg = f"{loc}: unknown item id {str(item)!r} skipped (not in the model's catalogue)"
                     notes.append(msg)
-                    warnings.warn(msg, stacklevel=3)
+                    if self.warn_on_skip:
+                        warnings.warn(msg, stacklevel=3)
                     continue
                 raise UnknownItemError(
                     f"{loc}.item: unknown item id {str(item)!r}: not in the model's catalogue of {len(self.catalogue)} items "
@@ -292,7 +295,8 @@ class RecommenderModel:
                     if unknown_items == "skip":
                         msg = f"{loc}: unknown item id {str(item)!r} skipped (not in the model's catalogue)"
                         notes.append(msg)
-                        warnings.warn(msg, stacklevel=3)
+                        if self.warn_on_skip:
+                            warnings.warn(msg, stacklevel=3)
                         continue
                     raise UnknownItemError(
                         f"{loc}: unknown item id {str(item)!r}: not in the model's catalogue of {len(self.catalogue)} items "
