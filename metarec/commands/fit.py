@@ -76,7 +76,7 @@ def fit(method: str, out: str, dataset: str | None, data_dir: str | None, datase
             method_layer["preset"] = preset
         if epochs is not None:
             method_layer["epochs"] = epochs
-        layers.append({"bench": cli, "methods": {method: method_layer}})
+        layers.append({"bench": cli, "methods": {method: method_layer} if method_layer else {}})
         layers.append(layer_from_overrides(sets))
         cfg = resolve_config(*layers)
         broken = check_methods(cfg)
