@@ -89,10 +89,28 @@ def in_process(model, users: list[dict], repeats: int, warmup: int) -> dict:
         times.append(time.perf_counter() - t0)
         cpu.append(time.thread_time() - c0)
         scored = rec.n_candidates
+    # The learner's own adapt_and_predict on the same users' prebuilt batches, interleaved with
+    # the calls above' kind of load: the serving path's overhead is the difference (a ratio
+    # measured in one run, which a busy machine distorts less than the absolute times).
+    batches = []
+    for u in users[: min(len(users), 50)]:
+        req = model._prepare({"user": u["user"], "ratings": [(r["item"], r["rating"]) for r in u["ratings"]]},
+                             "error", "", items_key="candidates")
+        batches.append(model.build_batch([req]))
+    learner_only = []
+    for n in range(repeats):
+        b = batches[n % len(batches)]
+        t0 = time.perf_counter()
+        with model.no_grad():
+            model.learner.postprocess(model.learner.adapt_and_predict(b))
+        learner_only.append(time.perf_counter() - t0)
     # CPU time of the calling thread (torch runs its ops there with 1 thread): what the call
     # costs whatever else the machine is doing -- wall time on a shared machine includes waits
-    return {**percentiles(times), "cpu_time": percentiles(cpu), "items_scored": scored,
-            "ratings_per_user": len(users[0]["ratings"])}
+    lo = percentiles(learner_only)
+    wall = percentiles(times)
+    return {**wall, "cpu_time": percentiles(cpu), "learner_adapt_and_predict_only": lo,
+            "serving_overhead_p50_fraction": (wall["p50_ms"] - lo["p50_ms"]) / wall["p50_ms"],
+            "items_scored": scored, "ratings_per_user": len(users[0]["ratings"])}
 
 
 def free_port() -> int:

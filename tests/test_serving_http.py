@@ -35,26 +35,34 @@ def model_dir(tmp_path_factory):
     return out
 
 
+class Running:
+    """The real app under uvicorn in a thread, on a loopback socket the OS chose."""
+
+    def __init__(self, model, limits):
+        self.model = model
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.srv = uvicorn.Server(uvicorn.Config(create_app(model, limits), log_level="warning", access_log=False))
+        self.thread = threading.Thread(target=self.srv.run, kwargs={"sockets": [self.sock]}, daemon=True)
+        self.thread.start()
+        deadline = time.time() + 30
+        while not self.srv.started:
+            assert time.time() < deadline, "server did not start"
+            time.sleep(0.05)
+
+    def stop(self):
+        self.srv.should_exit = True
+        self.thread.join(10)
+        self.sock.close()
+
+
 @pytest.fixture(scope="module")
 def server(model_dir):
-    """The real app under uvicorn in a thread, on a loopback socket the OS chose."""
-    model = load_model(model_dir)
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    config = uvicorn.Config(create_app(model, LIMITS), log_level="warning", access_log=False)
-    srv = uvicorn.Server(config)
-    thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.time() + 30
-    while not srv.started:
-        assert time.time() < deadline, "server did not start"
-        time.sleep(0.05)
-    yield {"url": f"http://127.0.0.1:{port}", "model": model}
-    srv.should_exit = True
-    thread.join(10)
-    sock.close()
+    running = Running(load_model(model_dir), LIMITS)
+    yield {"url": running.url, "model": running.model}
+    running.stop()
 
 
 @pytest.fixture
@@ -171,6 +179,29 @@ def test_concurrent_requests_all_get_their_own_answer(server):
     assert [r.json()["user_id"] for r in responses] == [b["user_id"] for b in bodies]
 
 
+def test_requests_beyond_max_pending_get_503(model_dir):
+    model = load_model(model_dir)
+    running = Running(model, Limits(max_pending=1, workers=1))
+    try:
+        with model._lock:  # the model is busy: the first request waits inside the pool
+            with httpx.Client(base_url=running.url, timeout=30) as c:
+                box = {}
+                first = threading.Thread(target=lambda: box.update(
+                    r=httpx.post(f"{running.url}/recommend", json={"k": 2}, timeout=30)))
+                first.start()
+                deadline = time.time() + 20
+                while c.get("/health").json()["pending"] < 1:
+                    assert time.time() < deadline
+                    time.sleep(0.02)
+                busy = c.post("/recommend", json={"k": 2})
+                assert busy.status_code == 503 and busy.headers["retry-after"] == "1"
+                assert "server busy" in busy.json()["detail"]
+        first.join(30)
+        assert box["r"].status_code == 200
+    finally:
+        running.stop()
+
+
 def test_metarec_serve_command_binds_loopback_and_answers(model_dir):
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
@@ -202,3 +233,26 @@ def test_serve_reports_a_bad_model_folder_in_one_line(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "metarec.cli", "serve", str(tmp_path / "none")],
                           capture_output=True, text=True, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 1 and "no such model folder" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.slow  # starts a second server process; not needed to trust the service itself
+def test_serving_benchmark_script_records_what_it_measured(model_dir, tmp_path):
+    """benchmarks/bench_serving.py end to end, briefly (how fast is for the benchmark itself)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_serving.py"
+    spec = importlib.util.spec_from_file_location("bench_serving", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    out = tmp_path / "serving.json"
+    assert mod.main([str(model_dir), "--repeats", "5", "--warmup", "2", "--users", "4", "--ratings", "6",
+                     "--clients", "3", "--duration", "1", "--out", str(out)]) == 0
+    record = json.loads(out.read_text())
+    (m,) = record["models"]
+    assert m["method"] == "mamo" and m["catalogue_items"] == m["in_process"]["items_scored"]
+    assert m["in_process"]["n"] == 5 and m["in_process"]["ratings_per_user"] == 6
+    assert m["in_process"]["learner_adapt_and_predict_only"]["n"] == 5
+    assert m["http"]["clients"] == 3 and m["http"]["requests"] >= 3 and m["http"]["errors"] == 0
+    env = record["environment"]
+    assert env["torch_threads"] == 1 and len(env["load_average_before_after"]) == 2
