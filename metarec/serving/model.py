@@ -47,7 +47,11 @@ class RatingRangeError(RecommendError):
 
 @dataclass
 class Recommendation:
-    """Items for one user, best first: ids, predicted ratings, ranks (1 = best), states, titles."""
+    """Items for one user, best first: ids, predicted ratings, ranks (1 = best), states, titles.
+
+    Items are ranked by the model's raw output; ``predicted`` is clipped to the rating range
+    like the benchmark's predictions, so two items shown at the top rating keep their order.
+    """
 
     item_ids: list[str]
     predicted: list[float]
@@ -212,10 +216,12 @@ class RecommenderModel:
                 rows = rows[~np.isin(rows, np.asarray(r.support_rows))]
             r.query_rows = rows
             prepared.append(r)
-        scores = self._score(prepared)
+        scores, raw = self._score(prepared, with_raw=True)
         out = []
-        for r, s in zip(prepared, scores):
-            order = np.argsort(-s, kind="stable")[: int(k)]
+        for r, s, z in zip(prepared, scores, raw):
+            # rank by the model's own output: clipping to the rating range (as the benchmark
+            # does for its predictions) would tie every item the model puts above the top
+            order = np.lexsort((np.arange(len(z)), -z))[: int(k)]
             rows = r.query_rows[order]
             out.append(Recommendation(
                 item_ids=[str(self.catalogue.ids[j]) for j in rows],
@@ -348,24 +354,30 @@ class RecommenderModel:
             query_scenario=q_scen.to(dev),
         )
 
-    def _score(self, prepared: Sequence[_Request]) -> list[np.ndarray]:
-        """Each request's predictions for its query rows (users in chunks of ``eval_batch_size``)."""
+    def _score(self, prepared: Sequence[_Request], *, with_raw: bool = False) -> Any:
+        """Each request's predictions for its query rows (users in chunks of ``eval_batch_size``),
+        post-processed (clipped) as the benchmark's; ``with_raw`` adds the learner's raw outputs."""
         out: list[np.ndarray] = []
+        raw_out: list[np.ndarray] = []
         step = int(getattr(self.learner.config, "eval_batch_size", 256))
         for start in range(0, len(prepared), step):
             chunk = prepared[start : start + step]
             if all(len(r.query_rows) == 0 for r in chunk):
                 out.extend(np.zeros(0) for _ in chunk)
+                raw_out.extend(np.zeros(0) for _ in chunk)
                 continue
             batch = self.build_batch(chunk)
             with self._lock, self.no_grad():
-                pred = self.learner.postprocess(self.learner.adapt_and_predict(batch)).detach().float().cpu().numpy()
+                raw = self.learner.adapt_and_predict(batch)
+                pred = self.learner.postprocess(raw).detach().float().cpu().numpy()
+                raw = raw.detach().float().cpu().numpy()
             for i, r in enumerate(chunk):
                 p = pred[i, : len(r.query_rows)].astype(np.float64)
                 if not np.all(np.isfinite(p)):
                     raise RuntimeError(f"{self.method}: the model produced {int((~np.isfinite(p)).sum())} non-finite predictions")
                 out.append(p)
-        return out
+                raw_out.append(raw[i, : len(r.query_rows)].astype(np.float64))
+        return (out, raw_out) if with_raw else out
 
     # ------------------------------------------------------------------ grad mode
     @contextmanager
