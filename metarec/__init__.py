@@ -21,7 +21,7 @@ from metarec.tasks import FeatureTable, Task, TaskBatch, TaskSet
 
 
 def load_model(path, **kwargs):
-    """A model folder written by ``metarec fit`` (see :func:`metarec.serving.load_model`)."""
+    """A model folder written by ``metarec fit`` (see :func:`metarec.serving.persist.load_model`)."""
     from metarec.serving import load_model as _load
 
     return _load(path, **kwargs)

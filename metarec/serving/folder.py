@@ -1,4 +1,4 @@
-"""The model folder: what ``metarec fit`` writes and :func:`metarec.load_model` reads.
+"""The model folder: what ``metarec fit`` writes and :func:`~metarec.serving.persist.load_model` reads.
 
 A folder is self-contained and pickle-free::
 
@@ -11,7 +11,7 @@ A folder is self-contained and pickle-free::
     card.json, card.md    the model card: data, checksum, settings, held-out metrics
     manifest.json         SHA-256 and size of every file above (written last)
 
-:func:`read_folder` verifies the manifest before it parses anything, so a missing, truncated or
+:func:`verify_folder` verifies the manifest before it parses anything, so a missing, truncated or
 edited file is refused with an error naming it.
 """
 
