@@ -38,6 +38,11 @@ def test_fit_writes_a_complete_folder_with_a_card(model_dir):
 def test_fit_refuses_to_overwrite_and_reports_bad_settings(model_dir, tmp_path):
     r = CliRunner().invoke(main, [*FIT, "-o", str(model_dir)])
     assert r.exit_code == 1 and "already holds a model folder; pass --force" in r.output
+    other = tmp_path / "notes"
+    other.mkdir()
+    (other / "keep.txt").write_text("mine")
+    r = CliRunner().invoke(main, [*FIT, "-o", str(other), "--force"])
+    assert r.exit_code == 1 and "is not a model folder" in r.output and (other / "keep.txt").exists()
     r = CliRunner().invoke(main, [*FIT, "-o", str(tmp_path / "m"), "--set", "profile-mlp-finetune.lrr=1"])
     assert r.exit_code == 1 and "unknown key 'lrr'" in r.output and "Traceback" not in r.output
     r = CliRunner().invoke(main, ["fit", "-m", "no-such-method", "--dataset", "synthetic", "-o", str(tmp_path / "n")])

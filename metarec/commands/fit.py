@@ -61,9 +61,12 @@ def fit(method: str, out: str, dataset: str | None, data_dir: str | None, datase
 
     err = Console(stderr=True)
     target = Path(out)
-    if target.exists() and any(target.iterdir()) and not force:
-        what = "a model folder" if (target / MANIFEST).exists() else "files"
-        raise click.ClickException(f"{target} already holds {what}; pass --force to replace it or choose another --out")
+    if target.exists() and any(target.iterdir()):
+        if not (target / MANIFEST).exists():
+            raise click.ClickException(f"{target} holds files but is not a model folder; choose another --out "
+                                       "(--force replaces model folders only)")
+        if not force:
+            raise click.ClickException(f"{target} already holds a model folder; pass --force to replace it or choose another --out")
     try:
         layers: list[dict[str, Any]] = [layer_from_file(f) for f in config_files]
         cli: dict[str, Any] = {"methods": [method], "seeds": [seed], "progress": False}
