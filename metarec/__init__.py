@@ -18,6 +18,15 @@ except _metadata.PackageNotFoundError:  # running from a source tree that is not
 from metarec.schema import Feature, FeatureSchema, SCENARIOS
 from metarec.tasks import FeatureTable, Task, TaskBatch, TaskSet
 
+
+
+def load_model(path, **kwargs):
+    """A model folder written by ``metarec fit`` (see :func:`metarec.serving.persist.load_model`)."""
+    from metarec.serving import load_model as _load
+
+    return _load(path, **kwargs)
+
+
 __all__ = [
     "Feature",
     "FeatureSchema",
@@ -27,4 +36,5 @@ __all__ = [
     "TaskBatch",
     "TaskSet",
     "__version__",
+    "load_model",
 ]

@@ -1,0 +1,251 @@
+"""Serving latency of fitted models: one new user adapted and the whole catalogue scored.
+
+For each model folder (written by ``metarec fit``):
+
+1. **in-process**: ``model.recommend`` for one new user with ``--ratings`` ratings (the support
+   sets of the protocol's test users, one user per call, cycling) scoring every catalogue item
+   (``exclude_rated=False``, so all 3,316 ML-1M items), ``--repeats`` calls after ``--warmup``;
+   p50/p90/p99 of the wall time per call;
+2. **over HTTP**: ``metarec serve`` started as a subprocess on a loopback port (1 inference
+   worker, ``--threads`` torch threads) and ``--clients`` concurrent clients (an asyncio/httpx
+   load generator with exactly that many requests in flight) for ``--duration`` seconds, each
+   request a ``POST /recommend`` of the same kind of user with ``k = 10``; latency percentiles,
+   errors (any status other than 200 or a transport error) and throughput.
+
+Latency does not depend on how long a model was trained (the same network is evaluated), so
+the models may be fitted with few epochs. The load generator runs on the same machine as the
+server and shares its cores; the load average before and after is in the record::
+
+    python benchmarks/bench_serving.py --data-dir ../shared/data models/mamo models/melu models/profile-mlp-finetune
+
+The JSON goes to ``benchmarks/results/serving_<data>_cpu_<time>.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from metarec.bench.timing import default_record_path, write_record
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def percentiles(seconds: list[float]) -> dict[str, float]:
+    """p50/p90/p99/mean/max in milliseconds."""
+    ms = np.asarray(seconds) * 1000.0
+    return {"p50_ms": float(np.percentile(ms, 50)), "p90_ms": float(np.percentile(ms, 90)),
+            "p99_ms": float(np.percentile(ms, 99)), "mean_ms": float(ms.mean()), "max_ms": float(ms.max()), "n": int(ms.size)}
+
+
+def new_users(model, data_dir: str | None, n_ratings: int, n_users: int, seed: int) -> list[dict]:
+    """Request bodies of new users: protocol test users' profiles and first ratings (ML-1M), or
+    random catalogue items with random ratings when no data folder is given."""
+    from metarec.serving.catalogue import decode_user
+
+    users = []
+    if data_dir:
+        from metarec.data import load_split
+
+        test = load_split("ml-1m", data_dir=data_dir, seed=seed).test
+        for i in range(min(n_users, len(test))):
+            task = test[i]
+            ratings = list(zip(task.support_item_ids, task.support_ratings.tolist()))[:n_ratings]
+            users.append({"user": decode_user(test.schema, test.users, int(test.user_index[i])),
+                          "ratings": [{"item": it, "rating": float(r)} for it, r in ratings]})
+        return users
+    rng = np.random.default_rng(seed)
+    ids = list(model.catalogue.ids)
+    lo, hi = model.rating_range
+    for _ in range(n_users):
+        items = rng.choice(len(ids), size=n_ratings, replace=False)
+        users.append({"user": {}, "ratings": [{"item": ids[j], "rating": float(rng.integers(int(lo), int(hi) + 1))} for j in items]})
+    return users
+
+
+def in_process(model, users: list[dict], repeats: int, warmup: int) -> dict:
+    """Wall time of ``model.recommend`` over the whole catalogue, one user per call."""
+    def call(u):
+        return model.recommend(user=u["user"], ratings=[(r["item"], r["rating"]) for r in u["ratings"]], k=10,
+                               exclude_rated=False)
+
+    for n in range(warmup):
+        call(users[n % len(users)])
+    times, cpu = [], []
+    scored = None
+    for n in range(repeats):
+        u = users[n % len(users)]
+        t0, c0 = time.perf_counter(), time.thread_time()
+        rec = call(u)
+        times.append(time.perf_counter() - t0)
+        cpu.append(time.thread_time() - c0)
+        scored = rec.n_candidates
+    # The learner's own adapt_and_predict on the same users' prebuilt batches, interleaved with
+    # the calls above' kind of load: the serving path's overhead is the difference (a ratio
+    # measured in one run, which a busy machine distorts less than the absolute times).
+    batches = []
+    for u in users[: min(len(users), 50)]:
+        req = model._prepare({"user": u["user"], "ratings": [(r["item"], r["rating"]) for r in u["ratings"]]},
+                             "error", "", items_key="candidates")
+        batches.append(model.build_batch([req]))
+    learner_only = []
+    for n in range(repeats):
+        b = batches[n % len(batches)]
+        t0 = time.perf_counter()
+        with model.no_grad():
+            model.learner.postprocess(model.learner.adapt_and_predict(b))
+        learner_only.append(time.perf_counter() - t0)
+    # CPU time of the calling thread (torch runs its ops there with 1 thread): what the call
+    # costs whatever else the machine is doing -- wall time on a shared machine includes waits
+    lo = percentiles(learner_only)
+    wall = percentiles(times)
+    return {**wall, "cpu_time": percentiles(cpu), "learner_adapt_and_predict_only": lo,
+            "serving_overhead_p50_fraction": (wall["p50_ms"] - lo["p50_ms"]) / wall["p50_ms"],
+            "items_scored": scored, "ratings_per_user": len(users[0]["ratings"])}
+
+
+def free_port() -> int:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+async def load(url: str, users: list[dict], clients: int, duration: float) -> dict:
+    """``clients`` loops posting /recommend back to back for ``duration`` s (bounded: one request each in flight)."""
+    import httpx
+
+    latencies: list[float] = []
+    errors: dict[str, int] = {}
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx.AsyncClient(base_url=url, timeout=30, limits=limits) as c:
+        start = time.perf_counter()
+        deadline = start + duration
+
+        async def client(n: int) -> None:
+            k = n
+            while time.perf_counter() < deadline:
+                body = {**users[k % len(users)], "k": 10, "exclude_rated": False}
+                k += clients
+                t0 = time.perf_counter()
+                try:
+                    r = await c.post("/recommend", json=body)
+                    ok = r.status_code == 200
+                    key = f"http_{r.status_code}"
+                except httpx.HTTPError as exc:
+                    ok, key = False, type(exc).__name__
+                latencies.append(time.perf_counter() - t0)
+                if not ok:
+                    errors[key] = errors.get(key, 0) + 1
+
+        await asyncio.gather(*(client(n) for n in range(clients)))
+        wall = time.perf_counter() - start
+    return {**percentiles(latencies), "requests": len(latencies), "errors": sum(errors.values()),
+            "error_kinds": errors, "wall_s": wall, "throughput_rps": len(latencies) / wall, "clients": clients}
+
+
+def over_http(model_dir: str, users: list[dict], args) -> dict:
+    """Start ``metarec serve`` on loopback, warm it up, then run the load generator."""
+    import httpx
+
+    port = free_port()
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
+    cmd = [sys.executable, "-m", "metarec.cli", "serve", model_dir, "--port", str(port), "--workers", "1",
+           "--threads", str(args.threads), "--log-level", "warning"]
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env=env)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 120
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"metarec serve exited: {proc.stderr.read()}")
+            try:
+                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.time() > deadline:
+                raise RuntimeError("metarec serve did not start within 120 s")
+            time.sleep(0.2)
+        for u in users[: args.warmup]:
+            httpx.post(f"{url}/recommend", json={**u, "k": 10, "exclude_rated": False}, timeout=30).raise_for_status()
+        result = asyncio.run(load(url, users, args.clients, args.duration))
+        result["server_command"] = " ".join(cmd[1:])
+        return result
+    finally:
+        proc.terminate()
+        try:
+            proc.communicate(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("models", nargs="+", help="model folders written by `metarec fit`")
+    p.add_argument("--data-dir", default=None, help="folder holding ml-1m/ (new users = the protocol's test users)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (in-process and in the server)")
+    p.add_argument("--ratings", type=int, default=15, help="ratings of each new user")
+    p.add_argument("--users", type=int, default=200, help="distinct new users cycled through")
+    p.add_argument("--repeats", type=int, default=300, help="timed in-process calls per model")
+    p.add_argument("--warmup", type=int, default=20)
+    p.add_argument("--clients", type=int, default=16, help="concurrent HTTP clients")
+    p.add_argument("--duration", type=float, default=30.0, help="seconds of HTTP load per model")
+    p.add_argument("--skip-http", action="store_true")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=None, help="JSON path (default: benchmarks/results/serving_<data>_cpu_<time>.json)")
+    args = p.parse_args(argv)
+    if args.threads < 1 or args.clients < 1 or args.repeats < 1 or args.duration <= 0:
+        p.error("--threads, --clients and --repeats must be >= 1 and --duration > 0")
+    load_before = os.getloadavg()
+    import torch
+
+    torch.set_num_threads(args.threads)
+    from metarec.serving import load_model
+
+    out = Path(args.out) if args.out else default_record_path(f"serving_{'ml-1m' if args.data_dir else 'random'}_cpu")
+    record = {"format": "metarec-serving-bench-1", "what": __doc__.split("\n\n")[0],
+              "command": " ".join(["python", *sys.argv]), "settings": vars(args), "models": []}
+    for folder in args.models:
+        model = load_model(folder)
+        users = new_users(model, args.data_dir, args.ratings, args.users, args.seed)
+        card = model.card
+        entry = {"folder": folder, "method": model.method, "preset": card.get("preset"),
+                 "epochs": card.get("config", {}).get("epochs"), "catalogue_items": len(model.catalogue),
+                 "grad_mode": model.grad_mode, "data_checksum": card.get("dataset", {}).get("checksum"),
+                 "load_average_at_start": list(os.getloadavg())}
+        print(f"{model.method}: in-process ...", file=sys.stderr)
+        entry["in_process"] = in_process(model, users, args.repeats, args.warmup)
+        print(f"  p50 {entry['in_process']['p50_ms']:.1f} ms, p99 {entry['in_process']['p99_ms']:.1f} ms "
+              f"({entry['in_process']['items_scored']} items)", file=sys.stderr)
+        if not args.skip_http:
+            print(f"{model.method}: HTTP, {args.clients} clients for {args.duration:g} s ...", file=sys.stderr)
+            entry["http"] = over_http(folder, users, args)
+            h = entry["http"]
+            print(f"  p50 {h['p50_ms']:.1f} ms, p99 {h['p99_ms']:.1f} ms, {h['throughput_rps']:.1f} req/s, "
+                  f"{h['errors']} errors", file=sys.stderr)
+        entry["load_average_at_end"] = list(os.getloadavg())
+        record["models"].append(entry)
+        path = write_record(record, out, device=torch.device("cpu"), load_before=load_before,
+                            extra_environment={"note": "shared machine: other jobs ran during the measurement; see the load averages"})
+    print(json.dumps({m["method"]: {"in_process_p50_ms": round(m["in_process"]["p50_ms"], 2),
+                                    "in_process_p99_ms": round(m["in_process"]["p99_ms"], 2),
+                                    **({"http_p99_ms": round(m["http"]["p99_ms"], 1), "http_rps": round(m["http"]["throughput_rps"], 1),
+                                        "http_errors": m["http"]["errors"]} if "http" in m else {})}
+                      for m in record["models"]}, indent=1))
+    print(f"record: {path}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
