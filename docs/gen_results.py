@@ -2,7 +2,7 @@
 
 Inputs (all under ``benchmarks/results/`` unless noted):
 
-* every ``results.json`` written by ``metarec bench`` (format ``metarec-bench-results-1``,
+* every ``results.json`` written by ``metarec bench`` (format ``metarec-bench-results-2``,
   see :mod:`metarec.bench.results`): per method and cell, the mean and std over seeds, the
   per-seed values, ``n`` and the bootstrap interval;
 * the paper's Table 1 as a reference file (format ``metarec-bench-reference-1``): the first

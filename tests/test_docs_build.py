@@ -103,7 +103,7 @@ def test_results_page_is_generated_from_results_files(tmp_path):
     assert expected in page, "the page must show exactly the numbers of results.json"
     assert "**global-mean**" in page and "**baseline-predictor**" in page
     # RMSE, the within-user NDCG and the paper's clip NDCG have rows of their own
-    assert "| | RMSE |" in page and "| | NDCG@3 per user |" in page and "| | clip NDCG@3 (A.2.3) |" in page
+    assert "|  | RMSE |" in page and "|  | NDCG@3 per user |" in page and "|  | clip NDCG@3 (A.2.3) |" in page
     assert "Notes: how these results were produced" not in page
     (results_dir / "smoke" / "NOTES.md").write_text("# How\n\n* s2Meta ran 1 epoch, not 20.\n")
     page = gen.render(results_dir)

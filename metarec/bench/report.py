@@ -274,6 +274,8 @@ def _ci(entry: Mapping[str, Any]) -> str:
 def _p(x: Any) -> str:
     if x is None:
         return "–"
+    if x < 1e-300:  # below what a double holds: the combined z of the per-user tests is > 37
+        return "< 1e-300"
     return f"{x:.2g}" if x >= 1e-4 else f"{x:.1e}"
 
 
