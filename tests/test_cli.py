@@ -36,3 +36,20 @@ def test_unknown_command_fails_cleanly():
     result = CliRunner().invoke(main, ["frobnicate"])
     assert result.exit_code != 0
     assert "No such command" in result.output
+
+
+def test_make_help_lists_every_target():
+    import re
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    makefile = Path(__file__).resolve().parents[1] / "Makefile"
+    phony = re.search(r"^\.PHONY:(.*)$", makefile.read_text(), re.M).group(1).split()
+    if shutil.which("make"):
+        text = subprocess.run(["make", "-s", "-f", str(makefile), "help"], capture_output=True, text=True,
+                              cwd=makefile.parent, check=True).stdout
+    else:  # pragma: no cover - the echo lines themselves
+        text = makefile.read_text().split("help:", 1)[1].split("\n\n", 1)[0]
+    listed = set(re.findall(r"^make (\S+)", text, re.M))
+    assert set(phony) <= listed, set(phony) - listed

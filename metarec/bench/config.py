@@ -356,8 +356,12 @@ def layer_from_overrides(items: Sequence[str], known_methods: Sequence[str] = ()
                 methods[m] = deep_merge(methods.get(m, {}), kv)
         elif not isinstance(value, dict):
             if head not in BENCH_FIELDS:
+                import difflib
+
+                hint = difflib.get_close_matches(head, BENCH_FIELDS, n=1)
+                did = f" (did you mean {hint[0]!r}?)" if hint else ""
                 raise ConfigError(
-                    f"--set {item!r}: {head!r} is not a bench setting; use <method>.<key>=value for a "
+                    f"--set {item!r}: {head!r} is not a bench setting{did}; use <method>.<key>=value for a "
                     f"method's setting, or one of: {', '.join(BENCH_FIELDS)}"
                 )
             bench[head] = value

@@ -27,6 +27,7 @@ from __future__ import annotations
 import abc
 import collections
 import multiprocessing as mp
+import os
 import signal
 import traceback
 from dataclasses import dataclass
@@ -133,8 +134,6 @@ def _die_with_parent() -> None:
 
 def _worker_main(conn: Any) -> None:
     """A worker process: execute the specs the driver sends until it sends None."""
-    import os
-
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's to handle
     _die_with_parent()
 
@@ -146,11 +145,16 @@ def _worker_main(conn: Any) -> None:
 
     while True:
         try:
-            spec = conn.recv()
+            message = conn.recv()
         except (EOFError, OSError):
             return
-        if spec is None:
+        if message is None:
             return
+        spec, environ, cwd = message
+        # the forkserver froze the environment and folder of its start: use the driver's now
+        os.environ.clear()
+        os.environ.update(environ)
+        os.chdir(cwd)
         try:
             res = execute_run(spec, sink=sink)
         except BaseException:  # execute_run records its own failures; this is a harness bug
@@ -193,7 +197,7 @@ class ProcessExecutor(RunExecutor):
                 idle = _Worker(self._ctx)
                 self._workers.append(idle)
             idle.spec = self._pending.popleft()
-            idle.conn.send(idle.spec)
+            idle.conn.send((idle.spec, dict(os.environ), os.getcwd()))
 
     def _receive(self, w: _Worker) -> RunOutcome | None:
         """Handle every message waiting on ``w``'s pipe; the run's outcome if it finished."""

@@ -194,9 +194,6 @@ def run_bench(
     # before the output folder is claimed.
     first_split = load_bench_split(cfg, cfg.seeds[0])
     data_info = dataset_info(first_split)
-    console.print(data_summary_line(first_split.info), soft_wrap=True, markup=False)
-    for line in data_flags(data_info):
-        console.print(line)
     rd = RunDir(out)
     with OutDirLock(out):
         cfg, dropped = prepare_out_dir(cfg, out, resume)  # again, under the lock
@@ -216,6 +213,10 @@ def run_bench(
                 dropped = [*dropped, *newly]
                 dropped_keys |= {(d["method"], int(d["seed"])) for d in newly}
         write_folder_config(rd, cfg, data_checksum=data_info.get("checksum"), dropped=dropped)
+        # once every refusal is behind us: a refusal stays one line
+        console.print(data_summary_line(first_split.info), soft_wrap=True, markup=False)
+        for line in data_flags(data_info):
+            console.print(line)
 
         plan: list[tuple[str, int]] = []
         for seed in cfg.seeds:  # seed-major: every method of a seed shares the (cached) split

@@ -252,6 +252,9 @@ def check_timestamps(table: RawTable, name: str, *, digits: int | None = None) -
     bad = np.flatnonzero((col < TIMESTAMP_MIN) | (col > hi))
     if bad.size:
         k = int(bad[0])
+        if abs(int(col[k])) >= 2**63 - 1:  # the fast parser saturates a number too long for int64
+            raise table.error(k, f"{name} has more digits than a 64-bit integer holds (a Unix time in seconds has "
+                                 "9-10 digits); is the value garbled?")
         raise table.error(k, f"{name} {int(col[k])} is not a plausible Unix time in seconds (allowed "
                              f"{TIMESTAMP_MIN} = 1990-01-01 .. {hi} = now); is the value cut short or garbled?")
 
