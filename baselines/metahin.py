@@ -331,7 +331,9 @@ class MetaHIN(EpisodicLearner):
     def _with_user(self, batch: TaskBatch, **extra: Tensor) -> TaskBatch:
         return dataclasses.replace(batch, user_features={**batch.user_features, **extra})
 
-    def co_adapt(self, batch: TaskBatch, *, first_order: bool) -> tuple[dict[str, Tensor], Tensor, Tensor]:
+    def co_adapt(
+        self, batch: TaskBatch, *, first_order: bool, detach: bool = False
+    ) -> tuple[dict[str, Tensor], Tensor, Tensor]:
         """Adapt every user along every meta-path and mix: ``(theta' {name: [B, ...]}, e [B, c], a [B, P])``.
 
         The P paths of B users run as one batch of P * B (path-major) episodes, so each inner
@@ -339,7 +341,7 @@ class MetaHIN(EpisodicLearner):
         """
         c = self.config
         params = dict(self.model.named_parameters())
-        if first_order:
+        if detach:  # evaluation: no outer graph at all
             params = {k: v.detach() for k, v in params.items()}
         B, P = len(batch), len(self.paths)
         raw = torch.cat(list(self.user_contexts(batch).values()), dim=0)  # [P * B, d_item]
@@ -369,10 +371,10 @@ class MetaHIN(EpisodicLearner):
         e_mix = (w.unsqueeze(-1) * e.view(P, B, -1)).sum(0)
         return mixed, e_mix, weights
 
-    def _predict_query(self, batch: TaskBatch, first_order: bool) -> Tensor:
-        theta, e, _ = self.co_adapt(batch, first_order=first_order)
+    def _predict_query(self, batch: TaskBatch, first_order: bool, detach: bool = False) -> Tensor:
+        theta, e, _ = self.co_adapt(batch, first_order=first_order, detach=detach)
         params = dict(self.model.named_parameters())
-        if first_order:
+        if detach:
             params = {k: v.detach() for k, v in params.items()}
         return engine.predict_batch(self.forward, params, self._with_user(batch, ctx_e=e), user_params=theta)
 
@@ -386,4 +388,4 @@ class MetaHIN(EpisodicLearner):
     def adapt_and_predict(self, batch: TaskBatch) -> Tensor:
         self.model.eval()
         with torch.no_grad():
-            return self._predict_query(batch, first_order=True)
+            return self._predict_query(batch, first_order=True, detach=True)
