@@ -78,7 +78,7 @@ class Table:
         v, m, key, _ = self.rows[i]
         mean, std = v.value(m, cell, key)
         if not math.isfinite(mean):
-            return "–"
+            return "n/a" if (v.cell(m, cell).get(key) or {}).get("na") else "–"
         if std is None:
             return _fmt(mean) + ("†" if v.published else "")
         return f"{_fmt(mean)}{self.pm}{_fmt(std)}"

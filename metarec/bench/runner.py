@@ -37,6 +37,7 @@ from metarec.bench.results import (
     write_text,
     RunDir,
     build_results,
+    mark_score_output,
     predictions_csv_text,
     read_json,
     run_key,
@@ -307,6 +308,7 @@ def execute_run(spec: RunSpec, sink: Sink | None = None) -> dict[str, Any]:
         )
         record["learner_config"] = dataclasses.asdict(learner.config)
         record["learner_class"] = f"{cls.__module__}:{cls.__qualname__}"
+        record["output"] = getattr(cls, "output", "rating")
 
         ckpt_dir = rd.checkpoints(spec.method, spec.seed)
         prior = load_checkpoint(ckpt_dir)
@@ -338,6 +340,8 @@ def execute_run(spec: RunSpec, sink: Sink | None = None) -> dict[str, Any]:
             arrays["prediction"], arrays["rating"], arrays["user_id"], arrays["scenario"],
             k=cfg.k, clip_size=cfg.clip_size, n_boot=cfg.n_boot, level=cfg.ci_level, seed=spec.seed,
         )
+        if record["output"] == "score":
+            scores = mark_score_output(scores)
         timings["metrics_s"] = time.perf_counter() - t0
         record.update(scores)
         record["status"] = "ok"
@@ -364,7 +368,8 @@ def _one_line(record: Mapping[str, Any], k: int) -> str:
     if record["status"] != "ok":
         return f"[red]{record.get('error')}[/]"
     o = record["metrics"]["overall"]
-    return f"MAE {o['mae']:.4f} · NDCG@{k} {o[f'ndcg@{k}']:.4f} · {record['timings']['total_s']:.1f} s"
+    mae = "n/a" if o["mae"] is None else f"{o['mae']:.4f}"
+    return f"MAE {mae} · NDCG@{k} {o[f'ndcg@{k}']:.4f} · {record['timings']['total_s']:.1f} s"
 
 
 def _worker(spec: RunSpec, queue: Any) -> dict[str, Any]:
