@@ -172,6 +172,44 @@ class TrainingGraph(nn.Module):
         self.edge_user, self.edge_item = users.to(device), inverse.to(device)
         for name, col in train.items.gather(unique).items():
             setattr(self, f"feat_{name}", col.to(device))
+        self._ops = None
+
+    def operators(self, cardinality: Mapping[str, int]) -> dict[str, Any]:
+        """Sparse averaging/summing matrices over the graph (built once per graph, then cached).
+
+        ``user_mean [U, P]``: each training user's mean over their items; ``corater_mean [P, U]``:
+        each item's mean over its training raters; per feature ``f`` in ``cardinality``:
+        ``sum_<f> [V, P]`` (training items per value, summed) and ``count_<f> [V]``.
+        """
+        key = tuple(sorted(cardinality.items()))
+        cached = getattr(self, "_ops", None)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        P, U, dev = len(self.items), self.n_users, self.items.device
+        ones = torch.ones(len(self.edge_user), device=dev)
+        n_items_of = torch.zeros(U, device=dev).index_add(0, self.edge_user, ones)
+        n_raters_of = torch.zeros(P, device=dev).index_add(0, self.edge_item, ones)
+        ops: dict[str, Any] = {
+            "user_mean": torch.sparse_coo_tensor(
+                torch.stack([self.edge_user, self.edge_item]), ones / n_items_of[self.edge_user], (U, P), check_invariants=True
+            ).coalesce(),
+            "corater_mean": torch.sparse_coo_tensor(
+                torch.stack([self.edge_item, self.edge_user]), ones / n_raters_of[self.edge_item], (P, U), check_invariants=True
+            ).coalesce(),
+            "in_graph": n_raters_of > 0,
+        }
+        for name, card in cardinality.items():
+            values = getattr(self, f"feat_{name}")
+            values = values.unsqueeze(1) if values.dim() == 1 else values
+            valid = values >= 0
+            item_of = torch.arange(P, device=dev).unsqueeze(1).expand_as(values)[valid]
+            vals = values[valid]
+            ops[f"sum_{name}"] = torch.sparse_coo_tensor(
+                torch.stack([vals, item_of]), torch.ones(len(vals), device=dev), (card, P), check_invariants=True
+            ).coalesce()
+            ops[f"count_{name}"] = torch.zeros(card, device=dev).index_add(0, vals, torch.ones(len(vals), device=dev))
+        self._ops = (key, ops)
+        return ops
 
     def features(self) -> dict[str, Tensor]:
         """The graph items' feature columns, as a feature dict."""
@@ -187,6 +225,7 @@ class TrainingGraph(nn.Module):
         return lookup[item_rows.clamp_min(0)]
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # noqa: ANN001 (torch's signature)
+        self._ops = None
         for name, buf in list(self._buffers.items()):
             key = prefix + name
             if key in state_dict and buf is not None and state_dict[key].shape != buf.shape:
@@ -202,13 +241,6 @@ def _repeat(batch: TaskBatch, times: int) -> TaskBatch:
         v = getattr(batch, f.name)
         out[f.name] = {k: t[idx] for k, t in v.items()} if isinstance(v, dict) else v[idx]
     return TaskBatch(**out)
-
-
-def _segment_sum(values: Tensor, index: Tensor, size: int) -> tuple[Tensor, Tensor]:
-    """Sums of ``values [E, d]`` per ``index [E]`` into ``[size, d]``, and the counts ``[size]``."""
-    out = values.new_zeros(size, values.shape[-1]).index_add(0, index, values)
-    count = values.new_zeros(size).index_add(0, index, torch.ones_like(index, dtype=values.dtype))
-    return out, count
 
 
 class MetaHINNet(nn.Module):
@@ -293,26 +325,22 @@ class MetaHIN(EpisodicLearner):
         m, g = self.model, self.graph
         own = m.item_embedder(items_x)
         out: dict[str, Tensor] = {}
-        pool = m.item_embedder(g.features()) if len(g.items) else None
+        if not len(g.items):  # no training graph yet: every path sees the item alone
+            return {path: own for path in self.paths}
+        feats = {f: self.schema.item_feature(f).cardinality for f in map(path_feature, self.paths) if f}
+        ops = g.operators(feats)
+        pool = m.item_embedder(g.features())  # [P, d]
         for path in self.paths:
             feat = path_feature(path)
-            if path == "um" or pool is None:
+            if path == "um":
                 out[path] = own
             elif path == "umum":
-                users, _ = _segment_sum(pool[g.edge_item], g.edge_user, g.n_users)
-                users = users / torch.bincount(g.edge_user, minlength=g.n_users).clamp_min(1).unsqueeze(1).to(users.dtype)
-                co, n_co = _segment_sum(users[g.edge_user], g.edge_item, len(g.items))
-                co = co / n_co.clamp_min(1.0).unsqueeze(1)
+                co = torch.sparse.mm(ops["corater_mean"], torch.sparse.mm(ops["user_mean"], pool))  # [P, d]
                 pos = g.positions(item_rows)
                 in_graph = (pos >= 0).unsqueeze(-1).to(own.dtype)
                 out[path] = own + in_graph * (co[pos.clamp_min(0)] - own) / 2.0
             else:
-                card = self.schema.item_feature(feat).cardinality
-                values = g.features()[feat]
-                values = values.unsqueeze(1) if values.dim() == 1 else values
-                valid = values >= 0
-                item_of = torch.arange(len(g.items), device=values.device).unsqueeze(1).expand_as(values)
-                sums, counts = _segment_sum(pool[item_of[valid]], values[valid], card)
+                sums, counts = torch.sparse.mm(ops[f"sum_{feat}"], pool), ops[f"count_{feat}"]  # [V, d], [V]
                 mine = items_x[feat]
                 mine = mine.unsqueeze(-1) if mine.dim() == item_rows.dim() else mine
                 ok = (mine >= 0).to(own.dtype)
