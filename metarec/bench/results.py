@@ -488,6 +488,11 @@ def build_results(
         }
         if ok:
             entry.update(aggregate_method(ok, preds, k=k, clip_size=clip_size, n_boot=n_boot, level=level))
+            from metarec.ranking import aggregate_catalogue
+
+            catalogue = aggregate_catalogue(ok)
+            if catalogue is not None:
+                entry["catalogue_ranking"] = catalogue
             entry["preset"] = ok[0].get("preset")
             entry["learner_config"] = ok[0].get("learner_config")
         summary[m] = entry

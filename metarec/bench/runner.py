@@ -342,6 +342,15 @@ def execute_run(spec: RunSpec, sink: Sink | None = None) -> dict[str, Any]:
         )
         if record["output"] == "score":
             scores = mark_score_output(scores)
+        if cfg.ranking == "catalogue":
+            from metarec.ranking import catalogue_ranking
+
+            sink(("phase", key, "catalogue ranking"))
+            t1 = time.perf_counter()
+            scores["catalogue_ranking"] = catalogue_ranking(
+                learner, split, threshold=cfg.ranking_threshold, seed=spec.seed
+            )
+            timings["catalogue_s"] = time.perf_counter() - t1
         timings["metrics_s"] = time.perf_counter() - t0
         record.update(scores)
         record["status"] = "ok"

@@ -97,6 +97,9 @@ def _backend_layer(methods: tuple[str, ...], backend: str) -> dict[str, Any]:
 @click.option("--backend", metavar="NAME",
               help="Inner-loop backend of every selected method that has one: torch.func, loop or learn2learn "
                    "(the last needs the optional learn2learn package).")
+@click.option("--ranking", type=click.Choice(["query", "catalogue"]),
+              help="catalogue: also rank each test user's relevant query items among the whole catalogue "
+                   "(Recall@10/20, NDCG@10/20 per scenario). [default: query]")
 @click.option("--progress/--no-progress", default=None, help="Live progress display. [default: on]")
 def bench(
     methods: str | None,
@@ -119,6 +122,7 @@ def bench(
     n_boot: int | None,
     progress: bool | None,
     backend: str | None,
+    ranking: str | None = None,
 ) -> None:
     """Benchmark methods on the cold-start protocol: MAE and NDCG@3 per scenario, over seeds.
 
@@ -159,7 +163,7 @@ def bench(
         for name, value in (
             ("dataset", dataset), ("data_dir", data_dir), ("dataset_config", dataset_config), ("device", device), ("out", out), ("jobs", jobs),
             ("threads", threads), ("offline", offline), ("epochs", epochs), ("clip_size", clip_size),
-            ("n_boot", n_boot), ("progress", progress),
+            ("n_boot", n_boot), ("progress", progress), ("ranking", ranking),
         ):
             if value is not None:
                 cli[name] = value
