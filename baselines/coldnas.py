@@ -234,11 +234,13 @@ class ColdNAS(EpisodicLearner):
         self.searched_architecture: tuple[str, ...] | None = None
         self.best_search_mse: float | None = None
         if self.searching:
-            self.supernet = ColdNASNet(self.schema, c).to(self.device)
+            # initialised on the CPU generator (seeded by the run), then moved: same start on every device
+            supernet = ColdNASNet(self.schema, c)
             with torch.no_grad():
-                for p in self.supernet.parameters():
+                for p in supernet.parameters():
                     p.normal_(0.0, c.search_init_std)
-            self.alpha = nn.Parameter(torch.randn(n_pos, len(OPS), device=self.device) * c.search_init_std)
+            self.supernet = supernet.to(self.device)
+            self.alpha = nn.Parameter((torch.randn(n_pos, len(OPS)) * c.search_init_std).to(self.device))
             self.best_alpha = self.alpha.detach().clone()
             self.search_optimizer = engine.make_optimizer(
                 "adam", [*self.supernet.parameters(), self.alpha], c.search_lr, c.weight_decay
