@@ -112,6 +112,6 @@ def test_bench_option_reports_catalogue_ranking(tmp_path):
     assert len(overall["ndcg@10"]["values"]) == 2 and overall["recall@20"]["mean"] is not None
     run = json.loads((out / "runs" / "baseline-predictor__seed1.json").read_text())
     assert run["catalogue_ranking"]["cells"]["overall"]["recall@20"] == overall["recall@20"]["values"][1]
-    assert "catalogue_s" in run["timings"]
+    assert "catalogue_s" in run["timings"] and run["learner_state"] == {}
     summary = (out / "summary.md").read_text()
     assert "## Full-catalogue ranking" in summary and "| baseline-predictor | Recall@20 |" in summary

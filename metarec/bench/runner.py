@@ -330,6 +330,8 @@ def execute_run(spec: RunSpec, sink: Sink | None = None) -> dict[str, Any]:
             timings["predict_s"] = time.perf_counter() - t0
             record["memory"] = mem.read()
         record["history"] = ckpt.history
+        # the learner's own JSON counters (e.g. ColdNAS's searched architecture)
+        record["learner_state"] = jsonable(learner.extra_state())
         if hasattr(learner, "epochs_done"):
             record["epochs_done"] = int(learner.epochs_done)
 
