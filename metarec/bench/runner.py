@@ -344,6 +344,7 @@ def execute_run(spec: RunSpec, sink: Sink | None = None) -> dict[str, Any]:
         )
         if record["output"] == "score":
             scores = mark_score_output(scores)
+        timings["metrics_s"] = time.perf_counter() - t0
         if cfg.ranking == "catalogue":
             from metarec.ranking import catalogue_ranking
 
@@ -353,7 +354,6 @@ def execute_run(spec: RunSpec, sink: Sink | None = None) -> dict[str, Any]:
                 learner, split, threshold=cfg.ranking_threshold, seed=spec.seed
             )
             timings["catalogue_s"] = time.perf_counter() - t1
-        timings["metrics_s"] = time.perf_counter() - t0
         record.update(scores)
         record["status"] = "ok"
         # predictions first, the run file last: a run file means a complete run
