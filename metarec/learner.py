@@ -89,6 +89,11 @@ class Learner(abc.ABC):
     #: sets False: :func:`metarec.testing.check_learner` then requires the same predictions for
     #: every seed instead of different ones.
     stochastic: ClassVar[bool] = True
+    #: What :meth:`adapt_and_predict` returns: ``rating`` -- calibrated ratings on the dataset's
+    #: scale (MAE/RMSE are meaningful) -- or ``score`` -- only the order within a user counts
+    #: (e.g. a model trained with a ranking loss); the harness then reports MAE as n/a and skips
+    #: clipping to the rating range.
+    output: ClassVar[Literal["rating", "score"]] = "rating"
 
     def __init__(
         self,
@@ -194,8 +199,8 @@ class Learner(abc.ABC):
         return torch.cat(out)
 
     def postprocess(self, pred: Tensor) -> Tensor:
-        """Clip to the rating range when ``config.clip_predictions`` is on."""
-        if self.config.clip_predictions:
+        """Clip to the rating range when ``config.clip_predictions`` is on (ratings only, not scores)."""
+        if self.config.clip_predictions and self.output == "rating":
             return pred.clamp(self.schema.rating_min, self.schema.rating_max)
         return pred
 
@@ -292,6 +297,12 @@ class EpisodicLearner(Learner):
     def on_fit_start(self, train: TaskSet) -> None:
         """Hook before the first epoch (create optimisers lazily here if needed)."""
 
+    def total_epochs(self) -> int:
+        """Epochs :meth:`meta_fit` runs in all (``config.epochs``); a learner with several
+        training phases (ColdNAS: search, then the final model) counts them all here, so that
+        checkpoints and resume see one epoch counter."""
+        return self.config.epochs
+
     def on_epoch_end(self, epoch: int) -> dict[str, float]:
         """Hook after each epoch; may return extra numbers for the logs."""
         return {}
@@ -308,8 +319,9 @@ class EpisodicLearner(Learner):
             raise ValueError("meta_fit needs at least one training task")
         self.on_fit_start(train)
         n_batches = train.num_batches(cfg.batch_size, cfg.drop_last)
-        _fire(callbacks, "on_fit_start", self, epochs=cfg.epochs - self.epochs_done, batches_per_epoch=n_batches)
-        for epoch in range(self.epochs_done, cfg.epochs):
+        total_epochs = self.total_epochs()
+        _fire(callbacks, "on_fit_start", self, epochs=total_epochs - self.epochs_done, batches_per_epoch=n_batches)
+        for epoch in range(self.epochs_done, total_epochs):
             gen = torch_generator(self.seed, "epoch-order", epoch)
             total, count = 0.0, 0
             batches = train.batches(

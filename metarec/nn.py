@@ -263,3 +263,132 @@ def attentive_write(
         if update.shape != memory.shape:
             raise ValueError(f"attentive_write: values sum to {list(update.shape)}, memory is {list(memory.shape)}")
     return decay * memory + update.reshape(memory.shape)
+
+
+# --------------------------------------------------------------------------- set encoders and modulation
+
+
+def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
+    """Mean of the rows of ``x [..., N, d]`` where ``mask [..., N]`` is True: ``[..., d]``.
+
+    The pooling of every amortised method (neural processes, hypernetworks): a support set of any
+    size -- padded to a fixed shape -- becomes one vector. A set with no real row gives zeros.
+    """
+    m = mask.to(x.dtype).unsqueeze(-1)
+    return (x * m).sum(-2) / m.sum(-2).clamp_min(1.0)
+
+
+class SetEncoder(nn.Module):
+    """``masked_mean(MLP([x_n; y_n]))`` over a set of (interaction embedding, rating) pairs.
+
+    The permutation-invariant encoder of TaNP's latent and task-identity paths and of ColdNAS's
+    adaptation network: each row is mapped on its own, then the rows are averaged (``mask`` says
+    which are real). ``dropout`` is applied after each hidden layer (TaNP's encoders).
+    """
+
+    def __init__(
+        self,
+        sizes: Sequence[int],
+        *,
+        activation: str = "relu",
+        final_activation: bool = False,
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        if len(sizes) < 2:
+            raise ValueError(f"a set encoder needs at least input and output sizes, got {list(sizes)}")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        layers: list[nn.Module] = []
+        for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+            layers.append(nn.Linear(a, b))
+            if i < len(sizes) - 2 or final_activation:
+                if dropout:
+                    layers.append(nn.Dropout(dropout))
+                layers.append(make_activation(activation))
+        self.net = nn.Sequential(*layers)
+        self.in_dim, self.out_dim = int(sizes[0]), int(sizes[-1])
+
+    def forward(self, x: Tensor, y: Tensor, mask: Tensor) -> Tensor:
+        """``x [..., N, d]``, ratings ``y [..., N]``, ``mask [..., N]`` -> ``[..., out_dim]``."""
+        rows = torch.cat([x, y.unsqueeze(-1).to(x.dtype)], dim=-1)
+        return masked_mean(self.net(rows), mask)
+
+
+class FiLM(nn.Module):
+    """Feature-wise modulation of hidden units by a conditioning vector (Perez et al. 2018).
+
+    ``film``: ``h * tanh(W_g c) + tanh(W_b c)``. ``gating`` (TaNP's gating variant): a gate
+    ``d = sigmoid(W_d c)`` and a shared ``e = tanh(W_e c)`` blend the two:
+    ``gamma' = gamma * d + e * (1 - d)``, ``beta' = beta * d + e * (1 - d)``.
+    ``c`` is ``[..., cond_dim]`` and broadcasts against ``h [..., N, width]`` over the item axis.
+    """
+
+    def __init__(
+        self, cond_dim: int, width: int, *, mode: Literal["film", "gating"] = "film", bias: bool = False
+    ) -> None:
+        super().__init__()
+        if mode not in ("film", "gating"):
+            raise ValueError(f"unknown FiLM mode {mode!r}; use 'film' or 'gating'")
+        self.mode = mode
+        self.gamma = nn.Linear(cond_dim, width, bias=bias)
+        self.beta = nn.Linear(cond_dim, width, bias=bias)
+        if mode == "gating":
+            self.gate = nn.Linear(cond_dim, width, bias=bias)
+            self.shared = nn.Linear(cond_dim, width, bias=bias)
+
+    def coefficients(self, cond: Tensor) -> tuple[Tensor, Tensor]:
+        """``(gamma, beta)`` for ``cond [..., cond_dim]``, each ``[..., width]``."""
+        gamma, beta = torch.tanh(self.gamma(cond)), torch.tanh(self.beta(cond))
+        if self.mode == "gating":
+            d = torch.sigmoid(self.gate(cond))
+            e = torch.tanh(self.shared(cond))
+            gamma, beta = gamma * d + e * (1 - d), beta * d + e * (1 - d)
+        return gamma, beta
+
+    def forward(self, h: Tensor, cond: Tensor) -> Tensor:
+        """Modulate ``h [..., N, width]`` with ``cond [..., cond_dim]`` (one vector per set)."""
+        gamma, beta = self.coefficients(cond)
+        return h * gamma.unsqueeze(-2) + beta.unsqueeze(-2)
+
+
+class InteractionEmbedder(nn.Module):
+    """``[tower_item(embed(item)); tower_user(embed(user))]`` for every (user, item) pair.
+
+    The interaction representation of TaNP and ColdNAS: the schema's features embedded by
+    :class:`FeatureEmbedder`, each side passed through its own small MLP ``tower`` (sizes after
+    the embedding; ``()`` keeps the raw concatenation), user broadcast over the items.
+    """
+
+    def __init__(
+        self,
+        user_features: Sequence[Feature],
+        item_features: Sequence[Feature],
+        *,
+        embedding_dim: int = 32,
+        tower: Sequence[int] = (),
+        activation: str = "relu",
+        final_activation: bool = True,
+        multi_pooling: MultiPooling = "mean",
+    ) -> None:
+        super().__init__()
+        self.user_embedder = FeatureEmbedder(user_features, embedding_dim, multi_pooling=multi_pooling)
+        self.item_embedder = FeatureEmbedder(item_features, embedding_dim, multi_pooling=multi_pooling)
+        towers = {}
+        for side, emb in (("user", self.user_embedder), ("item", self.item_embedder)):
+            sizes = [emb.out_dim, *tower]
+            towers[side] = (
+                mlp(sizes, activation=activation, final_activation=final_activation)
+                if len(sizes) > 1 else nn.Identity()
+            )
+        self.user_tower, self.item_tower = towers["user"], towers["item"]
+        side = int(tower[-1]) if tower else None
+        self.item_dim = side or self.item_embedder.out_dim
+        self.user_dim = side or self.user_embedder.out_dim
+        self.out_dim = self.item_dim + self.user_dim
+
+    def forward(self, user_x: Mapping[str, Tensor], items_x: Mapping[str, Tensor]) -> Tensor:
+        """``[..., N, item_dim + user_dim]`` for one user (or a batch) and ``N`` items."""
+        items = self.item_tower(self.item_embedder(items_x))
+        user = self.user_tower(self.user_embedder(user_x))
+        return torch.cat([items, broadcast_user(user, items)], dim=-1)

@@ -294,7 +294,50 @@ class TaskSet:
             query_scenarios=[SCENARIOS[c] for c in self.query_scenario[i][q_mask].tolist()],
         )
 
+    def with_candidates(self, items: Tensor | Sequence[int]) -> "TaskSet":
+        """The same users and support sets, with ``items`` (item-table rows) as every user's query.
+
+        For scoring arbitrary items -- e.g. the whole catalogue in the full-ranking evaluation
+        (:mod:`metarec.ranking`): a learner adapts to the support set and predicts the candidates
+        exactly as it predicts query items. The query ratings are unknown (NaN; learners never
+        read them) and the query scenario is -1.
+        """
+        cand = torch.as_tensor(items, dtype=torch.long).reshape(-1)
+        if cand.numel() == 0:
+            raise ValueError("with_candidates needs at least one candidate item")
+        if int(cand.min()) < 0 or int(cand.max()) >= len(self.items):
+            raise ValueError(f"candidate items must be rows of the item table, in [0, {len(self.items)})")
+        n = len(self)
+        q = cand.unsqueeze(0).expand(n, -1)
+        return replace(
+            self,
+            query_items=q,
+            query_ratings=torch.full(q.shape, float("nan")),
+            query_mask=torch.ones(q.shape, dtype=torch.bool),
+            query_scenario=torch.full(q.shape, -1, dtype=torch.long),
+            info={**self.info, "candidates": int(cand.numel())},
+        )
+
     def scenario_counts(self) -> dict[str, int]:
         """Number of (real) query ratings per scenario label."""
         codes = self.query_scenario[self.query_mask]
         return {name: int((codes == c).sum()) for c, name in enumerate(SCENARIOS)}
+
+
+def candidate_batches(
+    tasks: TaskSet,
+    items: Tensor | Sequence[int],
+    batch_size: int,
+    *,
+    device: torch.device | str | None = None,
+) -> Iterator[tuple[Tensor, TaskBatch]]:
+    """``(task positions, batch)`` over ``tasks`` in order, each batch's query = ``items``.
+
+    :meth:`TaskSet.with_candidates` in batches of ``batch_size`` users (the item features are
+    gathered per batch, so memory grows with ``batch_size x len(items)``, not with the number of
+    users).
+    """
+    scored = tasks.with_candidates(items)
+    for start in range(0, len(scored), batch_size):
+        idx = torch.arange(start, min(start + batch_size, len(scored)))
+        yield idx, scored.batch(idx, device=device)

@@ -15,15 +15,17 @@ import torch
 from metarec.registry import available_learners, get_learner
 
 BUILT_IN = ("mamo", "melu", "metacs-dnn", "s2meta", "rum-item", "rum-feature",
-            "global-mean", "baseline-predictor", "profile-mlp", "profile-mlp-finetune")
+            "global-mean", "baseline-predictor", "profile-mlp", "profile-mlp-finetune",
+            "tanp", "metahin", "coldnas")
 
 #: Largest |CPU - CUDA| of a predicted rating (1-5 scale) after one short epoch. float32 kernels
 #: sum in other orders on the GPU; s2Meta's sampled stop decisions can also flip on a near tie.
 CROSS_DEVICE_ATOL = 5e-3
 
 
-#: s2Meta's per-coordinate controllers are the slowest part of the suite: fewer inner steps.
-SHORTER = {"s2meta": {"max_steps": 6, "min_steps": 2}}
+#: s2Meta's per-coordinate controllers are the slowest part of the suite: fewer inner steps;
+#: ColdNAS: one search epoch before its one final epoch.
+SHORTER = {"s2meta": {"max_steps": 6, "min_steps": 2}, "coldnas": {"search_epochs": 1}}
 
 
 def _short(cls) -> dict:

@@ -66,3 +66,18 @@ def test_methods_speed_script_times_each_method_with_its_table1_settings(tmp_pat
     assert record["environment"]["device"] == "cpu"
     with pytest.raises(SystemExit):
         mod.main(["--methods", "no-such-method", "--out", str(tmp_path / "x.json")])
+
+
+def test_catalogue_ranking_script_times_every_method_on_all_test_users(tmp_path):
+    out = tmp_path / "catalogue.json"
+    rc = _load("bench_catalogue_ranking").main([
+        "--data", "synthetic", "--threads", "1", "--methods", "global-mean,baseline-predictor", "--out", str(out),
+    ])
+    assert rc == 0
+    record = json.loads(out.read_text())
+    assert record["test_users"] == 400 and record["candidates"] == record["candidates_warm"] + record["candidates_cold"]
+    assert [r["method"] for r in record["rows"]] == ["global-mean", "baseline-predictor"]
+    for row in record["rows"]:
+        assert row["seconds"] > 0 and set(row["metrics"]) == {"overall", "W-W", "W-C", "C-W", "C-C"}
+        assert row["users_per_s"] == pytest.approx(400 / row["seconds"]) and row["cpu_seconds"] > 0
+    assert "load_average_before_after" in record["environment"]

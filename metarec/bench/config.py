@@ -85,6 +85,12 @@ class BenchConfig(ValidatedConfig):
     #: Bootstrap resamples (over test users) for the confidence intervals, and their level.
     n_boot: int = setting(1000, ge=1)
     ci_level: float = setting(0.95, gt=0, lt=1)
+    #: ``query``: rank each test user's query items only (the protocol's NDCG). ``catalogue``:
+    #: also rank the relevant query items (rating >= ``ranking_threshold``) among every catalogue
+    #: item the user has not rated in support, per scenario (Recall@k / NDCG@k, k in {10, 20};
+    #: :mod:`metarec.ranking`).
+    ranking: Literal["query", "catalogue"] = "query"
+    ranking_threshold: float = 4.0
     #: Show the live progress display.
     progress: bool = True
     #: Keep each run's training checkpoints after it finished (they are deleted otherwise).
@@ -256,7 +262,7 @@ BENCH_FIELDS = tuple(f.name for f in dataclasses.fields(BenchConfig) if f.name !
 #: Fields that change the numbers; a resumed run must not change them.
 RESULT_FIELDS = (
     "dataset", "data_dir", "dataset_config", "offline", "epochs", "k", "clip_size", "n_boot", "ci_level",
-    "ranking_ks", "relevance_threshold",
+    "ranking_ks", "relevance_threshold", "ranking", "ranking_threshold",
     "protocol", "synthetic", "method_settings",
 )
 

@@ -111,7 +111,7 @@ class Table:
         v, m, key, _ = self.rows[i]
         mean, std = v.value(m, cell, key)
         if not math.isfinite(mean):
-            return "–"
+            return "n/a" if (v.cell(m, cell).get(key) or {}).get("na") else "–"
         if std is None:
             return _fmt(mean) + ("†" if v.published else "")
         return f"{_fmt(mean)}{self.pm}{_fmt(std)}"
@@ -356,6 +356,7 @@ def markdown_summary(results: Mapping[str, Any], extra: Sequence[ResultsView] = 
         "",
         markdown_table([view, *extra]),
         "",
+        *catalogue_markdown(results),
         f"## Cell sizes and {int(100 * float(cfg.get('ci_level', 0.95)))} % bootstrap intervals",
         "",
         "Intervals: percentile bootstrap of the mean over seeds, resampling test users within each "
@@ -488,6 +489,33 @@ def _latex_table(views: Sequence[ResultsView], caption: str | None = None) -> st
 
 
 # ---------------------------------------------------------------------------- files
+
+
+def catalogue_markdown(results: Mapping[str, Any]) -> list[str]:
+    """The full-catalogue ranking section of ``summary.md`` (no lines when the mode was off)."""
+    methods = {m: e["catalogue_ranking"] for m, e in results.get("methods", {}).items() if e.get("catalogue_ranking")}
+    if not methods:
+        return []
+    first = next(iter(methods.values()))
+    names = [n for n in next(iter(first["cells"].values())) if "@" in n]
+    thr = results.get("config", {}).get("ranking_threshold", 4.0)
+    out = [
+        "## Full-catalogue ranking", "",
+        f"Relevant query items (rating >= {thr}) ranked among every catalogue item of the cell's item "
+        "state the user has not rated in support; mean ± std over seeds of the per-user mean "
+        "(users without a relevant item in the cell are left out).", "",
+        "| method | metric | " + " | ".join(first["cells"]) + " |",
+        "|---|---|" + "---:|" * len(first["cells"]),
+    ]
+    for m, cat in methods.items():
+        for n in names:
+            vals = []
+            for c in cat["cells"].values():
+                v = c[n]
+                mean = float("nan") if v["mean"] is None else float(v["mean"])
+                vals.append(_fmt(mean) + ("" if v["std"] is None else f" ± {_fmt(float(v['std']))}"))
+            out.append(f"| {m} | {n.replace('recall', 'Recall').replace('ndcg', 'NDCG')} | " + " | ".join(vals) + " |")
+    return [*out, ""]
 
 
 def write_reports(results: Mapping[str, Any], out_dir: str | Path, extra: Sequence[ResultsView] = ()) -> list[Path]:

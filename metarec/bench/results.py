@@ -354,6 +354,25 @@ def cell_confidence_intervals(
     return out
 
 
+#: Metrics that compare predictions with ratings on their scale: n/a for a learner whose
+#: ``output`` is ``"score"`` (:attr:`metarec.learner.Learner.output`).
+ERROR_METRICS: tuple[str, ...] = ("mae", "rmse")
+SCORE_OUTPUT_NOTE = "n/a: the learner outputs scores, not calibrated ratings (Learner.output = 'score')"
+
+
+def mark_score_output(scores: dict[str, Any]) -> dict[str, Any]:
+    """``run_metrics`` output with MAE/RMSE replaced by None (n/a) in every cell and interval."""
+    for cell in scores.get("metrics", {}).values():
+        for name in ERROR_METRICS:
+            if name in cell:
+                cell[name] = None
+    for cell in scores.get("ci", {}).values():
+        for name in ERROR_METRICS:
+            cell.pop(name, None)
+    scores["metric_notes"] = {name: SCORE_OUTPUT_NOTE for name in ERROR_METRICS}
+    return scores
+
+
 def run_metrics(
     pred: np.ndarray,
     true: np.ndarray,
@@ -414,6 +433,7 @@ def aggregate_method(
     if spec is None:
         spec = MetricSpec(k=3 if k is None else k, clip_size=5 if clip_size is None else clip_size)
     seeds = [int(r["seed"]) for r in runs]
+    scores_only = any(r.get("output") == "score" for r in runs)
     cells: dict[str, Any] = {}
     strata = [
         Stratum(s, preds[s]["prediction"], preds[s]["rating"], user_positions(preds[s]["user_id"]), preds[s]["scenario"])
@@ -424,6 +444,9 @@ def aggregate_method(
     for cell in CELLS:
         entry: dict[str, Any] = {}
         for name in spec.names:
+            if scores_only and name in ERROR_METRICS:
+                entry[name] = {"mean": None, "std": None, "values": [None] * len(runs), "na": SCORE_OUTPUT_NOTE}
+                continue
             values = [_nan(r["metrics"][cell].get(name)) for r in runs]
             mean, std = _mean_std(values)
             entry[name] = {"mean": mean, "std": std, "values": values}
@@ -507,11 +530,16 @@ def paired_tests(
         ra = {int(r["seed"]): r for r in method_runs.get(a, ())}
         rb = {int(r["seed"]): r for r in method_runs.get(b, ())}
         common = sorted(set(ra) & set(rb))
+        scores_only = any(r.get("output") == "score" for r in (*method_runs.get(a, ()), *method_runs.get(b, ())))
         for cell in CELLS:
             for metric in tested_metrics(spec):
                 if cell == "overall" and metric == spec.clip:
                     continue
                 entry: dict[str, Any] = {"a": a, "b": b, "cell": cell, "metric": metric, "seeds": common}
+                if scores_only and metric in ERROR_METRICS:
+                    entry["per_seed"] = entry["per_user"] = {"skipped": SCORE_OUTPUT_NOTE}
+                    out.append(entry)
+                    continue
                 xa = [_nan(ra[s]["metrics"][cell].get(metric)) for s in common]
                 xb = [_nan(rb[s]["metrics"][cell].get(metric)) for s in common]
                 ok = [j for j in range(len(common)) if math.isfinite(xa[j]) and math.isfinite(xb[j])]
@@ -709,6 +737,11 @@ def assemble_results(
         }
         if ok:
             entry.update(aggregate_method(ok, preds, n_boot=n_boot, level=level, spec=spec))
+            from metarec.ranking import aggregate_catalogue
+
+            catalogue = aggregate_catalogue(ok)
+            if catalogue is not None:
+                entry["catalogue_ranking"] = catalogue
             entry["preset"] = ok[0].get("preset")
             labels = sorted({r.get("preset_label") or r.get("preset") or "defaults" for r in ok})
             entry["preset_label"] = " | ".join(labels)

@@ -38,6 +38,7 @@ from metarec.bench.progress import ProgressCallback, Sink
 from metarec.bench.results import (
     RUN_FORMAT,
     MetricSpec,
+    mark_score_output,
     RunDir,
     predictions_csv_text,
     read_json,
@@ -47,7 +48,7 @@ from metarec.bench.results import (
     write_text,
 )
 from metarec.checkpoint import load_state, save_state
-from metarec.config import ConfigError
+from metarec.config import ConfigError, jsonable
 from metarec.learner import Callback
 from metarec.schema import SCENARIOS
 
@@ -532,6 +533,7 @@ def execute_run(spec: RunSpec, sink: Sink | None = None, write: FileWriter | Non
         record["learner_config"] = dataclasses.asdict(learner.config)
         record["preset_label"] = preset_label(cls, settings.preset, learner.config)
         record["learner_class"] = f"{cls.__module__}:{cls.__qualname__}"
+        record["output"] = getattr(cls, "output", "rating")
         epochs = record["learner_config"].get("epochs")
         if epochs == 0:
             record["untrained"] = True
@@ -568,6 +570,8 @@ def execute_run(spec: RunSpec, sink: Sink | None = None, write: FileWriter | Non
                 "TaskSets as read-only (no other run was affected: each run gets private copies)"
             )
         record["history"] = ckpt.history
+        # the learner's own JSON counters (e.g. ColdNAS's searched architecture)
+        record["learner_state"] = jsonable(learner.extra_state())
         if hasattr(learner, "epochs_done"):
             record["epochs_done"] = int(learner.epochs_done)
 
@@ -578,7 +582,18 @@ def execute_run(spec: RunSpec, sink: Sink | None = None, write: FileWriter | Non
             arrays["prediction"], arrays["rating"], arrays["user_id"], arrays["scenario"],
             n_boot=cfg.n_boot, level=cfg.ci_level, seed=spec.seed, spec=MetricSpec.from_config(cfg.to_dict()),
         )
+        if record["output"] == "score":
+            scores = mark_score_output(scores)
         timings["metrics_s"] = time.perf_counter() - t0
+        if cfg.ranking == "catalogue":
+            from metarec.ranking import catalogue_ranking
+
+            sink(("phase", key, "catalogue ranking"))
+            t1 = time.perf_counter()
+            scores["catalogue_ranking"] = catalogue_ranking(
+                learner, split, threshold=cfg.ranking_threshold, seed=spec.seed
+            )
+            timings["catalogue_s"] = time.perf_counter() - t1
         record.update(scores)
         record["status"] = "ok"
         # predictions first, the run file last: a run file means a complete run
@@ -623,7 +638,8 @@ def one_line_summary(record: Mapping[str, Any], k: int) -> str:
         return f"[red]{record.get('error')}[/]"
     o = record["metrics"]["overall"]
     untrained = " · [yellow]untrained (epochs = 0)[/]" if record.get("untrained") else ""
-    return f"MAE {o['mae']:.4f} · NDCG@{k} {o[f'ndcg@{k}']:.4f} · {record['timings']['total_s']:.1f} s{untrained}"
+    mae = "n/a" if o.get("mae") is None else f"{o['mae']:.4f}"
+    return f"MAE {mae} · NDCG@{k} {o[f'ndcg@{k}']:.4f} · {record['timings']['total_s']:.1f} s{untrained}"
 
 
 def failure_record(spec: RunSpec, error: str, failure: dict[str, Any], tb: str = "") -> dict[str, Any]:

@@ -134,6 +134,9 @@ def _check_dataset(cfg: Any, *, explicit: bool, err: Any) -> None:
 @click.option("--backend", metavar="NAME",
               help="Inner-loop backend of every selected method that has one: torch.func, loop or learn2learn "
                    "(the last needs the optional learn2learn package).")
+@click.option("--ranking", type=click.Choice(["query", "catalogue"]),
+              help="catalogue: also rank each test user's relevant query items among the whole catalogue "
+                   "(Recall@10/20, NDCG@10/20 per scenario). [default: query]")
 @click.option("--progress/--no-progress", default=None, help="Live progress display. [default: on]")
 @click.option("--executor", type=click.Choice(["local", "process", "inline", "ray"]),
               help="Where runs execute: local worker processes (local = process), the driver's own process "
@@ -174,6 +177,7 @@ def bench(
     cpus_per_run: float | None,
     gpus_per_run: float | None,
     retries: int | None,
+    ranking: str | None = None,
 ) -> None:
     """Benchmark methods on the cold-start protocol: MAE and NDCG@3 per scenario, over seeds.
 
@@ -217,7 +221,7 @@ def bench(
             ("dataset", dataset), ("data_dir", data_dir), ("dataset_config", dataset_config), ("device", device), ("out", out), ("jobs", jobs),
             ("threads", threads), ("offline", offline), ("epochs", epochs), ("clip_size", clip_size),
             ("n_boot", n_boot), ("progress", progress), ("executor", executor), ("ray_address", ray_address),
-            ("cpus_per_run", cpus_per_run), ("gpus_per_run", gpus_per_run), ("retries", retries),
+            ("cpus_per_run", cpus_per_run), ("gpus_per_run", gpus_per_run), ("retries", retries), ("ranking", ranking),
         ):
             if value is not None:
                 cli[name] = value
