@@ -74,6 +74,8 @@ def save_split(path: str | Path, split: Split) -> None:
     parts = {"train": split.train, "test": split.test}
     if split.validation is not None:
         parts["validation"] = split.validation
+    if split.tuning is not None:
+        parts["tuning"] = split.tuning
     state = {
         "format": CACHE_FORMAT,
         "schema": ref.schema.to_dict(),
@@ -113,7 +115,8 @@ def load_split(path: str | Path) -> Split | None:
                 info=json.loads(p["info"]),
             )
         info = json.loads(state["info"])
-        return Split(train=sets["train"], test=sets["test"], validation=sets.get("validation"), info=info)
+        return Split(train=sets["train"], test=sets["test"], validation=sets.get("validation"), info=info,
+                     tuning=sets.get("tuning"))
     except (OSError, ValueError, KeyError, TypeError, json.JSONDecodeError):
         return None  # a damaged entry is a miss; the caller rebuilds and overwrites it
 
