@@ -225,6 +225,22 @@ def _p(x: Any) -> str:
     return f"{x:.2g}" if x >= 1e-4 else f"{x:.1e}"
 
 
+def settings_details(src: Mapping[str, Any]) -> str:
+    """One line on a method's settings source: the study behind tuned settings, else preset and overrides."""
+    if src.get("kind") == "tuned":
+        v = src.get("best_value")
+        return (
+            f"study `{src.get('study')}` in `{src.get('tune_dir')}`: {src.get('trials')} of {src.get('budget')} trials "
+            f"({src.get('pruned', 0)} pruned, {src.get('failed', 0)} failed), best #{src.get('best_trial')} "
+            f"{src.get('metric')} {'–' if v is None else f'{v:.4f}'}; pool {src.get('pool_users')} users "
+            f"(tuning_fraction {src.get('tuning_fraction')}, seed {src.get('tuning_seed')})"
+        )
+    parts = [f"preset `{src['preset']}`" if src.get("preset") else "the learner's Config defaults"]
+    if src.get("overrides"):
+        parts.append("overrides " + ", ".join(f"{k}={v}" for k, v in src["overrides"].items()))
+    return "; ".join(parts)
+
+
 def markdown_summary(results: Mapping[str, Any], extra: Sequence[ResultsView] = ()) -> str:
     """``summary.md`` of one benchmark: table, cell sizes and intervals, paired tests, failures, runs."""
     from metarec.bench.results import ResultsView
@@ -277,6 +293,12 @@ def markdown_summary(results: Mapping[str, Any], extra: Sequence[ResultsView] = 
                 f"{_fmt(float(cell[key]['mean']) if cell[key]['mean'] is not None else float('nan'))} | "
                 f"{_ci(cell[key])} |"
             )
+    sources = {m: e["settings_source"] for m, e in view.methods.items() if e.get("settings_source")}
+    if sources:
+        out += ["", "## Where each method's settings came from", "",
+                "| method | source | details |", "|---|---|---|"]
+        for m, src in sources.items():
+            out.append(f"| {m} | {src.get('kind')} | {settings_details(src)} |")
     tests = results.get("paired_tests") or []
     if tests:
         out += [

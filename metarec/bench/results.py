@@ -462,6 +462,8 @@ def build_results(
             entry.update(aggregate_method(ok, preds, k=k, clip_size=clip_size, n_boot=n_boot, level=level))
             entry["preset"] = ok[0].get("preset")
             entry["learner_config"] = ok[0].get("learner_config")
+            if ok[0].get("settings_source") is not None:
+                entry["settings_source"] = ok[0]["settings_source"]
         summary[m] = entry
 
     tests = paired_tests(method_runs, method_preds, k=k) if sum(1 for r in method_runs.values() if r) > 1 else []

@@ -292,8 +292,8 @@ def execute_run(spec: RunSpec, sink: Sink | None = None) -> dict[str, Any]:
         timings["load_s"] = time.perf_counter() - t0
         record["split"] = {
             k: v for k, v in split.info.items()
-            if k in ("seed", "train_users", "test_users", "validation_users", "users_warm", "users_cold", "items_warm",
-                     "items_cold", "query_scenarios_train", "query_scenarios_test", "cache", "load_seconds")
+            if k in ("seed", "train_users", "test_users", "validation_users", "tuning_users", "users_warm", "users_cold",
+                     "items_warm", "items_cold", "query_scenarios_train", "query_scenarios_test", "cache", "load_seconds")
         }
 
         cls = get_learner(spec.method)
@@ -307,6 +307,7 @@ def execute_run(spec: RunSpec, sink: Sink | None = None) -> dict[str, Any]:
         )
         record["learner_config"] = dataclasses.asdict(learner.config)
         record["learner_class"] = f"{cls.__module__}:{cls.__qualname__}"
+        record["settings_source"] = cfg.settings_source(spec.method, getattr(cls, "paper_presets", ("paper",)))
 
         ckpt_dir = rd.checkpoints(spec.method, spec.seed)
         prior = load_checkpoint(ckpt_dir)

@@ -65,7 +65,7 @@ MAML_SPACE: dict[str, dict[str, Any]] = {
     "inner_lr": {"type": "float", "low": 1e-6, "high": 1e-1, "log": True},
     "inner_steps": {"type": "int", "low": 1, "high": 5},
     "meta_lr": {"type": "float", "low": 1e-5, "high": 1e-2, "log": True},
-    "grad_clip": {"type": "categorical", "choices": [None, 1.0, 10.0]},
+    "grad_clip": {"type": "categorical", "choices": [1.0, 10.0, 100.0]},
     "embedding_dim": {"type": "categorical", "choices": [16, 32, 64]},
     "hidden": {"type": "categorical", "choices": [[64, 64], [128, 64], [64, 32], [128, 128]]},
     "epochs": {"type": "int", "low": 5, "high": 30, "step": 5},

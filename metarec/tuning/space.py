@@ -9,7 +9,8 @@ A learner declares ``search_space`` next to its ``presets``, one entry per confi
     }
 
 ``float`` and ``int`` take ``low``/``high`` (inclusive) and optionally ``log`` (log-uniform) or
-``step``; ``categorical`` takes a list of ``choices`` (numbers, strings, booleans, None or lists).
+``step``; ``categorical`` takes a list of ``choices`` (numbers, strings, booleans or lists; not
+None, which the best-settings TOML could not hold).
 Method files import nothing from Optuna: :func:`suggest` turns an entry into ``trial.suggest_*``
 calls, and :func:`check_space` checks a declaration (every key a config field, every value one
 that builds a valid config) so that a typo fails before the first trial, not after an hour.
@@ -54,6 +55,11 @@ def _check_entry(where: str, key: str, spec: Any) -> None:
         choices = spec.get("choices")
         if not isinstance(choices, (list, tuple)) or not choices:
             raise SearchSpaceError(f"{at}: 'choices' must be a non-empty list, got {choices!r}")
+        if any(c is None for c in choices):
+            raise SearchSpaceError(
+                f"{at}: None cannot be a choice (a best-settings TOML cannot hold it); use a value that "
+                "switches the setting off in effect, or leave the field out of the space"
+            )
         encoded = [encode_choice(c) for c in choices]
         if len(set(map(repr, encoded))) != len(encoded):
             raise SearchSpaceError(f"{at}: 'choices' lists a value more than once: {list(choices)!r}")
