@@ -194,15 +194,23 @@ def pool_score(learner: Any, pool: Any, metric: str, k: int) -> float:
 
 
 class PoolReport(Callback):
-    """After every epoch: score the pool, report it to the trial, prune when the pruner says so."""
+    """After every epoch: score the pool, report it to the trial, prune when the pruner says so.
+
+    The last epoch is reported but never pruned: its trial has cost all it will cost, and its
+    value is a complete result.
+    """
 
     def __init__(self, trial: Any, pool: Any, metric: str, k: int) -> None:
         self.trial, self.pool, self.metric, self.k = trial, pool, metric, k
+        self.last_epoch = -1
         self.history: list[dict[str, float]] = []
         #: Seconds spent inside Optuna's report / should_prune (the pruning overhead).
         self.pruning_s = 0.0
         #: Seconds spent scoring the pool after each epoch (part of the trial's own work).
         self.scoring_s = 0.0
+
+    def on_fit_start(self, learner: Any, *, epochs: int, batches_per_epoch: int) -> None:
+        self.last_epoch = int(getattr(learner, "epochs_done", 0)) + epochs - 1
 
     def on_epoch_end(self, learner: Any, *, epoch: int, logs: dict[str, float]) -> None:
         import optuna
@@ -215,7 +223,7 @@ class PoolReport(Callback):
         t1 = time.perf_counter()
         self.history.append({"epoch": epoch + 1, "loss": loss, "value": value})
         self.trial.report(value, epoch + 1)
-        prune = self.trial.should_prune()
+        prune = epoch < self.last_epoch and self.trial.should_prune()
         t2 = time.perf_counter()
         self.scoring_s += t1 - t0
         self.pruning_s += t2 - t1
