@@ -125,6 +125,9 @@ def test_pruning_stops_trials_that_fall_behind(tmp_path):
     assert pruned, [t["value"] for t in trials]
     assert all(t["epochs_done"] < 4 for t in pruned)
     assert all(len(t["history"]) == t["epochs_done"] for t in trials)
+    # Optuna's time is measured for pruned trials too (the overhead figure covers every trial)
+    timing = {t["trial"]: t for t in read_json(tmp_path / "t" / "profile-mlp" / "timing-worker0.json")["trials"]}
+    assert all(timing[t["number"]]["pruning_s"] > 0 and timing[t["number"]]["suggest_s"] > 0 for t in pruned)
 
 
 SCRIPT = textwrap.dedent(

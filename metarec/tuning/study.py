@@ -331,11 +331,11 @@ class WorkerSpec:
 
 
 def _run_trial(trial: Any, cls: type, method: str, cfg: TuneConfig, space: Mapping[str, Any], split: Any,
-               device: Any) -> tuple[float, dict[str, Any]]:
-    """Train and score one trial; returns (value, timings). Raises TrialPruned or the trial's error."""
+               device: Any, timings: dict[str, float]) -> float:
+    """Train and score one trial and return its value; fills ``timings`` (also when it raises
+    TrialPruned or the trial's own error)."""
     from metarec.tuning.space import suggest
 
-    timings: dict[str, float] = {}
     t0 = time.perf_counter()
     params = suggest(trial, space)
     timings["suggest_s"] = time.perf_counter() - t0
@@ -355,7 +355,7 @@ def _run_trial(trial: Any, cls: type, method: str, cfg: TuneConfig, space: Mappi
         trial.set_user_attr("history", report.history)
         trial.set_user_attr("epochs_done", int(getattr(learner, "epochs_done", 0)))
     timings["train_s"] = t1 - t0
-    return float(value), timings
+    return float(value)
 
 
 def run_worker(spec: WorkerSpec, sink: Sink | None = None) -> dict[str, Any]:
@@ -406,7 +406,7 @@ def run_worker(spec: WorkerSpec, sink: Sink | None = None) -> dict[str, Any]:
         timings: dict[str, float] = {}
         value: float | None = None
         try:
-            value, timings = _run_trial(trial, cls, method, cfg, space, split, device)
+            value = _run_trial(trial, cls, method, cfg, space, split, device, timings)
             state, error = TrialState.COMPLETE, None
         except optuna.TrialPruned as exc:
             state, error = TrialState.PRUNED, str(exc)
