@@ -132,10 +132,14 @@ def overhead(out: str | Path, method: str) -> dict[str, Any]:
 
     Overhead per trial = ask (sampler + storage) + suggest (sampling the values) + tell (storage)
     + report/should_prune after each epoch (pruning); trial time = the whole trial from ask to tell.
+    Only fully timed trials count (metarec 0.1.0 before this fix kept no per-part timings for
+    pruned and failed trials; ``trials_untimed`` says how many were left out).
     """
     rows: list[dict[str, Any]] = []
     for path in sorted((Path(out) / method).glob("timing-worker*.json")):
         rows.extend(read_json(path).get("trials", []))
+    untimed = sum(1 for r in rows if "suggest_s" not in r)
+    rows = [r for r in rows if "suggest_s" in r]
     if not rows:
         return {}
     parts = {k: sum(float(r.get(k, 0.0)) for r in rows) for k in ("ask_s", "suggest_s", "tell_s", "pruning_s")}
@@ -148,6 +152,7 @@ def overhead(out: str | Path, method: str) -> dict[str, Any]:
     )
     return {
         "trials_timed": len(rows),
+        "trials_untimed": untimed,
         "overhead_s": round(total_overhead, 4),
         "trial_s": round(total_trial, 4),
         "overhead_fraction": total_overhead / max(total_trial, 1e-12),
