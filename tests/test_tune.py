@@ -215,7 +215,8 @@ def test_parallel_workers_share_one_study(tmp_path):
     (row,) = run_tune(cfg, out=tmp_path / "t", console=_quiet())
     trials = _trials(tmp_path / "t", "baseline-predictor")
     assert len(trials) == 4 and row["complete"] == 4  # the budget is exact: workers count under a lock
-    assert {t["worker"] for t in trials} == {0, 1}
+    # which worker ran which trial depends on process start-up times; none ran outside the study
+    assert {t["worker"] for t in trials} <= {0, 1} and sorted(t["number"] for t in trials) == [0, 1, 2, 3]
 
 
 def test_cli_tune_then_bench_tuned_records_the_source_and_never_tests_pool_users(tmp_path):
