@@ -40,7 +40,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from metarec.methods.maml import MAMLConfig, MAMLLearner
+from metarec.methods.maml import MAML_SPACE, MAMLConfig, MAMLLearner
 
 #: The reference code's ``options.py`` values (what the MAMO authors ran).
 PAPER: dict[str, Any] = {
@@ -95,6 +95,8 @@ class MeLU(MAMLLearner):
     description: ClassVar[str] = "MeLU (Lee et al. 2019): MAML, decision layers adapted per user"
     Config: ClassVar[type] = MeLUConfig
     presets: ClassVar[dict[str, dict[str, Any]]] = {"paper": PAPER, "tuned": TUNED}
+    #: MAML's space (metarec.methods.maml.MAML_SPACE): local/global rates, local steps, widths, epochs.
+    search_space: ClassVar[dict[str, dict[str, Any]]] = MAML_SPACE
 
     def local_parameter_names(self) -> list[str]:
         """The decision MLP (``head.*``): MeLU's ``fc1``, ``fc2`` and ``linear_out``."""

@@ -38,6 +38,7 @@ from typing import Any, ClassVar, Literal
 
 from baselines.melu import PAPER as MELU_PAPER
 from baselines.melu import MeLU, MeLUConfig
+from metarec.methods.maml import MAML_SPACE
 
 #: MeLU's network and local step, global SGD at 0.4 (MAMO appendix A.2.2), plus the one thing
 #: that makes 0.4 train at all: the meta-gradient's norm clipped at 1.
@@ -77,6 +78,14 @@ class MetaCSDNN(MeLU):
     description: ClassVar[str] = "MetaCS-DNN (Bharadhwaj 2019): MAML, all parameters adapted per user"
     Config: ClassVar[type] = MetaCSConfig
     presets: ClassVar[dict[str, dict[str, Any]]] = {"paper": PAPER, "tuned": TUNED}
+    #: MAML's space with the global rate of plain SGD (the paper's 0.4 inside) and at most 3 local
+    #: steps: every parameter adapts, so a local step costs several times MeLU's.
+    search_space: ClassVar[dict[str, dict[str, Any]]] = {
+        **MAML_SPACE,
+        "inner_steps": {"type": "int", "low": 1, "high": 3},
+        "meta_lr": {"type": "float", "low": 1e-3, "high": 1.0, "log": True},
+        "grad_clip": {"type": "categorical", "choices": [1.0, 10.0]},
+    }
 
     def local_parameter_names(self) -> list[str]:
         """Every parameter, from the embedding tables to the output layer."""

@@ -298,6 +298,18 @@ class RUMLearner(EpisodicLearner):
 
     Config: ClassVar[type] = RUMConfig
     presets: ClassVar[dict[str, dict[str, Any]]] = {"paper": PAPER, "tuned": TUNED}
+    #: The MAMO grid's D (10-50) and the settings the hand search covered, plus rates and L2.
+    search_space: ClassVar[dict[str, dict[str, Any]]] = {
+        "embedding_dim": {"type": "categorical", "choices": [10, 20, 30, 50]},
+        "memory_slots": {"type": "int", "low": 5, "high": 40, "step": 5},
+        "alpha": {"type": "float", "low": 0.0, "high": 1.5},
+        "memory_values": {"type": "categorical", "choices": ["item", "rated_item"]},
+        "local_steps": {"type": "int", "low": 0, "high": 3},
+        "local_lr": {"type": "float", "low": 0.01, "high": 1.0, "log": True},
+        "lr": {"type": "float", "low": 0.01, "high": 0.5, "log": True},
+        "l2": {"type": "float", "low": 1e-5, "high": 1e-2, "log": True},
+        "epochs": {"type": "int", "low": 10, "high": 30, "step": 5},
+    }
 
     @abc.abstractmethod
     def build_memory_module(self) -> nn.Module:

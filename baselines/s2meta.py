@@ -499,6 +499,18 @@ class S2Meta(EpisodicLearner):
     description: ClassVar[str] = "s²Meta (Du et al. 2019): learned LSTM updates + learned stopping"
     Config: ClassVar[type] = S2MetaConfig
     presets: ClassVar[dict[str, dict[str, Any]]] = {"paper": PAPER}
+    #: The three Adam rates around the public configuration's, the controllers' size and the inner
+    #: loop's length. Epochs stay short: one ML-1M epoch takes minutes on a CPU (docs: Tuning).
+    search_space: ClassVar[dict[str, dict[str, Any]]] = {
+        "init_lr": {"type": "float", "low": 1e-5, "high": 1e-3, "log": True},
+        "update_lr": {"type": "float", "low": 1e-5, "high": 1e-3, "log": True},
+        "stop_lr": {"type": "float", "low": 1e-5, "high": 1e-3, "log": True},
+        "lstm_hidden": {"type": "categorical", "choices": [8, 16, 32]},
+        "max_steps": {"type": "int", "low": 5, "high": 20, "step": 5},
+        "min_steps": {"type": "int", "low": 1, "high": 4},
+        "weight_decay": {"type": "categorical", "choices": [0.0, 1e-5, 1e-4]},
+        "epochs": {"type": "int", "low": 1, "high": 5},
+    }
 
     # ----------------------------------------------------------------- construction
     def build(self) -> None:

@@ -144,8 +144,14 @@ def results_table(data: Mapping[str, Any], reference: Mapping[str, Mapping[str, 
         paper = reference.get(method, {}).get("cells", {})
         seeds = entry.get("seeds", [])
         label = f"**{method}**<br><small>{len(seeds)} seed{'s' if len(seeds) != 1 else ''}"
-        if entry.get("preset"):
-            label += f", preset `{entry['preset']}`"
+        src = entry.get("settings_source") or {}
+        if src.get("kind") == "tuned":  # metarec bench --tuned: name the study behind the settings
+            label += (f", tuned: study `{src.get('study')}`, {src.get('trials')}/{src.get('budget')} trials, "
+                      f"pool of {src.get('pool_users')} users")
+        elif entry.get("preset"):
+            label += f", preset `{entry['preset']}`" + (f" ({src['kind']})" if src.get("kind") else "")
+        elif src.get("kind"):
+            label += f", {src['kind']}"
         label += "</small>"
         # (title, our key, the paper's key): the paper's scenario NDCG is its clip NDCG
         rows = [("MAE", "mae", "mae"), ("RMSE", "rmse", None), (f"NDCG@{k} per user", ndcg, None),

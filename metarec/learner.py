@@ -73,8 +73,9 @@ class Learner(abc.ABC):
     """Base class of every method.
 
     Subclasses set ``name``/``description``, a ``Config`` dataclass (subclass of
-    :class:`LearnerConfig`), optional named ``presets`` (partial configs), build their models in
-    :meth:`build`, and implement :meth:`meta_fit` and :meth:`adapt_and_predict`.
+    :class:`LearnerConfig`), optional named ``presets`` (partial configs) and a ``search_space``
+    (config field -> range, plain dicts; see :mod:`metarec.tuning.space`) for ``metarec tune``,
+    build their models in :meth:`build`, and implement :meth:`meta_fit` and :meth:`adapt_and_predict`.
 
     State (for checkpoints) is every :class:`torch.nn.Module`, :class:`torch.optim.Optimizer` and
     :class:`torch.Tensor` attribute, collected by :meth:`state_dict`; override it if a learner
@@ -94,6 +95,10 @@ class Learner(abc.ABC):
     #: (e.g. a model trained with a ranking loss); the harness then reports MAE as n/a and skips
     #: clipping to the rating range.
     output: ClassVar[Literal["rating", "score"]] = "rating"
+    #: Presets that hold a paper's published values (the rest are hand-picked); results say which.
+    paper_presets: ClassVar[tuple[str, ...]] = ("paper",)
+    #: What ``metarec tune`` searches: ``{field: {"type": "float"|"int"|"categorical", ...}}``.
+    search_space: ClassVar[dict[str, dict[str, Any]]] = {}
 
     def __init__(
         self,

@@ -11,7 +11,7 @@ from metarec.cli import main
 def test_help_lists_the_commands():
     result = CliRunner().invoke(main, ["--help"])
     assert result.exit_code == 0, result.output
-    for cmd in ("bench", "datasets", "methods", "report"):
+    for cmd in ("bench", "datasets", "methods", "report", "tune"):
         assert cmd in result.output
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-PAGES = ("quickstart.md", "custom-data.md", "serving.md")
+PAGES = ("quickstart.md", "custom-data.md", "serving.md", "tuning.md")
 BLOCK = re.compile(r"^```python[^\n]*\n(.*?)^```", re.S | re.M)
 
 

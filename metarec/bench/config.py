@@ -113,6 +113,9 @@ class BenchConfig(ValidatedConfig):
     synthetic: dict[str, Any] = field(default_factory=dict)
     #: Per-method preset and overrides, ``name -> MethodSettings``.
     method_settings: dict[str, MethodSettings] = field(default_factory=dict)
+    #: Where tuned settings came from, ``name -> {study, trials, budget, pool, ...}`` (the
+    #: ``[provenance.<name>]`` tables of a ``metarec tune`` best.toml); recorded with each run.
+    provenance: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         super().__post_init__()  # types, choices and the declared bounds (metarec.config)
@@ -176,6 +179,16 @@ class BenchConfig(ValidatedConfig):
             k: {"preset": v.preset, "overrides": jsonable(v.overrides)} for k, v in self.method_settings.items()
         }
         return jsonable(d)
+
+    def settings_source(self, method: str, paper_presets: Sequence[str] = ("paper",)) -> dict[str, Any]:
+        """Where ``method``'s settings come from: ``tuned`` (with its study), ``paper preset``,
+        ``hand preset`` or ``defaults`` (the learner's Config), plus the preset and overrides."""
+        s = self.settings_for(method)
+        out: dict[str, Any] = {"preset": s.preset, "overrides": jsonable(s.overrides)}
+        if method in self.provenance:
+            return {"kind": "tuned", **out, **jsonable(self.provenance[method])}
+        kind = "paper preset" if s.preset in paper_presets else ("hand preset" if s.preset else "defaults")
+        return {"kind": kind, **out}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "BenchConfig":
@@ -258,7 +271,7 @@ def check_values(where: str, value: Any) -> None:
 
 # ---------------------------------------------------------------------------- parsing helpers
 
-BENCH_FIELDS = tuple(f.name for f in dataclasses.fields(BenchConfig) if f.name != "method_settings")
+BENCH_FIELDS = tuple(f.name for f in dataclasses.fields(BenchConfig) if f.name not in ("method_settings", "provenance"))
 #: Fields that change the numbers; a resumed run must not change them.
 RESULT_FIELDS = (
     "dataset", "data_dir", "dataset_config", "offline", "epochs", "k", "clip_size", "n_boot", "ci_level",
@@ -321,18 +334,63 @@ def _method_table(name: str, table: Any, where: str) -> dict[str, Any]:
 def layer_from_file(path: str | Path) -> dict[str, Any]:
     """A config file as a layer ``{"bench": {...}, "methods": {name: {...}}}`` (validated keys)."""
     data = load_toml(path)
-    unknown = sorted(set(data) - {"bench", "methods", "protocol"})
+    unknown = sorted(set(data) - {"bench", "methods", "protocol", "provenance"})
     if unknown:
         raise ConfigError(
             f"{path}: unknown top-level table(s) {unknown}; a bench config has [bench], "
-            "[bench.protocol] (or [protocol]) and [methods.<name>] tables"
+            "[bench.protocol] (or [protocol]), [methods.<name>] and (written by metarec tune) "
+            "[provenance.<name>] tables"
         )
     bench = dict(data.get("bench", {}))
     if "protocol" in data:  # a top-level [protocol] table is accepted as a shorthand
         bench["protocol"] = deep_merge(bench.get("protocol", {}), data["protocol"])
     methods = {n: _method_table(n, t, str(path)) for n, t in dict(data.get("methods", {})).items()}
+    provenance = {n: _method_table(n, t, f"{path} [provenance]") for n, t in dict(data.get("provenance", {})).items()}
     _check_bench_keys(bench, str(path))
-    return {"bench": bench, "methods": methods}
+    layer: dict[str, Any] = {"bench": bench, "methods": methods}
+    if provenance:
+        layer["provenance"] = provenance
+    return layer
+
+
+def tuned_layers(path: str | Path, earlier: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """``earlier`` layers followed by the best settings of a ``metarec tune`` folder (or its best.toml).
+
+    A tuned method's table replaces its tables in the earlier layers (its trials were built from
+    the tune's preset and values alone), and the tune's method list applies only when no earlier
+    layer names the methods. Later layers (the command line) still win.
+    """
+    p = Path(path)
+    file = p / "best.toml" if p.is_dir() else p
+    if not file.exists():
+        raise ConfigError(
+            f"--tuned {path}: no best.toml there; a `metarec tune` folder has one as soon as a trial completed"
+        )
+    layer = layer_from_file(file)
+    if not layer.get("provenance"):
+        raise ConfigError(f"--tuned {file}: no [provenance.<method>] tables, so not written by `metarec tune`")
+    tuned = set(layer["methods"])
+    cleaned = [{**dict(lay), "methods": {m: t for m, t in (lay.get("methods") or {}).items() if m not in tuned}}
+               for lay in earlier]
+    if any("methods" in (lay.get("bench") or {}) for lay in earlier):
+        layer["bench"].pop("methods", None)
+    return [*cleaned, layer]
+
+
+def check_tuned(cfg: BenchConfig, path: str | Path) -> None:
+    """Fail when the bench would not test on the tune's data or would put pool users in its test sets."""
+    p = Path(path)
+    layer = layer_from_file(p / "best.toml" if p.is_dir() else p)
+    want_ds = layer["bench"].get("dataset")
+    if want_ds is not None and want_ds != cfg.dataset:
+        raise ConfigError(f"--tuned {path}: the settings were tuned on {want_ds!r}, but the bench runs on {cfg.dataset!r}")
+    want = layer["bench"].get("protocol") or {}
+    for key in ("tuning_fraction", "tuning_seed"):
+        if key in want and cfg.protocol.get(key, 0) != want[key]:
+            raise ConfigError(
+                f"--tuned {path}: protocol.{key} is {cfg.protocol.get(key, 0)!r} here but {want[key]!r} in the tune; "
+                "keep the tune's value, or the bench's test users would include tuning-pool users"
+            )
 
 
 def layer_from_overrides(items: Sequence[str], known_methods: Sequence[str] = ()) -> dict[str, Any]:
@@ -394,9 +452,11 @@ def resolve_config(*layers: Mapping[str, Any]) -> BenchConfig:
     """
     bench: dict[str, Any] = {}
     methods: dict[str, dict[str, Any]] = {}
+    provenance: dict[str, dict[str, Any]] = {}
     for layer in layers:
         if not layer:
             continue
+        provenance.update(copy.deepcopy(dict(layer.get("provenance") or {})))
         if "epochs" in layer.get("bench", {}):
             # a bench-wide epochs beats every method's epochs of EARLIER layers (later ones win)
             for table in methods.values():
@@ -421,6 +481,7 @@ def resolve_config(*layers: Mapping[str, Any]) -> BenchConfig:
     check_values("synthetic", cfg.synthetic)
     for name, ms in settings.items():
         check_values(f"methods.{name}", ms.overrides)
+    cfg.provenance = provenance
     # Protocol keys are checked now, not after an hour of training.
     protocol_config(cfg)
     return cfg
@@ -460,7 +521,9 @@ __all__ = [
     "layer_from_overrides",
     "parse_methods",
     "parse_seeds",
+    "check_tuned",
     "protocol_config",
     "resolve_config",
     "run_settings",
+    "tuned_layers",
 ]

@@ -323,6 +323,22 @@ def _tests_table(tests: Sequence[Mapping[str, Any]], k: int) -> list[str]:
     return lines
 
 
+def settings_details(src: Mapping[str, Any]) -> str:
+    """One line on a method's settings source: the study behind tuned settings, else preset and overrides."""
+    if src.get("kind") == "tuned":
+        v = src.get("best_value")
+        return (
+            f"study `{src.get('study')}` in `{src.get('tune_dir')}`: {src.get('trials')} of {src.get('budget')} trials "
+            f"({src.get('pruned', 0)} pruned, {src.get('failed', 0)} failed), best #{src.get('best_trial')} "
+            f"{src.get('metric')} {'–' if v is None else f'{v:.4f}'}; pool {src.get('pool_users')} users "
+            f"(tuning_fraction {src.get('tuning_fraction')}, seed {src.get('tuning_seed')})"
+        )
+    parts = [f"preset `{src['preset']}`" if src.get("preset") else "the learner's Config defaults"]
+    if src.get("overrides"):
+        parts.append("overrides " + ", ".join(f"{k}={v}" for k, v in src["overrides"].items()))
+    return "; ".join(parts)
+
+
 def markdown_summary(results: Mapping[str, Any], extra: Sequence[ResultsView] = ()) -> str:
     """``summary.md`` of one benchmark: table, cell sizes and intervals, paired tests, failures, runs."""
     from metarec.bench.results import ResultsView
@@ -406,6 +422,12 @@ def markdown_summary(results: Mapping[str, Any], extra: Sequence[ResultsView] = 
             "",
             *_tests_table(vs["tests"], k),
         ]
+    sources = {m: e["settings_source"] for m, e in view.methods.items() if e.get("settings_source")}
+    if sources:
+        out += ["", "## Where each method's settings came from", "",
+                "| method | source | details |", "|---|---|---|"]
+        for m, src in sources.items():
+            out.append(f"| {m} | {src.get('kind')} | {settings_details(src)} |")
     tests = results.get("paired_tests") or []
     if tests:
         out += [

@@ -748,6 +748,8 @@ def assemble_results(
             entry["learner_config"] = ok[0].get("learner_config")
             entry["learner_class"] = ok[0].get("learner_class")
             entry["learner_distribution"] = ok[0].get("learner_distribution")
+            if ok[0].get("settings_source") is not None:
+                entry["settings_source"] = ok[0]["settings_source"]
             if any(r.get("untrained") for r in ok):
                 entry["untrained"] = True
         summary[m] = entry

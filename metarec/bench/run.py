@@ -517,7 +517,7 @@ def execute_run(spec: RunSpec, sink: Sink | None = None, write: FileWriter | Non
         record["data_checksum"] = pristine.info.get("checksum")
         record["split"] = {
             k: v for k, v in pristine.info.items()
-            if k in ("seed", "train_users", "test_users", "validation_users", "users_warm", "users_cold", "items_warm",
+            if k in ("seed", "train_users", "test_users", "validation_users", "tuning_users", "users_warm", "users_cold", "items_warm",
                      "items_cold", "query_scenarios_train", "query_scenarios_test", "cache", "load_seconds")
         }
 
@@ -534,6 +534,7 @@ def execute_run(spec: RunSpec, sink: Sink | None = None, write: FileWriter | Non
         record["preset_label"] = preset_label(cls, settings.preset, learner.config)
         record["learner_class"] = f"{cls.__module__}:{cls.__qualname__}"
         record["output"] = getattr(cls, "output", "rating")
+        record["settings_source"] = cfg.settings_source(spec.method, getattr(cls, "paper_presets", ("paper",)))
         epochs = record["learner_config"].get("epochs")
         if epochs == 0:
             record["untrained"] = True

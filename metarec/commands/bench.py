@@ -29,7 +29,7 @@ def _saved_layer(out: Path) -> dict[str, Any]:
         name: {**({"preset": s["preset"]} if s.get("preset") is not None else {}), **s.get("overrides", {})}
         for name, s in bench.pop("method_settings", {}).items()
     }
-    return {"bench": bench, "methods": methods}
+    return {"bench": bench, "methods": methods, "provenance": bench.pop("provenance", None) or {}}
 
 
 def _backend_layer(methods: tuple[str, ...], backend: str) -> dict[str, Any]:
@@ -122,6 +122,8 @@ def _check_dataset(cfg: Any, *, explicit: bool, err: Any) -> None:
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
               help="Override a setting: mamo.epochs=3, jobs=2, protocol.n_support=10 (repeatable).")
 @click.option("--preset", "presets", multiple=True, metavar="METHOD=NAME", help="Use a named preset of a method (repeatable).")
+@click.option("--tuned", "tuned", type=click.Path(exists=True),
+              help="Run with the best settings of a `metarec tune` folder (its best.toml); results record the study.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted benchmark in --out (default: the latest under runs/), or extend a finished one with more --seeds/--methods. Failed runs are re-attempted.")
 @click.option("--drop-failed", is_flag=True, help="With --resume: drop the failed runs from the benchmark instead of re-attempting them (listed in results.json).")
 @click.option("--jobs", "-j", type=click.IntRange(min=1), help="Runs executed in parallel processes. [default: 1]")
@@ -161,6 +163,7 @@ def bench(
     config_files: tuple[str, ...],
     sets: tuple[str, ...],
     presets: tuple[str, ...],
+    tuned: str | None,
     resume: bool,
     drop_failed: bool,
     jobs: int | None,
@@ -190,10 +193,13 @@ def bench(
       metarec bench --methods global-mean,baseline-predictor --dataset ml-1m --data-dir ../shared/data
       metarec bench -m mamo,melu --seeds 0-4 --jobs 2 --set mamo.epochs=10
       metarec bench --resume --out runs/20240101-120000
+      metarec bench --tuned runs/tune-ml1m --seeds 0-2 --data-dir ../shared/data
     """
     from rich.console import Console
 
-    from metarec.bench.config import layer_from_file, layer_from_overrides, parse_methods, parse_seeds, resolve_config
+    from metarec.bench.config import (
+        check_tuned, layer_from_file, layer_from_overrides, parse_methods, parse_seeds, resolve_config, tuned_layers,
+    )
     from metarec.bench.report import rich_tables, table_console, views_from_paths
     from metarec.bench.runner import BenchError, default_out_dir, run_bench
     from metarec.config import ConfigError
@@ -212,6 +218,8 @@ def bench(
             out = str(out_path)
             layers.append(_saved_layer(out_path))
         layers.extend(layer_from_file(f) for f in config_files)
+        if tuned is not None:
+            layers = tuned_layers(tuned, layers)
         cli: dict[str, Any] = {}
         if methods is not None:
             cli["methods"] = parse_methods(methods)
@@ -242,6 +250,8 @@ def bench(
         cfg = resolve_config(*layers)
         _check_selected(cfg.methods, {**set_layer["methods"], **preset_layer}, resume)
         _check_dataset(cfg, explicit=any("dataset" in (layer.get("bench") or {}) for layer in layers), err=err)
+        if tuned is not None:
+            check_tuned(cfg, tuned)
         out_dir = Path(cfg.out) if cfg.out else default_out_dir()
         cfg.out = str(out_dir)
         results = run_bench(cfg, out=out_dir, resume=resume, drop_failed_runs=drop_failed, console=err,

@@ -63,13 +63,15 @@ def _list(data_dir: str | None) -> None:
     console.print(table)
 
 
-def _protocol(overrides: tuple[str, ...], n_support: int | None) -> Any:
+def _protocol(overrides: tuple[str, ...], n_support: int | None, tuning_fraction: float | None = None) -> Any:
     from metarec.config import build_config, parse_overrides
     from metarec.data.protocol import ProtocolConfig
 
     layer = parse_overrides(list(overrides))
     if n_support is not None:
         layer["n_support"] = n_support
+    if tuning_fraction is not None:
+        layer["tuning_fraction"] = tuning_fraction
     return build_config(ProtocolConfig, layer, where="protocol")
 
 
@@ -82,12 +84,15 @@ def _protocol(overrides: tuple[str, ...], n_support: int | None) -> Any:
               help="Seed of the train/test user split.")
 @click.option("--n-support", type=click.IntRange(1, 10_000), default=None, help="Support ratings per user (paper: 15; 5-15, query fixed to the last 5).")
 @click.option("--protocol", "-p", "overrides", multiple=True, metavar="KEY=VALUE", help="Protocol setting, e.g. -p validation_fraction=0.1.")
+@click.option("--tuning-fraction", type=click.FloatRange(0.0, 1.0, max_open=True), default=None,
+              help="Set aside this share of the users as the tuning pool (metarec tune's default: 0.1) and show it.")
 @click.option("--offline/--download", default=True, show_default=True, help="Download missing files (--download) or fail.")
 @click.option("--no-cache", is_flag=True, help="Rebuild the split instead of reading the cache.")
 @click.option("--json", "as_json", is_flag=True, help="Print the full report as JSON.")
 @click.pass_context
 def info(ctx: click.Context, name: str, data_dir: str | None, config_path: str | None, seed: int,
-         n_support: int | None, overrides: tuple[str, ...], offline: bool, no_cache: bool, as_json: bool) -> None:
+         n_support: int | None, overrides: tuple[str, ...], tuning_fraction: float | None, offline: bool, no_cache: bool,
+         as_json: bool) -> None:
     """Counts of the cold-start protocol on dataset NAME: ml-1m, yelp, book-crossing, synthetic, or custom
     (your own data: `metarec datasets info custom --config SCHEMA.toml`)."""
     from metarec.config import ConfigError
@@ -98,7 +103,7 @@ def info(ctx: click.Context, name: str, data_dir: str | None, config_path: str |
 
     data_dir = data_dir or (ctx.obj or {}).get("data_dir")
     try:
-        protocol = _protocol(overrides, n_support)
+        protocol = _protocol(overrides, n_support, tuning_fraction)
         split = load_split(name, data_dir=data_dir, protocol=protocol, seed=seed, offline=offline,
                            use_cache=not no_cache, config_path=config_path)
     except (DataNotFoundError, DataFormatError, ConfigError, ProtocolError, UserError, KeyError, ImportError) as exc:
@@ -116,6 +121,8 @@ def _report(split: Any) -> dict[str, Any]:
     parts = {"train": split.train, "test": split.test}
     if split.validation is not None:
         parts["validation"] = split.validation
+    if getattr(split, "tuning", None) is not None:
+        parts["tuning pool"] = split.tuning
     tasks = {}
     for name, ts in parts.items():
         s = ts.support_mask.sum(1)
@@ -184,6 +191,13 @@ def _print_report(r: dict[str, Any]) -> None:
     row("test users", "test_users")
     if r.get("validation_users"):
         row("validation users", "validation_users")
+    if r.get("tuning_users"):
+        protocol = r.get("protocol") or {}
+        counts.add_row(
+            "tuning-pool users (every seed)",
+            f"{r['tuning_users']:,} ({r.get('tuning_users_warm', 0):,} warm, {r.get('tuning_users_cold', 0):,} cold)",
+            "", f"fraction {protocol.get('tuning_fraction')}, pool seed {protocol.get('tuning_seed')}",
+        )
     row("warm users", "users_warm")
     row("cold users", "users_cold")
     if "split_time" in r:
@@ -199,9 +213,9 @@ def _print_report(r: dict[str, Any]) -> None:
 
     scen = Table(title="query ratings per cold-start scenario")
     scen.add_column("scenario")
-    parts = [p for p in ("train", "test", "validation") if r.get(f"query_scenarios_{p}")]
+    parts = [p for p in ("train", "test", "validation", "tuning") if r.get(f"query_scenarios_{p}")]
     for p in parts:
-        scen.add_column(p, justify="right")
+        scen.add_column("tuning pool" if p == "tuning" else p, justify="right")
     for s in SCENARIOS:
         scen.add_row(s, *[f"{r[f'query_scenarios_{p}'][s]:,}" for p in parts])
     scen.add_row("total", *[f"{sum(r[f'query_scenarios_{p}'].values()):,}" for p in parts])

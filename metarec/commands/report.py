@@ -43,7 +43,9 @@ def report(paths: tuple[str, ...], reference: str | None, out: str | None, label
 
     With one run folder and no --out, its summary.md, summary.tex and plot are rewritten
     (with the reference rows when --reference is given). With several, the table compares
-    them, and --out writes the comparison's files.
+    them, and --out writes the comparison's files. A `metarec tune` folder gets its tuning
+    summary (method, trials, pruned, best value, wall time, best settings), its files rebuilt
+    from the study's journal.
 
     \b
     Examples:
@@ -52,6 +54,7 @@ def report(paths: tuple[str, ...], reference: str | None, out: str | None, label
       metarec report runs/a --reference
       metarec report --rebuild runs/old-run
       metarec report --rebuild --against baseline-predictor runs/a
+      metarec report runs/tune-ml1m
     """
     from metarec.bench.plot import plot_views
     from metarec.bench.report import latex_table, markdown_table, rich_tables, table_console, write_reports
@@ -61,6 +64,17 @@ def report(paths: tuple[str, ...], reference: str | None, out: str | None, label
     if labels and len(labels) != len(paths):
         raise click.ClickException(f"--label given {len(labels)} time(s) for {len(paths)} path(s)")
     console = table_console()
+    from metarec.tuning.outputs import is_tune_dir
+
+    tune_dirs = [p for p in paths if Path(p).is_dir() and is_tune_dir(p)]
+    for p in tune_dirs:
+        _tuning_report(Path(p), console)
+    if tune_dirs:
+        keep = [i for i, p in enumerate(paths) if p not in tune_dirs]
+        paths = tuple(paths[i] for i in keep)
+        labels = tuple(labels[i] for i in keep) if labels else labels
+        if not paths:
+            return
     if against is not None and not rebuild:
         raise click.ClickException("--against needs --rebuild (the tests are recomputed from the predictions)")
     if rebuild:
@@ -111,3 +125,29 @@ def report(paths: tuple[str, ...], reference: str | None, out: str | None, label
         written = []
     for w in written:
         console.print(f"wrote {w}")
+
+
+def _tuning_report(path: Path, console: object) -> None:
+    """Print a tune folder's summary; rebuild its files from the journal when Optuna is installed."""
+    from metarec.bench.results import read_json
+    from metarec.tuning.outputs import rich_summary
+
+    try:
+        import optuna  # noqa: F401
+    except ImportError:
+        optuna = None
+    try:
+        if optuna is not None:
+            from metarec.tuning.run import rebuild_outputs
+
+            rows = rebuild_outputs(path)
+            metric = read_json(path / "tune.json")["config"]["metric"]
+        elif (path / "summary.json").exists():
+            saved = read_json(path / "summary.json")
+            rows, metric = saved["methods"], saved["tune"]["config"]["metric"]
+        else:
+            raise click.ClickException(f"{path}: no summary.json yet; install Optuna (pip install 'metarec[tune]') to read the journal")
+    except (ValueError, KeyError, FileNotFoundError) as exc:
+        raise click.ClickException(f"{path}: cannot read the tune: {exc}") from None
+    console.print(rich_summary(rows, metric, title=f"metarec tune: {path}"))  # type: ignore[attr-defined]
+    console.print(f"wrote {path / 'summary.md'}, {path / 'best.toml'} and {path}/<method>/")  # type: ignore[attr-defined]

@@ -79,6 +79,8 @@ def save_split(path: str | Path, split: Split) -> None:
     parts = {"train": split.train, "test": split.test}
     if split.validation is not None:
         parts["validation"] = split.validation
+    if split.tuning is not None:
+        parts["tuning"] = split.tuning
     state = {
         "format": CACHE_FORMAT,
         "schema": ref.schema.to_dict(),
@@ -124,7 +126,8 @@ def load_split(path: str | Path) -> Split | None:
                 info=json.loads(p["info"]),
             )
         info = json.loads(state["info"])
-        split = Split(train=sets["train"], test=sets["test"], validation=sets.get("validation"), info=info)
+        split = Split(train=sets["train"], test=sets["test"], validation=sets.get("validation"), info=info,
+                      tuning=sets.get("tuning"))
     except Exception as exc:  # noqa: BLE001 - any damage is a miss; the caller rebuilds and overwrites it
         log.warning("split cache: ignoring damaged entry %s (%s: %s); rebuilding it", path, type(exc).__name__, exc)
         return None

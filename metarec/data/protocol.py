@@ -9,6 +9,10 @@ Defaults are the paper's:
 * users split 80:20 into training and test users by a permutation drawn from the seed; every user
   with enough ratings is in exactly one part and users with too few are counted in
   ``info["users_dropped_too_few_ratings"]`` (nothing is dropped silently);
+* optionally (``tuning_fraction`` > 0, off in the paper's protocol) a *tuning pool*: a fixed share of
+  the users drawn once with its own seed (``tuning_seed``, not the run seed), stratified over warm
+  and cold users, set aside before the seed's split -- so it is never a training, validation or
+  test user of any run seed, and settings tuned on it cannot have seen a test user;
 * warm/cold users by the dataset's rule. MovieLens: warm iff the user's first rating is strictly
   before the split time, where the split time is the time of the rating at position
   ``round(0.8 * N)`` (0-based) of *all* N ratings sorted by time -- exactly how MAMO's reference
@@ -59,6 +63,12 @@ class ProtocolConfig(ValidatedConfig):
     train_fraction: float = setting(0.8, gt=0, lt=1)
     #: Fraction of the training users held out for validation (0 = none, as in the paper).
     validation_fraction: float = setting(0.0, ge=0, lt=1)
+    #: Share of the kept users set aside as the tuning pool (0 = none, the paper's protocol; ``metarec
+    #: tune`` uses 0.1 when unset). Drawn once with ``tuning_seed``, stratified over warm/cold users;
+    #: the run seed splits only the remaining users into train/test, so no run seed tests a pool user.
+    tuning_fraction: float = setting(0.0, ge=0, lt=1)
+    #: Seed of the tuning pool's draw: fixed, independent of the run seed.
+    tuning_seed: int = setting(0, ge=0)
     #: ``time_quantile`` (warm iff first rating before the quantile time of all ratings; needs a
     #: real time column), ``id_order`` (the first ``user_warm_fraction`` of users in table order
     #: are warm) or ``random`` (a seeded random ``user_warm_fraction`` of the kept users are
@@ -137,12 +147,14 @@ def dataset_default_keys() -> tuple[str, ...]:
 
 @dataclass
 class Split:
-    """Training, test (and optional validation) tasks with a report of how they were made."""
+    """Training, test (and optional validation and tuning-pool) tasks with a report of how they were made."""
 
     train: TaskSet
     test: TaskSet
     validation: TaskSet | None
     info: dict[str, Any]
+    #: The tuning pool (``tuning_fraction`` > 0): the same users for every run seed.
+    tuning: TaskSet | None = None
 
 
 def trim_per_user(
@@ -211,6 +223,26 @@ def user_cold_flags(data: InteractionData, users: np.ndarray, cfg: ProtocolConfi
     raise ProtocolError(f"unknown user_state_rule {cfg.user_state_rule!r}; use time_quantile, id_order or random")
 
 
+def tuning_pool(user_cold: np.ndarray, cfg: ProtocolConfig) -> np.ndarray:
+    """Positions (into the kept users) of the tuning pool, sorted; empty when ``tuning_fraction`` is 0.
+
+    Warm and cold users are drawn separately -- ``round(tuning_fraction * n)`` of each, at least
+    one of each state that exists -- with a generator from ``tuning_seed`` alone, so the pool is
+    the same for every run seed and holds both user states (and so every scenario the data has).
+    """
+    if cfg.tuning_fraction <= 0:
+        return np.zeros(0, dtype=np.int64)
+    gen = numpy_generator(cfg.tuning_seed, "tuning-pool")
+    picked = []
+    for state in (False, True):  # warm, then cold
+        group = np.flatnonzero(user_cold == state)
+        if len(group) == 0:
+            continue
+        n = max(1, int(round(cfg.tuning_fraction * len(group))))
+        picked.append(gen.permutation(group)[:n])
+    return np.sort(np.concatenate(picked)).astype(np.int64)
+
+
 def _utc(t: float) -> str:
     """A timestamp in seconds as an ISO date/time in UTC (for reports; pseudo-times pass through)."""
     import datetime as _dt
@@ -248,14 +280,20 @@ def build_split(data: InteractionData, config: ProtocolConfig | None = None, *, 
     else:
         s_cols = np.arange(r - cfg.n_query - cfg.n_support, r - cfg.n_query)
 
-    perm = numpy_generator(seed, "user-split").permutation(len(users))
-    n_train = int(cfg.train_fraction * len(users))
+    pool_pos = tuning_pool(user_cold, cfg)
+    # The seed splits the users outside the pool; without a pool this is exactly the paper's split.
+    rest = np.setdiff1d(np.arange(len(users)), pool_pos) if len(pool_pos) else np.arange(len(users))
+    perm = rest[numpy_generator(seed, "user-split").permutation(len(rest))]
+    n_train = int(cfg.train_fraction * len(rest))
     train_pos, test_pos = perm[:n_train], perm[n_train:]
     n_val = int(round(cfg.validation_fraction * len(train_pos)))
     val_pos = train_pos[len(train_pos) - n_val :] if n_val else train_pos[:0]
     train_pos = train_pos[: len(train_pos) - n_val]
     if len(train_pos) == 0 or len(test_pos) == 0:
-        raise ProtocolError(f"{data.name}: the split leaves no training or no test users; check train_fraction")
+        raise ProtocolError(
+            f"{data.name}: the split leaves no training or no test users; check train_fraction"
+            + (f" and tuning_fraction ({cfg.tuning_fraction})" if len(pool_pos) else "")
+        )
 
     def taskset(pos: np.ndarray, part: str) -> TaskSet:
         pos = np.sort(pos)  # tasks in user-table order: a stable, documented test-user order
@@ -277,6 +315,7 @@ def build_split(data: InteractionData, config: ProtocolConfig | None = None, *, 
 
     train, test = taskset(train_pos, "train"), taskset(test_pos, "test")
     validation = taskset(val_pos, "validation") if n_val else None
+    tuning = taskset(pool_pos, "tuning") if len(pool_pos) else None
     rated = item_counts > 0
     info: dict[str, Any] = {
         "dataset": data.name,
@@ -299,16 +338,20 @@ def build_split(data: InteractionData, config: ProtocolConfig | None = None, *, 
         "query_scenarios_train": train.scenario_counts(),
         "query_scenarios_test": test.scenario_counts(),
         "query_scenarios_validation": None if validation is None else validation.scenario_counts(),
+        "tuning_users": 0 if tuning is None else len(tuning),
+        "tuning_users_warm": int((~user_cold[pool_pos]).sum()),
+        "tuning_users_cold": int(user_cold[pool_pos].sum()),
+        "query_scenarios_tuning": None if tuning is None else tuning.scenario_counts(),
         "load_drops": dict(data.drops),
         "checksum": data.checksum,
         "canonical": data.canonical,
         "data_notes": list(data.notes),
         **user_rule_info,
     }
-    return Split(train=train, test=test, validation=validation, info=info)
+    return Split(train=train, test=test, validation=validation, info=info, tuning=tuning)
 
 
 __all__ = [
     "ProtocolConfig", "ProtocolError", "Split", "build_split", "dataset_default_keys", "defaults_applied",
-    "generic_defaults", "trim_per_user", "SCENARIOS",
+    "generic_defaults", "trim_per_user", "tuning_pool", "SCENARIOS",
 ]

@@ -13,7 +13,7 @@ metarec's batched ``torch.func`` engine (default), a per-user ``loop`` reference
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch import Tensor, nn
@@ -53,12 +53,26 @@ class MAMLConfig(RatingMLPConfig):
     algorithm: Literal["maml", "metasgd"] = "maml"
 
 
+#: MAML's rates on a log scale (the published 5e-6 local rate at the bottom), local steps, the
+#: network's width (the same choices as the simple profile MLP's) and the training length.
+MAML_SPACE: dict[str, dict[str, Any]] = {
+    "inner_lr": {"type": "float", "low": 1e-6, "high": 1e-1, "log": True},
+    "inner_steps": {"type": "int", "low": 1, "high": 5},
+    "meta_lr": {"type": "float", "low": 1e-5, "high": 1e-2, "log": True},
+    "grad_clip": {"type": "categorical", "choices": [1.0, 10.0, 100.0]},
+    "embedding_dim": {"type": "categorical", "choices": [16, 32, 64]},
+    "hidden": {"type": "categorical", "choices": [[64, 64], [128, 64], [64, 32], [128, 128]]},
+    "epochs": {"type": "int", "low": 5, "high": 30, "step": 5},
+}
+
+
 class MAMLLearner(EpisodicLearner):
     """MAML over users on a profile-feature rating MLP; local update of the MLP head only."""
 
     name: ClassVar[str] = "maml"
     description: ClassVar[str] = "MAML on a profile-feature rating MLP (head adapted locally)"
     Config: ClassVar[type] = MAMLConfig
+    search_space: ClassVar[dict[str, dict[str, Any]]] = MAML_SPACE
 
     # -- what a subclass changes -------------------------------------------------
     def build_model(self) -> nn.Module:

@@ -352,6 +352,20 @@ class MAMO(EpisodicLearner):
         "maml": {"feature_memory": False, "task_memory": False},
         "tuned": dict(TUNED),  # = the defaults
     }
+    paper_presets: ClassVar[tuple[str, ...]] = ("movielens", "bookcrossing")
+    #: The paper's grid (appendix A.3: d, K, the rates) and the two choices the docs page shows
+    #: to matter (read temperature, write mode), plus the global optimiser and the epochs.
+    search_space: ClassVar[dict[str, dict[str, Any]]] = {
+        "embedding_dim": {"type": "categorical", "choices": [32, 64, 100]},
+        "memory_slots": {"type": "int", "low": 2, "high": 5},
+        "attention_temperature": {"type": "float", "low": 0.05, "high": 1.0, "log": True},
+        "memory_write": {"type": "categorical", "choices": ["sequential", "merged"]},
+        "tau": {"type": "float", "low": 0.01, "high": 0.5, "log": True},
+        "local_lr": {"type": "float", "low": 1e-3, "high": 1e-1, "log": True},
+        "meta_optimizer": {"type": "categorical", "choices": ["sgd", "adam"]},
+        "meta_lr": {"type": "float", "low": 1e-4, "high": 1e-1, "log": True},
+        "epochs": {"type": "int", "low": 5, "high": 15, "step": 5},
+    }
 
     # ----------------------------------------------------------------- construction
     def build(self) -> None:

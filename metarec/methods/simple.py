@@ -57,6 +57,10 @@ class GlobalMean(Learner):
     Config: ClassVar[type] = LearnerConfig
     presets: ClassVar[dict[str, dict[str, Any]]] = {"default": {}}
     stochastic: ClassVar[bool] = False  # a mean: no random numbers anywhere
+    #: Its one setting; tuning it costs seconds and keeps the budget equal for every method.
+    search_space: ClassVar[dict[str, dict[str, Any]]] = {
+        "clip_predictions": {"type": "categorical", "choices": [True, False]},
+    }
 
     def build(self) -> None:
         self.mu = torch.zeros((), device=self.device)
@@ -133,6 +137,12 @@ class BaselinePredictor(Learner):
         # Without shrinkage: shows what the regularisers buy on rarely rated items.
         "unregularised": {"item_reg": 0.0, "user_reg": 0.0},
     }
+    #: Shrinkage on a log scale around Koren's 25 / 10, and the alternating passes.
+    search_space: ClassVar[dict[str, dict[str, Any]]] = {
+        "item_reg": {"type": "float", "low": 0.1, "high": 200.0, "log": True},
+        "user_reg": {"type": "float", "low": 0.1, "high": 100.0, "log": True},
+        "sweeps": {"type": "int", "low": 1, "high": 5},
+    }
 
     stochastic: ClassVar[bool] = False  # closed-form biases: no random numbers anywhere
 
@@ -197,6 +207,17 @@ class ProfileMLPConfig(RatingMLPConfig):
     grad_clip: float | None = setting(None, gt=0)
 
 
+#: The rating network's width and its plain training: the same ranges as the MAML learners' network.
+PROFILE_MLP_SPACE: dict[str, dict[str, Any]] = {
+    "lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True},
+    "weight_decay": {"type": "categorical", "choices": [0.0, 1e-5, 1e-4]},
+    "embedding_dim": {"type": "categorical", "choices": [16, 32, 64]},
+    "hidden": {"type": "categorical", "choices": [[64, 64], [128, 64], [64, 32], [128, 128]]},
+    "batch_size": {"type": "categorical", "choices": [16, 32, 64]},
+    "epochs": {"type": "int", "low": 5, "high": 30, "step": 5},
+}
+
+
 class ProfileMLP(EpisodicLearner):
     """Profile features + item features -> rating, trained on every training rating; no adaptation.
 
@@ -213,6 +234,7 @@ class ProfileMLP(EpisodicLearner):
         # A short run for smoke tests and CI; not a result to report.
         "quick": {"epochs": 2},
     }
+    search_space: ClassVar[dict[str, dict[str, Any]]] = PROFILE_MLP_SPACE
 
     def build(self) -> None:
         c = self.config
@@ -261,6 +283,11 @@ class ProfileMLPFineTune(ProfileMLP):
     description: ClassVar[str] = "profile-feature MLP, fine-tuned on each user's support set (SGD on the head)"
     Config: ClassVar[type] = ProfileMLPFineTuneConfig
     presets: ClassVar[dict[str, dict[str, Any]]] = dict(ProfileMLP.presets)
+    search_space: ClassVar[dict[str, dict[str, Any]]] = {
+        **PROFILE_MLP_SPACE,
+        "finetune_steps": {"type": "int", "low": 1, "high": 20},
+        "finetune_lr": {"type": "float", "low": 1e-4, "high": 1e-1, "log": True},
+    }
 
     def build(self) -> None:
         super().build()

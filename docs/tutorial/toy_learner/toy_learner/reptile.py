@@ -25,6 +25,11 @@ class Reptile(MAMLLearner):
     description = "Reptile (Nichol et al. 2018): first-order meta-learning, every weight adapted"
     Config = ReptileConfig
     presets = {"quick": {"epochs": 3, "batch_size": 16}}
+    search_space = {  # what `metarec tune` searches: config field -> range
+        "inner_lr": {"type": "float", "low": 1e-3, "high": 0.3, "log": True},
+        "inner_steps": {"type": "int", "low": 1, "high": 10},
+        "meta_lr": {"type": "float", "low": 1e-3, "high": 0.1, "log": True},
+    }
 
     def local_parameter_names(self) -> list[str]:
         """Reptile adapts every parameter, the feature embeddings included."""

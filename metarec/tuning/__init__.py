@@ -1,0 +1,1 @@
+"""Hyper-parameter tuning on the tuning pool: search spaces, Optuna studies, their outputs."""
