@@ -213,6 +213,8 @@ class ColdNAS(EpisodicLearner):
         },
     }
     search_space: ClassVar[dict[str, dict]] = {
+        "epochs": {"type": "int", "low": 10, "high": 150, "step": 10},
+        "search_epochs": {"type": "int", "low": 10, "high": 100, "step": 10},
         "meta_lr": {"type": "float", "low": 1e-5, "high": 1e-3, "log": True},
         "search_lr": {"type": "float", "low": 1e-5, "high": 1e-3, "log": True},
         "context_dim": {"type": "categorical", "choices": [64, 128, 256]},

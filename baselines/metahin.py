@@ -289,6 +289,7 @@ class MetaHIN(EpisodicLearner):
         },
     }
     search_space: ClassVar[dict[str, dict]] = {
+        "epochs": {"type": "int", "low": 5, "high": 100, "step": 5},
         "meta_lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True},
         "mp_lr": {"type": "float", "low": 1e-4, "high": 1e-1, "log": True},
         "local_lr": {"type": "float", "low": 1e-4, "high": 1e-1, "log": True},

@@ -217,6 +217,7 @@ class TaNP(EpisodicLearner):
     Config: ClassVar[type] = TaNPConfig
     presets: ClassVar[dict[str, dict[str, Any]]] = {"paper": PAPER}
     search_space: ClassVar[dict[str, dict]] = {
+        "epochs": {"type": "int", "low": 10, "high": 150, "step": 10},
         "meta_lr": {"type": "float", "low": 1e-5, "high": 1e-3, "log": True},
         "z_dim": {"type": "int", "low": 8, "high": 64},
         "n_clusters": {"type": "int", "low": 2, "high": 20},
