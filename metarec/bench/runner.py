@@ -328,6 +328,8 @@ def execute_run(spec: RunSpec, sink: Sink | None = None) -> dict[str, Any]:
             timings["predict_s"] = time.perf_counter() - t0
             record["memory"] = mem.read()
         record["history"] = ckpt.history
+        if info := learner.run_info():
+            record["learner_info"] = info
         if hasattr(learner, "epochs_done"):
             record["epochs_done"] = int(learner.epochs_done)
 
