@@ -28,12 +28,21 @@ the query loss of the parameters before update ``t``. Outer optimiser: Adam with
 rate for theta_0 (``init_lr``), one for the update controller (``update_lr``) and one for the stop
 controller (``stop_lr``), weight decay 1e-5, gradient *value* clipping to +-0.25.
 
-Batching: all users of a batch (or of a chunk of it, ``chunk_size``) adapt at once. Per-user
-fast parameters are ``[B, ...]`` tensors, the MLP runs under :func:`torch.func.vmap` / :func:`~torch.func.functional_call`, and
-each update controller's LSTM runs over all coordinates of all users in one call (batch
-``B * numel``). Users stop at different steps: an ``active [B]`` mask freezes the parameters of
-users that stopped (masked update), and the loop runs while any user is active. This gives the
-same numbers as adapting the users one by one.
+Batching: all users of a batch (or of a chunk of it, ``chunk_size``) adapt at once. Users stop
+at different steps: an ``active [B]`` mask freezes the parameters of users that stopped (masked
+update), and the loop runs while any user is active (or, ``inner_loop_exit = "masked"``, always
+``max_steps`` steps, with no host synchronisation). This gives the same numbers as adapting the
+users one by one.
+
+Backends (``backend``): ``fused`` (default) keeps the fast parameters of all users and tensors in
+one row buffer and runs ONE learned-optimizer step per inner step for all 8 adapted tensors
+(:func:`metarec.learned_optim.fused_step`: stacked LSTM weights, the loss input folded into the
+gate bias once per user, a hand-written backward that recomputes the activations, pointwise
+kernels compiled by :func:`torch.compile` when ``compile_controller`` is not False); the inner
+gradients come from :func:`metarec.nn.per_user_relu_mlp_mse_grads`. ``reference`` is the
+original implementation (one LSTM call per tensor under autograd, the MLP under
+:func:`torch.func.vmap`), kept for the parity test. Both compute the same numbers (float64: to
+1e-12) and share parameters, so checkpoints load into either.
 
 Deviations from the paper / reference code (THUDM/ScenarioMeta, ``configs/config-movielens.json``),
 and why:
@@ -58,10 +67,14 @@ and why:
   users ~ the original's 100,000 tasks. The original's ``ReduceLROnPlateau`` is stepped on
   *test* Recall@10 (test leakage) and its checkpoint is chosen on a validation Recall@20; neither
   is done here.
-* **Stop rule at evaluation**: deterministic by default (stop when ``p_t > stop_threshold``,
-  0.5) so that reported numbers do not depend on random draws; ``eval_stop_rule = "sample"``
-  reproduces the original's stochastic rule (``u < p_t``, ``u ~ U(0, 1)`` seeded per user from
-  the run seed). Training always samples (REINFORCE needs it).
+* **Stop rule at evaluation**: the original's stochastic rule (``u < p_t``), the rule the
+  controllers are trained with, is the default (``eval_stop_rule = "sample"``); its draws come
+  from the run seed and the user (:meth:`S2Meta.eval_uniforms`), so the numbers are
+  reproducible and do not depend on batching. The learned stop probabilities stay well below
+  0.5, so the deterministic ``threshold`` rule (stop when ``p_t > stop_threshold``) runs nearly
+  every test user for all ``max_steps`` steps -- outside the step-count regime seen in training
+  and at about twice the cost; it remains an option. ``results.json`` records the distribution
+  of inner steps per user in training and evaluation (``learner_info.inner_steps``).
 * **LSTM bias initialisation**: the reference code means to set the update LSTMs' forget-gate
   bias to 1 but writes into a slice of the *input*-gate block; the default ``"forget"`` does what
   was intended, ``lstm_bias_init = "reference"`` reproduces the code.
@@ -71,20 +84,13 @@ and why:
   in the reference code) and the adversarial sampler (unused for MovieLens).
 
 Presets: ``paper`` = the public MovieLens configuration's values (listed in :data:`PAPER`),
-with one user per Adam step; ``benchmarks/configs/s2meta.toml`` runs it with the deterministic
-evaluation stop rule. A 10x larger set of learning rates (1e-3 / 1e-3 / 5e-4) was tried on
-ML-1M and reached the same test MAE after 3,000 users as ``paper`` after 4,832 (0.873 vs
-0.871), so there is no ``tuned`` preset.
+with one user per Adam step; the config defaults are the same values. A 10x larger set of
+learning rates (1e-3 / 1e-3 / 5e-4) was tried on ML-1M and reached the same test MAE after 3,000
+users as ``paper`` after 4,832 (0.873 vs 0.871), so there is no ``tuned`` preset.
 
-Cost (one CPU core, shared machine): the hot path is the per-coordinate LSTM over the MLP's
-10,881 parameters, forward and backward, at every inner step. With ``batch_size = 1`` a user
-costs ~0.35 s at 20 inner steps eager, ~0.23 s with ``compile_controller``; the first ML-1M
-epoch of the ``paper`` preset (compiled) took 12 min -- inner steps per user grew from 5 to 10
-during the epoch as the stop controller learnt to go on; epochs at 20 steps per user take
-~20 min -- and predicting the 1,208 test users (all at 20 steps) 1.4 min. Users of a
-batch run in chunks of ``chunk_size``: one 32-user chunk is ~3x slower per user than four
-8-user chunks (its tensors no longer fit in cache), and a chunk runs until its last user stops.
-On CUDA, larger chunks (the default there: the whole batch) are what makes it fast.
+Cost: the hot path is the per-coordinate LSTM over the MLP's 10,881 parameters, forward and
+backward, at every inner step; its matrix products alone set a floor per inner step. Measured
+epoch times of both backends: ``benchmarks/bench_s2meta_speed.py`` and the s2Meta docs page.
 """
 
 from __future__ import annotations
