@@ -11,8 +11,9 @@ sigmoid heads (learning rate ``lr`` and forget gate ``f``) and the update
 
     theta' = f * theta - lr * g        (users not ``keep``-ing: theta' = theta)
 
-with a hand-written backward that *recomputes* the gates from the saved inputs instead of
-storing them (per step it saves the inputs only: ~40 numbers per coordinate). The per-user
+with a hand-written backward (no autograd graph inside a step: per step it keeps the inputs and
+the activations, ~150 numbers per coordinate, and evaluates no transcendental function again;
+the pointwise parts are compiled into a few fused loops by :func:`torch.compile`). The per-user
 scalar input (the pre-processed loss) is folded into the gate bias once per user
 (:func:`gate_bias`) instead of being repeated on every row. Everything stays on the device:
 no ``.item()``, no data-dependent branch, so a loop of these steps can be captured whole.
@@ -178,8 +179,8 @@ def _inputs(grad: Tensor, theta: Tensor, h: Tensor, clamp: float, p: float) -> t
     return torch.cat([torch.stack([g_log, g_sign, p_log, p_sign], dim=1), h], dim=1), g
 
 
-def _cell_forward(z, c, theta, g, keep, seg, ln_w, ln_b, head_w, head_b, eps: float):
-    """Everything of a step after the gate matmul, row by row (pointwise: one fused loop when compiled)."""
+def _cell_gates(z: Tensor, c: Tensor):
+    """The LSTM cell after the gate matmul (pointwise: one loop when compiled)."""
     hidden = c.shape[1]
     i = torch.sigmoid(z[:, :hidden])
     f = torch.sigmoid(z[:, hidden : 2 * hidden])
@@ -187,7 +188,15 @@ def _cell_forward(z, c, theta, g, keep, seg, ln_w, ln_b, head_w, head_b, eps: fl
     tg = torch.tanh(z[:, 3 * hidden :])
     c_new = f * c + i * tg
     tc = torch.tanh(c_new)
-    hr = o * tc
+    return i, f, o, tg, c_new, tc, o * tc
+
+
+def _cell_out(hr, theta, g, keep, seg, ln_w, ln_b, head_w, head_b, eps: float):
+    """LayerNorm of the cell output, the two sigmoid heads and the masked update, row by row.
+
+    A separate kernel from :func:`_cell_gates` so that the row reductions (LayerNorm, heads)
+    do not recompute the gates' transcendental functions.
+    """
     if ln_w is not None:
         mean = hr.mean(1, keepdim=True)
         cen = hr - mean
@@ -200,20 +209,17 @@ def _cell_forward(z, c, theta, g, keep, seg, ln_w, ln_b, head_w, head_b, eps: fl
     lr = heads[:, 0]
     fg = heads[:, 1] if head_w.shape[1] > 1 else torch.ones_like(lr)
     theta_new = torch.where(keep, fg * theta - lr * g, theta)
-    return theta_new, h_new, c_new, lr, fg, (i, f, o, tg, tc, h_hat, rstd)
+    return theta_new, h_new, h_hat, rstd, lr, fg
 
 
-def _cell_backward(z, c, theta, g, keep, seg, ln_w, ln_b, head_w, head_b, d_theta_new, d_h_new, d_c_new, eps: float):
-    """Gradients of :func:`_cell_forward` (recomputed from the saved gate pre-activations ``z``).
+def _cell_backward(c, theta, g, keep, seg, ln_w, head_w, i, f, o, tg, tc, h_hat, rstd, h_new, lr, fg,
+                   d_theta_new, d_h_new, d_c_new):
+    """Gradients of :func:`_cell_gates` + :func:`_cell_out` from the saved activations.
 
     Returns ``(d_theta, d_z [R, 4H], d_c, per-row terms of the small weights' gradients)``; the
     last is ``[R, 2H + heads (H + 1)]`` = ``[dh * h_hat | dh | d_head ⊗ h | d_head]``, to be summed
     per tensor.
     """
-    hidden = c.shape[1]
-    _, h_new, _, lr, fg, (i, f, o, tg, tc, h_hat, rstd) = _cell_forward(
-        z, c, theta, g, keep, seg, ln_w, ln_b, head_w, head_b, eps
-    )
     dtk = d_theta_new * keep.to(theta.dtype)
     d_lr = -dtk * g * lr * (1 - lr)
     if head_w.shape[1] > 1:
@@ -232,10 +238,6 @@ def _cell_backward(z, c, theta, g, keep, seg, ln_w, ln_b, head_w, head_b, d_thet
     d_c = d_c_new + d_hr * o * (1 - tc * tc)
     d_z = torch.cat([d_c * tg * i * (1 - i), d_c * c * f * (1 - f), d_hr * tc * o * (1 - o), d_c * i * (1 - tg * tg)], 1)
     return d_theta, d_z, d_c * f, torch.cat(per_row, dim=1)
-
-
-def _cell_forward_outputs(*args):
-    return _cell_forward(*args)[:5]
 
 
 class _Compiled:
@@ -266,7 +268,8 @@ class _Kernels:
     def __init__(self, compiled: bool) -> None:
         wrap = _Compiled if compiled else (lambda fn: fn)
         self.inputs = wrap(_inputs)
-        self.forward = wrap(_cell_forward_outputs)
+        self.gates = wrap(_cell_gates)
+        self.out = wrap(_cell_out)
         self.backward = wrap(_cell_backward)
 
 
@@ -287,8 +290,11 @@ def _segment_gates(xh: Tensor, bias: Tensor, w: Tensor, layout: SegmentLayout) -
     users = layout.users
     for k, n in enumerate(layout.numels):
         seg = layout.segment(k)
-        torch.baddbmm(bias[k].unsqueeze(1), xh[seg].view(users, n, -1), w[k].expand(users, -1, -1),
-                      out=z[seg].view(users, n, -1))
+        if users == 1:
+            torch.addmm(bias[k, 0], xh[seg], w[k], out=z[seg])
+        else:
+            torch.baddbmm(bias[k].unsqueeze(1), xh[seg].view(users, n, -1), w[k].expand(users, -1, -1),
+                          out=z[seg].view(users, n, -1))
     return z
 
 
@@ -302,28 +308,31 @@ class FusedCoordinateLSTMStep(torch.autograd.Function):
     (``ln_w`` None: no LayerNorm), the layout, the row -> tensor index ``seg`` ``long [R]``, the
     LayerNorm eps, the gradient clamp, the pre-processing exponent and the kernels.
     Outputs ``(theta', h', c', lr, forget)``; ``lr``/``forget`` ``[R]`` carry no gradient
-    (``forget`` is all ones with a single head). Saved for backward: the inputs, ``[x; h]`` and
-    the gate pre-activations; the activations are recomputed.
+    (``forget`` is all ones with a single head). Saved for backward: ``[x; h]`` and the
+    activations (~150 numbers per coordinate), so the backward evaluates no transcendental
+    function again.
     """
 
     @staticmethod
     def forward(ctx, theta, h, c, grad, keep, bias, w, ln_w, ln_b, head_w, head_b, layout, seg, eps, clamp, p, kern):
         xh, g = kern.inputs(grad, theta, h, clamp, p)
         z = _segment_gates(xh, bias, w, layout)
-        theta_new, h_new, c_new, lr, fg = kern.forward(z, c, theta, g, keep, seg, ln_w, ln_b, head_w, head_b, eps)
-        ctx.save_for_backward(theta, c, g, keep, xh, z, w, ln_w, ln_b, head_w, head_b, seg)
-        ctx.layout, ctx.eps, ctx.kern = layout, eps, kern
+        i, f, o, tg, c_new, tc, hr = kern.gates(z, c)
+        theta_new, h_new, h_hat, rstd, lr, fg = kern.out(hr, theta, g, keep, seg, ln_w, ln_b, head_w, head_b, eps)
+        ctx.save_for_backward(theta, c, g, keep, xh, i, f, o, tg, tc, h_hat, rstd, h_new, lr, fg, w, ln_w, head_w, seg)
+        ctx.layout, ctx.kern = layout, kern
         ctx.mark_non_differentiable(lr, fg)
         return theta_new, h_new, c_new, lr, fg
 
     @staticmethod
     def backward(ctx, d_theta_new, d_h_new, d_c_new, _d_lr, _d_fg):
-        theta, c, g, keep, xh, z, w, ln_w, ln_b, head_w, head_b, seg = ctx.saved_tensors
+        theta, c, g, keep, xh, i, f, o, tg, tc, h_hat, rstd, h_new, lr, fg, w, ln_w, head_w, seg = ctx.saved_tensors
         layout, kern = ctx.layout, ctx.kern
         users, hidden = layout.users, c.shape[1]
         n_heads = head_w.shape[1]
         d_theta, d_z, d_c_prev, per_row = kern.backward(
-            z, c, theta, g, keep, seg, ln_w, ln_b, head_w, head_b, d_theta_new, d_h_new, d_c_new, ctx.eps
+            c, theta, g, keep, seg, ln_w, head_w, i, f, o, tg, tc, h_hat, rstd, h_new, lr, fg,
+            d_theta_new, d_h_new, d_c_new,
         )
         n_x = xh.shape[1] - hidden
         d_h_prev = torch.empty_like(c)
