@@ -561,7 +561,9 @@ class S2Meta(EpisodicLearner):
             {"params": list(self.update_controller.parameters()), "lr": c.update_lr},
             {"params": list(self.stop_controller.parameters()), "lr": c.stop_lr},
         ]
-        self.optimizer = torch.optim.Adam(groups, weight_decay=c.weight_decay)
+        # One fused kernel for all parameters: with one user per Adam step, the per-tensor loop of
+        # the default implementation over the many embedding tables is a large share of a step.
+        self.optimizer = torch.optim.Adam(groups, weight_decay=c.weight_decay, fused=True)
         self.meta_steps_done = 0
         self._stats: dict[str, Any] = {}
         #: Users per number of inner updates: ``train_last_epoch``, ``train_all_epochs``, ``eval``.

@@ -25,6 +25,7 @@
 # Without .gpu-data the benchmarks run on synthetic data. For a rehearsal on a CPU machine:
 #   DEVICE=cpu PYTHON=.venv/bin/python SKIP_INSTALL=1 OUT=/tmp/gpu-rehearsal MAMO_LOOP_USERS=64 \
 #     TRAIN_USERS=64 EVAL_USERS=64 S2META_USERS=32 bash scripts/gpu_checks.sh
+# ONLY="tests s2meta_speed" (step names, space-separated) runs those steps only.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -42,6 +43,10 @@ status=0
 step() {  # step NAME SECONDS CMD...: run with a limit, log to $OUT/NAME.log, remember a failure
     local name=$1 limit=$2
     shift 2
+    if [ -n "${ONLY:-}" ] && [[ " $ONLY " != *" $name "* ]]; then
+        echo "== $name: skipped (ONLY=$ONLY)"
+        return
+    fi
     echo "== $name (limit ${limit}s): $*"
     timeout "$limit" "$@" >"$OUT/$name.log" 2>&1
     local rc=$?
