@@ -24,7 +24,7 @@
 # and commit the JSON files it returns (files_at/...) under benchmarks/results/.
 # Without .gpu-data the benchmarks run on synthetic data. For a rehearsal on a CPU machine:
 #   DEVICE=cpu PYTHON=.venv/bin/python SKIP_INSTALL=1 OUT=/tmp/gpu-rehearsal MAMO_LOOP_USERS=64 \
-#     TRAIN_USERS=64 EVAL_USERS=64 S2META_USERS=32 bash scripts/gpu_checks.sh
+#     TRAIN_USERS=64 EVAL_USERS=64 S2META_USERS=32 S2META_LIMIT=600 bash scripts/gpu_checks.sh
 # ONLY="tests s2meta_speed" (step names, space-separated) runs those steps only.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -37,6 +37,7 @@ MAMO_LOOP_USERS="${MAMO_LOOP_USERS:-320}"   # the per-user loop is timed on thes
 TRAIN_USERS="${TRAIN_USERS:-640}"           # users of each method's timed epoch, extrapolated to all
 EVAL_USERS="${EVAL_USERS:-}"                # test users predicted (empty: all)
 S2META_USERS="${S2META_USERS:-240}"         # users of s2Meta's timed (partial) epoch, fused vs reference
+S2META_LIMIT="${S2META_LIMIT:-180}"         # seconds for that step (first calls compile the fused kernels)
 export PYTHONUNBUFFERED=1
 mkdir -p "$OUT"
 status=0
@@ -78,7 +79,7 @@ step mamo_speed 120 "$PY" benchmarks/bench_mamo_speed.py --device "$DEVICE" "${d
     --loop-users "$MAMO_LOOP_USERS" --out "$OUT/mamo_speed_$DEVICE.json"
 s2meta_eval_args=()
 [ -n "$EVAL_USERS" ] && s2meta_eval_args=(--eval-users "$EVAL_USERS")
-step s2meta_speed 150 "$PY" benchmarks/bench_s2meta_speed.py --device "$DEVICE" "${data_args[@]}" \
+step s2meta_speed "$S2META_LIMIT" "$PY" benchmarks/bench_s2meta_speed.py --device "$DEVICE" "${data_args[@]}" \
     --max-users "$S2META_USERS" --reference-every 8 --reference-eval-users 32 "${s2meta_eval_args[@]}" \
     --out "$OUT/s2meta_speed_$DEVICE.json"
 # s2Meta last: the record is rewritten after every method, so a time-out loses only what it cut
