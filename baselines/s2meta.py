@@ -28,12 +28,21 @@ the query loss of the parameters before update ``t``. Outer optimiser: Adam with
 rate for theta_0 (``init_lr``), one for the update controller (``update_lr``) and one for the stop
 controller (``stop_lr``), weight decay 1e-5, gradient *value* clipping to +-0.25.
 
-Batching: all users of a batch (or of a chunk of it, ``chunk_size``) adapt at once. Per-user
-fast parameters are ``[B, ...]`` tensors, the MLP runs under :func:`torch.func.vmap` / :func:`~torch.func.functional_call`, and
-each update controller's LSTM runs over all coordinates of all users in one call (batch
-``B * numel``). Users stop at different steps: an ``active [B]`` mask freezes the parameters of
-users that stopped (masked update), and the loop runs while any user is active. This gives the
-same numbers as adapting the users one by one.
+Batching: all users of a batch (or of a chunk of it, ``chunk_size``) adapt at once. Users stop
+at different steps: an ``active [B]`` mask freezes the parameters of users that stopped (masked
+update), and the loop runs while any user is active (or, ``inner_loop_exit = "masked"``, always
+``max_steps`` steps, with no host synchronisation). This gives the same numbers as adapting the
+users one by one.
+
+Backends (``backend``): ``fused`` (default) keeps the fast parameters of all users and tensors in
+one row buffer and runs ONE learned-optimizer step per inner step for all 8 adapted tensors
+(:func:`metarec.learned_optim.fused_step`: stacked LSTM weights, the loss input folded into the
+gate bias once per user, a hand-written backward that recomputes the activations, pointwise
+kernels compiled by :func:`torch.compile` when ``compile_controller`` is not False); the inner
+gradients come from :func:`metarec.nn.per_user_relu_mlp_mse_grads`. ``reference`` is the
+original implementation (one LSTM call per tensor under autograd, the MLP under
+:func:`torch.func.vmap`), kept for the parity test. Both compute the same numbers (float64: to
+1e-12) and share parameters, so checkpoints load into either.
 
 Deviations from the paper / reference code (THUDM/ScenarioMeta, ``configs/config-movielens.json``),
 and why:
@@ -58,10 +67,14 @@ and why:
   users ~ the original's 100,000 tasks. The original's ``ReduceLROnPlateau`` is stepped on
   *test* Recall@10 (test leakage) and its checkpoint is chosen on a validation Recall@20; neither
   is done here.
-* **Stop rule at evaluation**: deterministic by default (stop when ``p_t > stop_threshold``,
-  0.5) so that reported numbers do not depend on random draws; ``eval_stop_rule = "sample"``
-  reproduces the original's stochastic rule (``u < p_t``, ``u ~ U(0, 1)`` seeded per user from
-  the run seed). Training always samples (REINFORCE needs it).
+* **Stop rule at evaluation**: the original's stochastic rule (``u < p_t``), the rule the
+  controllers are trained with, is the default (``eval_stop_rule = "sample"``); its draws come
+  from the run seed and the user (:meth:`S2Meta.eval_uniforms`), so the numbers are
+  reproducible and do not depend on batching. The learned stop probabilities stay well below
+  0.5, so the deterministic ``threshold`` rule (stop when ``p_t > stop_threshold``) runs nearly
+  every test user for all ``max_steps`` steps -- outside the step-count regime seen in training
+  and at about twice the cost; it remains an option. ``results.json`` records the distribution
+  of inner steps per user in training and evaluation (``learner_info.inner_steps``).
 * **LSTM bias initialisation**: the reference code means to set the update LSTMs' forget-gate
   bias to 1 but writes into a slice of the *input*-gate block; the default ``"forget"`` does what
   was intended, ``lstm_bias_init = "reference"`` reproduces the code.
@@ -71,20 +84,13 @@ and why:
   in the reference code) and the adversarial sampler (unused for MovieLens).
 
 Presets: ``paper`` = the public MovieLens configuration's values (listed in :data:`PAPER`),
-with one user per Adam step; ``benchmarks/configs/s2meta.toml`` runs it with the deterministic
-evaluation stop rule. A 10x larger set of learning rates (1e-3 / 1e-3 / 5e-4) was tried on
-ML-1M and reached the same test MAE after 3,000 users as ``paper`` after 4,832 (0.873 vs
-0.871), so there is no ``tuned`` preset.
+with one user per Adam step; the config defaults are the same values. A 10x larger set of
+learning rates (1e-3 / 1e-3 / 5e-4) was tried on ML-1M and reached the same test MAE after 3,000
+users as ``paper`` after 4,832 (0.873 vs 0.871), so there is no ``tuned`` preset.
 
-Cost (one CPU core, shared machine): the hot path is the per-coordinate LSTM over the MLP's
-10,881 parameters, forward and backward, at every inner step. With ``batch_size = 1`` a user
-costs ~0.35 s at 20 inner steps eager, ~0.23 s with ``compile_controller``; the first ML-1M
-epoch of the ``paper`` preset (compiled) took 12 min -- inner steps per user grew from 5 to 10
-during the epoch as the stop controller learnt to go on; epochs at 20 steps per user take
-~20 min -- and predicting the 1,208 test users (all at 20 steps) 1.4 min. Users of a
-batch run in chunks of ``chunk_size``: one 32-user chunk is ~3x slower per user than four
-8-user chunks (its tensors no longer fit in cache), and a chunk runs until its last user stops.
-On CUDA, larger chunks (the default there: the whole batch) are what makes it fast.
+Cost: the hot path is the per-coordinate LSTM over the MLP's 10,881 parameters, forward and
+backward, at every inner step; its matrix products alone set a floor per inner step. Measured
+epoch times of both backends: ``benchmarks/bench_s2meta_speed.py`` and the s2Meta docs page.
 """
 
 from __future__ import annotations
@@ -102,8 +108,11 @@ from torch.func import functional_call, vmap
 
 from metarec import engine
 from metarec.config import Rule, setting
+from metarec.learned_optim import (
+    SegmentLayout, StackedLSTMWeights, fused_step, gate_bias, preprocess, stack_lstm_weights,
+)
 from metarec.learner import EpisodicConfig, EpisodicLearner
-from metarec.nn import FeatureEmbedder, broadcast_user, mlp
+from metarec.nn import FeatureEmbedder, broadcast_user, mlp, per_user_relu_mlp, per_user_relu_mlp_mse_grads
 from metarec.runtime import torch_generator
 from metarec.schema import FeatureSchema
 from metarec.tasks import TaskBatch
@@ -130,18 +139,6 @@ PAPER: dict[str, Any] = {
 
 
 # --------------------------------------------------------------------------- building blocks
-
-
-def preprocess(x: Tensor, p: float = 10.0) -> tuple[Tensor, Tensor]:
-    """Andrychowicz et al.'s log/sign pre-processing of a signal that spans many magnitudes.
-
-    ``(log|x| / p, sign x)`` if ``|x| >= e^-p``, else ``(-1, e^p x)``: the controllers see
-    gradients and losses of any scale as numbers of order one.
-    """
-    small = x.abs() < math.exp(-p)
-    log_part = torch.where(small, torch.full_like(x, -1.0), torch.log(x.abs() + 1e-20) / p)
-    sign_part = torch.where(small, math.exp(p) * x, torch.sign(x))
-    return log_part, sign_part
 
 
 class FeatureInputs(nn.Module):
@@ -310,6 +307,18 @@ class UpdateController(nn.Module):
         # One graph for every tensor and batch size (dynamic N); eager when not asked for.
         self._compiled_step = torch.compile(controller_step, dynamic=True) if compile else None
 
+    def stacked(self) -> StackedLSTMWeights:
+        """The controllers' weights stacked for the fused step (differentiable; once per inner loop)."""
+        heads, initial = [], []
+        for lstm in self.lstms:
+            hw, hb = lstm.step_tensors()[-2:]
+            heads.append((hw, hb))
+            initial.append((lstm.h0, lstm.c0))
+        return stack_lstm_weights(
+            [lstm.cell for lstm in self.lstms], [lstm.norm for lstm in self.lstms], heads, initial,
+            user_input=CoordinateLSTM.n_inputs - 1,
+        )
+
     def step_fn(self, *args: Any) -> tuple[Tensor, Tensor, Tensor | None, Tensor, Tensor]:
         """:func:`controller_step`, compiled when asked for; falls back to eager if compiling fails."""
         if self._compiled_step is not None:
@@ -428,8 +437,9 @@ class S2MetaConfig(EpisodicConfig):
     min_steps: int = setting(4, ge=0)
     #: False: no stop controller, always ``max_steps`` updates.
     flexible_step: bool = True
-    #: Evaluation stop rule: ``threshold`` (p > stop_threshold, deterministic) or ``sample`` (u < p).
-    eval_stop_rule: Literal["threshold", "sample"] = "threshold"
+    #: Evaluation stop rule: ``sample`` (u < p with u drawn from the run seed and the user: the
+    #: training rule, reproducible) or ``threshold`` (p > stop_threshold, deterministic).
+    eval_stop_rule: Literal["sample", "threshold"] = "sample"
     stop_threshold: float = setting(0.5, gt=0, lt=1)
     #: REINFORCE cost per extra step (0 in the config; negative: a reward for going on).
     step_penalty: float = 0.0
@@ -450,9 +460,18 @@ class S2MetaConfig(EpisodicConfig):
     #: Small chunks keep the per-coordinate LSTMs' tensors in cache: on CPU 8 users per chunk
     #: run ~2x faster per user than 32, and a chunk waits for its slowest user.
     chunk_size: int | None = setting(None, ge=1)
-    #: Fuse the update controller's step with :func:`torch.compile` (~2.5x faster on CPU after
-    #: a ~30 s compilation; needs a C++ compiler, or Triton on CUDA).
-    compile_controller: bool = False
+    #: Compile the update controller's step with :func:`torch.compile` (needs a C++ compiler, or
+    #: Triton on CUDA; falls back to eager with a warning). None: on for the ``fused`` backend
+    #: (its pointwise kernels), off for ``reference``.
+    compile_controller: bool | None = None
+    #: ``fused``: one :mod:`metarec.learned_optim` step for all adapted tensors per inner step,
+    #: analytic inner gradients; ``reference``: one LSTM call per tensor under autograd (the
+    #: original implementation, kept for the parity test; ``compile_controller`` applies to it).
+    backend: Literal["fused", "reference"] = "fused"
+    #: Fused backend: ``break`` leaves the inner loop once every user stopped (one host check
+    #: per step), ``masked`` always runs ``max_steps`` steps with stopped users frozen (no host
+    #: synchronisation; same numbers); ``auto`` = break on CPU, masked on CUDA.
+    inner_loop_exit: Literal["auto", "break", "masked"] = "auto"
 
     rules = (Rule("min_steps <= max_steps", lambda c: c.min_steps <= c.max_steps, ("min_steps", "max_steps")),)
 
@@ -476,6 +495,11 @@ class Adaptation:
     #: parameters before update ``t`` ``[T, B]`` (no gradient), for the REINFORCE term.
     log_keep: Tensor | None = None
     query_losses: Tensor | None = None
+
+
+def _histogram_mean(hist: Sequence[int]) -> float:
+    n = sum(hist)
+    return sum(k * v for k, v in enumerate(hist)) / n if n else float("nan")
 
 
 def _take(batch: TaskBatch, index: slice) -> TaskBatch:
@@ -522,7 +546,7 @@ class S2Meta(EpisodicLearner):
         self.update_controller = UpdateController(
             n, c.lstm_hidden, layer_norm=c.layer_norm, forget_gate=c.forget_gate, forget_bias=c.forget_bias,
             lstm_bias_init=c.lstm_bias_init, grad_clamp=c.grad_clamp, smooth_p=c.smooth_p,
-            compile=c.compile_controller,
+            compile=c.backend == "reference" and bool(c.compile_controller),
         ).to(self.device)
         self.stop_controller = StopController(n, smooth_p=c.smooth_p).to(self.device)
         embedding_lr = c.init_lr if c.embedding_lr is None else c.embedding_lr
@@ -532,9 +556,18 @@ class S2Meta(EpisodicLearner):
             {"params": list(self.update_controller.parameters()), "lr": c.update_lr},
             {"params": list(self.stop_controller.parameters()), "lr": c.stop_lr},
         ]
-        self.optimizer = torch.optim.Adam(groups, weight_decay=c.weight_decay)
+        # One fused kernel for all parameters: with one user per Adam step, the per-tensor loop of
+        # the default implementation over the many embedding tables is a large share of a step.
+        self.optimizer = torch.optim.Adam(groups, weight_decay=c.weight_decay, fused=True)
         self.meta_steps_done = 0
-        self._stats: dict[str, float] = {}
+        self._stats: dict[str, Any] = {}
+        #: Users per number of inner updates: ``train_last_epoch``, ``train_all_epochs``, ``eval``.
+        self.step_histograms: dict[str, list[int]] = {}
+        self._eval_histogram: Tensor | None = None
+
+    def _compiled_fused(self) -> bool:
+        """Whether the fused backend runs its compiled (:func:`torch.compile`) kernels."""
+        return self.config.compile_controller is not False
 
     @property
     def chunk_size(self) -> int | None:
@@ -566,6 +599,17 @@ class S2Meta(EpisodicLearner):
             grads = torch.autograd.grad(losses.sum(), leaves)
         return losses.detach(), list(grads)
 
+    def _query_losses(self, params: Sequence[Tensor], x: Tensor, y: Tensor, mask: Tensor) -> Tensor:
+        """Per-user masked MSE ``[B]`` with the backend's MLP (differentiable)."""
+        if self.config.backend == "reference":
+            return self._losses(params, x, y, mask)
+        return engine.masked_mse.per_user(per_user_relu_mlp(params, x)[0].squeeze(-1), y, mask)
+
+    def _predict_adapted(self, params: Sequence[Tensor], x: Tensor) -> Tensor:
+        if self.config.backend == "reference":
+            return self._mlp(params, x)
+        return per_user_relu_mlp(params, x)[0].squeeze(-1)
+
     # ----------------------------------------------------------------- the inner loop
     def adapt(
         self,
@@ -582,9 +626,96 @@ class S2Meta(EpisodicLearner):
         loss before every update and ``log(1 - p_t)`` are recorded for the REINFORCE term.
         Differentiable with respect to every meta-parameter when grad is enabled.
         """
-        c: S2MetaConfig = self.config
         if x_support is None:
             x_support = self.inputs(batch.user_features, batch.support_features)
+        if self.config.backend == "fused":
+            return self._adapt_fused(batch, uniforms, x_support, x_query)
+        return self._adapt_reference(batch, uniforms, x_support, x_query)
+
+    def _stop_decision(self, t: int, logit: Tensor, uniforms: Tensor | None, active: Tensor) -> tuple[Tensor, Tensor]:
+        """``(p_t, users still active)`` after step ``t``'s stop decision."""
+        c: S2MetaConfig = self.config
+        p = torch.sigmoid(logit.detach())
+        if t >= c.min_steps:
+            stop = uniforms[t] < p if uniforms is not None else p > c.stop_threshold
+            active = active & ~stop
+        return p, active
+
+    def _adapt_fused(self, batch: TaskBatch, uniforms: Tensor | None, x_support: Tensor, x_query: Tensor | None) -> Adaptation:
+        """The inner loop with :func:`metarec.learned_optim.fused_step`: one controller call per step.
+
+        The fast parameters of all users live in one row buffer (:class:`SegmentLayout`), the
+        support gradients come from :func:`~metarec.nn.per_user_relu_mlp_mse_grads` (written
+        into a buffer of the same layout), statistics stay on the device until the loop ends.
+        """
+        c: S2MetaConfig = self.config
+        b = len(batch)
+        device, dtype = x_support.device, x_support.dtype
+        base = list(self.recommender.parameters())
+        shapes = [p.shape for p in base]
+        layout = SegmentLayout(tuple(p.numel() for p in base), b)
+        weights = self.update_controller.stacked()
+        theta = layout.flatten([p.unsqueeze(0).expand(b, *p.shape) for p in base])
+        h, cell = layout.per_row(weights.h0), layout.per_row(weights.c0)
+        row_user, seg = layout.row_user(device), layout.row_tensor(device)
+        compiled = self._compiled_fused()
+        grad_buf = torch.empty(layout.rows, dtype=dtype, device=device)
+        grad_views = layout.split(grad_buf, shapes)
+        x_s = x_support.detach()
+        exit_early = c.inner_loop_exit == "break" or (c.inner_loop_exit == "auto" and device.type == "cpu")
+        smooth, clamp = c.smooth_p, c.grad_clamp
+        active = torch.ones(b, dtype=torch.bool, device=device)
+        steps = torch.zeros(b, dtype=torch.long, device=device)
+        stop_state = None
+        probs, actives, log_keep, q_losses, lr_sums, fg_sums, counts = [], [], [], [], [], [], []
+        for t in range(c.max_steps):
+            detached = layout.split(theta.detach(), shapes)
+            loss_s, _ = per_user_relu_mlp_mse_grads(detached, x_s, batch.support_ratings, batch.support_mask, out=grad_views)
+            if c.flexible_step:
+                logit, stop_state = self.stop_controller(grad_views, loss_s, stop_state)
+                p, active = self._stop_decision(t, logit, uniforms, active)
+                probs.append(p)
+                log_keep.append(F.logsigmoid(-logit))  # log(1 - p_t), numerically stable
+            actives.append(active)
+            if x_query is not None:
+                with torch.no_grad():
+                    q_losses.append(self._query_losses(detached, x_query, batch.query_ratings, batch.query_mask))
+            if exit_early and not bool(active.any()):  # free on the CPU
+                break
+            bias = gate_bias(weights, preprocess(loss_s, smooth)[0])  # the loss input, once per user
+            keep = active[row_user]
+            theta, h, cell, lr, fg = fused_step(
+                theta, h, cell, grad_buf, keep, bias, weights, layout, seg,
+                clamp=clamp, p=smooth, compiled=compiled,
+            )
+            steps = steps + active.long()
+            with torch.no_grad():
+                kf = keep.to(dtype)
+                lr_sums.append((lr * kf).sum())
+                fg_sums.append((fg * kf).sum())
+                counts.append(kf.sum())
+        mean_lr: list[float] = []
+        mean_forget: list[float] = []
+        if counts:
+            n = torch.stack(counts)
+            ran = n > 0  # masked loops: steps after the last user stopped update nothing
+            mean_lr = (torch.stack(lr_sums) / n.clamp_min(1))[ran].tolist()
+            if c.forget_gate:
+                mean_forget = (torch.stack(fg_sums) / n.clamp_min(1))[ran].tolist()
+        return Adaptation(
+            params=dict(zip(self.param_names, layout.split(theta, shapes))),
+            steps=steps,
+            stop_probs=torch.stack(probs) if probs else torch.empty(0, b, device=device),
+            active=torch.stack(actives),
+            mean_lr=mean_lr,
+            mean_forget=mean_forget,
+            log_keep=torch.stack(log_keep) if log_keep and x_query is not None else None,
+            query_losses=torch.stack(q_losses) if q_losses else None,
+        )
+
+    def _adapt_reference(self, batch: TaskBatch, uniforms: Tensor | None, x_support: Tensor, x_query: Tensor | None) -> Adaptation:
+        """The original inner loop: one LSTM call per adapted tensor, autograd inner gradients."""
+        c: S2MetaConfig = self.config
         b = len(batch)
         device = x_support.device
         fast = [p.unsqueeze(0).expand(b, *p.shape) for p in self.recommender.parameters()]
@@ -637,7 +768,7 @@ class S2Meta(EpisodicLearner):
         x_s = self.inputs(batch.user_features, batch.support_features)
         x_q = self.inputs(batch.user_features, batch.query_features)
         ad = self.adapt(batch, uniforms=uniforms, x_support=x_s, x_query=x_q)
-        final = self._losses(list(ad.params.values()), x_q, batch.query_ratings, batch.query_mask)  # [B]
+        final = self._query_losses(list(ad.params.values()), x_q, batch.query_ratings, batch.query_mask)  # [B]
         per_user = final
         if ad.log_keep is not None:
             t_idx = torch.arange(ad.active.shape[0], device=final.device).unsqueeze(1)
@@ -673,27 +804,50 @@ class S2Meta(EpisodicLearner):
         return total / n
 
     def _accumulate(self, ad: Adaptation) -> None:
+        """Training statistics of one chunk, kept on the device until the epoch ends."""
         s = self._stats
-        s["users"] = s.get("users", 0.0) + ad.steps.shape[0]
-        s["steps"] = s.get("steps", 0.0) + float(ad.steps.sum())
-        s["chunks"] = s.get("chunks", 0.0) + 1
+        s["users"] = s.get("users", 0) + ad.steps.shape[0]
+        s["chunks"] = s.get("chunks", 0) + 1
+        s["histogram"] = s.get("histogram", 0) + self._histogram(ad.steps)
         if ad.mean_lr:
             s["lr"] = s.get("lr", 0.0) + sum(ad.mean_lr) / len(ad.mean_lr)
         if ad.mean_forget:
             s["forget"] = s.get("forget", 0.0) + sum(ad.mean_forget) / len(ad.mean_forget)
         if ad.stop_probs.numel():
-            s["stop_p"] = s.get("stop_p", 0.0) + float(ad.stop_probs[0].mean())
+            s["stop_p"] = s.get("stop_p", 0.0) + ad.stop_probs[0].mean().detach()
+
+    def _histogram(self, steps: Tensor) -> Tensor:
+        """Users per number of inner updates ``0..max_steps``, ``long [max_steps + 1]``."""
+        return torch.bincount(steps.detach(), minlength=self.config.max_steps + 1)
 
     def on_epoch_end(self, epoch: int) -> dict[str, float]:
-        """Epoch logs: mean inner steps per user, mean inner lr / forget gate, first-step stop p."""
+        """Epoch logs: mean inner steps per user, mean inner lr / forget gate, first-step stop p.
+
+        The epoch's distribution of inner steps per user is kept for :meth:`run_info`.
+        """
         s, self._stats = self._stats, {}
         if not s:
             return {}
-        logs = {"inner_steps": s["steps"] / s["users"]}
+        hist = [int(v) for v in s["histogram"].tolist()]
+        self.step_histograms["train_last_epoch"] = hist
+        total = self.step_histograms.get("train_all_epochs") or [0] * len(hist)
+        self.step_histograms["train_all_epochs"] = [a + b for a, b in zip(total, hist)]
+        logs = {"inner_steps": _histogram_mean(hist)}
         for key in ("lr", "forget", "stop_p"):
             if key in s:
-                logs[f"mean_{key}"] = s[key] / s["chunks"]
+                logs[f"mean_{key}"] = float(s[key]) / s["chunks"]
         return logs
+
+    def run_info(self) -> dict[str, Any]:
+        """Inner steps per user (mean and distribution) in training and in the last evaluation."""
+        info: dict[str, Any] = {
+            "histogram_index": f"number of inner updates per user, 0..{self.config.max_steps}",
+            "eval_stop_rule": self.config.eval_stop_rule,
+            "backend": self.config.backend,
+        }
+        for key, hist in self.step_histograms.items():
+            info[key] = {"users": sum(hist), "mean": _histogram_mean(hist), "histogram": hist}
+        return {"inner_steps": info}
 
     # ----------------------------------------------------------------- evaluation
     def eval_uniforms(self, batch: TaskBatch) -> Tensor:
@@ -704,6 +858,15 @@ class S2Meta(EpisodicLearner):
         ]
         return torch.stack(rows, dim=1).to(self.device)
 
+    def predict(self, tasks: Any, batch_size: int | None = None) -> Tensor:
+        """As every learner; also records the distribution of inner steps of these users (:meth:`run_info`)."""
+        self._eval_histogram = torch.zeros(self.config.max_steps + 1, dtype=torch.long, device=self.device)
+        try:
+            return super().predict(tasks, batch_size)
+        finally:
+            self.step_histograms["eval"] = [int(v) for v in self._eval_histogram.tolist()]
+            self._eval_histogram = None
+
     def adapt_and_predict(self, batch: TaskBatch) -> Tensor:
         c: S2MetaConfig = self.config
         uniforms = self.eval_uniforms(batch) if c.eval_stop_rule == "sample" else None
@@ -712,14 +875,19 @@ class S2Meta(EpisodicLearner):
             for sl in _chunks(len(batch), self.chunk_size):
                 sub = _take(batch, sl)
                 ad = self.adapt(sub, uniforms=None if uniforms is None else uniforms[:, sl])
+                if self._eval_histogram is not None:
+                    self._eval_histogram += self._histogram(ad.steps)
                 x_q = self.inputs(sub.user_features, sub.query_features)
-                out.append(self._mlp(list(ad.params.values()), x_q))
+                out.append(self._predict_adapted(list(ad.params.values()), x_q))
         return torch.cat(out)
 
     # ----------------------------------------------------------------- state
     def extra_state(self) -> dict[str, Any]:
-        return {**super().extra_state(), "meta_steps_done": self.meta_steps_done}
+        train = {k: v for k, v in self.step_histograms.items() if k.startswith("train")}
+        return {**super().extra_state(), "meta_steps_done": self.meta_steps_done, "step_histograms": train}
 
     def load_extra_state(self, extra: Mapping[str, Any]) -> None:
         super().load_extra_state(extra)
         self.meta_steps_done = int(extra.get("meta_steps_done", 0))
+        hists = extra.get("step_histograms", {}) or {}
+        self.step_histograms = {str(k): [int(v) for v in h] for k, h in hists.items()}

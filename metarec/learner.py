@@ -249,6 +249,11 @@ class Learner(abc.ABC):
         """JSON-able counters to checkpoint besides tensors (override to add more)."""
         return {}
 
+    def run_info(self) -> dict[str, Any]:
+        """JSON-able diagnostics of the fit and the last :meth:`predict` for a run's record
+        (``results.json`` ``learner_info``), e.g. s2Meta's inner steps per user; none by default."""
+        return {}
+
     def load_extra_state(self, extra: Mapping[str, Any]) -> None:
         """Restore what :meth:`extra_state` returned."""
 

@@ -14,7 +14,7 @@ from metarec.cli import main
 from metarec.registry import get_learner, learner_entries
 
 #: A small network and short inner loops, so that a test runs in seconds.
-SMALL = dict(embedding_dim=4, side_width=8, hidden=(8, 4), lstm_hidden=8, max_steps=6, min_steps=2)
+SMALL = dict(embedding_dim=4, side_width=8, hidden=(8, 4), lstm_hidden=8, max_steps=6, min_steps=2, compile_controller=False)
 
 
 def _learner(split, seed=0, **overrides):
@@ -250,7 +250,7 @@ def test_beats_the_global_mean_on_synthetic_data(trained, synthetic_split):
 
 def test_state_round_trip_through_safe_checkpoint(trained, synthetic_split, tmp_path):
     save_state(tmp_path / "s2meta", trained.state_dict())
-    fresh = _learner(synthetic_split, **FAST, seed=7)
+    fresh = _learner(synthetic_split, **FAST, seed=trained.seed)  # the evaluation draws come from the run seed
     fresh.load_state_dict(load_state(tmp_path / "s2meta"))
     assert fresh.meta_steps_done == trained.meta_steps_done
     assert torch.equal(fresh.predict(synthetic_split.test), trained.predict(synthetic_split.test))
@@ -278,12 +278,163 @@ def test_bad_config_values_are_rejected(synthetic_split):
 
 
 @pytest.mark.slow
-def test_compiled_controller_matches_eager(synthetic_split):
-    eager = _learner(synthetic_split)
-    compiled = _learner(synthetic_split, compile_controller=True)
+@pytest.mark.parametrize("backend", ["fused", "reference"])
+def test_compiled_controller_matches_eager(synthetic_split, backend):
+    from metarec.learned_optim import kernels
+
+    eager = _learner(synthetic_split, backend=backend)
+    compiled = _learner(synthetic_split, backend=backend, compile_controller=True)
     batch = synthetic_split.test.batch(range(4))
     torch.testing.assert_close(compiled.adapt_and_predict(batch), eager.adapt_and_predict(batch), rtol=1e-4, atol=1e-4)
-    assert compiled.update_controller._compiled_step is not None, "compilation failed and fell back to eager"
     objective, _, _ = compiled.meta_objective(synthetic_split.train.batch(range(3)), compiled.train_uniforms(3))
     objective.backward()
     assert compiled.update_controller.lstms[0].cell.weight_ih.grad.abs().sum() > 0
+    if backend == "reference":
+        assert compiled.update_controller._compiled_step is not None, "compilation failed and fell back to eager"
+    else:
+        k = kernels(True)
+        assert all(f.compiled is not None for f in (k.inputs, k.gates, k.out, k.backward)), "fell back to eager"
+        e_obj, _, _ = eager.meta_objective(synthetic_split.train.batch(range(3)), compiled.train_uniforms(3))
+        torch.testing.assert_close(objective, e_obj, rtol=1e-4, atol=1e-5)
+
+
+# --------------------------------------------------------------------------- fused backend
+
+
+@pytest.fixture(scope="module")
+def ml1m_format_split(tmp_path_factory):
+    """A small dataset in the ML-1M release formats, through the real loader and protocol."""
+    from datafiles import write_ml1m
+
+    from metarec.data import load_split
+
+    root = tmp_path_factory.mktemp("s2meta-ml")
+    write_ml1m(root / "ml-1m", n_users=40, seed=2)
+    return load_split("ml-1m", data_dir=root, seed=0, use_cache=False)
+
+
+def _grads(learner):
+    return {
+        f"{mod}.{n}": p.grad.clone() if p.grad is not None else None
+        for mod in ("recommender", "inputs", "update_controller", "stop_controller")
+        for n, p in getattr(learner, mod).named_parameters()
+    }
+
+
+def test_fused_backend_matches_reference_in_float64_over_three_meta_steps(ml1m_format_split):
+    """Support/query losses, stop probabilities and meta-gradients within 1e-6, same draws."""
+    train = ml1m_format_split.train
+    settings = dict(preset="paper", seed=0)
+    small = dict(embedding_dim=4, side_width=8, hidden=(8, 4), lstm_hidden=8, max_steps=8, min_steps=2,
+                 compile_controller=False)
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        ref = S2Meta.from_settings(train.schema, overrides={**small, "backend": "reference"}, **settings)
+        fused = S2Meta.from_settings(train.schema, overrides={**small, "backend": "fused"}, **settings)
+        fused.load_state_dict(ref.state_dict())
+        users = 4
+        step_counts = set()
+        for step in range(3):
+            batch = train.batch(range(step * users, (step + 1) * users))
+            uniforms = ref.train_uniforms(users)
+            torch.testing.assert_close(fused.train_uniforms(users), uniforms, rtol=0, atol=0)  # the same seeded draws
+            out = {}
+            for name, learner in (("reference", ref), ("fused", fused)):
+                learner.optimizer.zero_grad(set_to_none=True)
+                objective, final, ad = learner.meta_objective(batch, uniforms)
+                objective.backward()
+                x_s = learner.inputs(batch.user_features, batch.support_features)
+                support = learner._losses(list(ad.params.values()), x_s, batch.support_ratings, batch.support_mask)
+                out[name] = (objective.detach(), final.detach(), support.detach(), ad, _grads(learner))
+            (o_r, f_r, s_r, a_r, g_r), (o_f, f_f, s_f, a_f, g_f) = out["reference"], out["fused"]
+            assert a_f.steps.tolist() == a_r.steps.tolist()
+            step_counts.update(a_r.steps.tolist())
+            for x, y in ((o_f, o_r), (f_f, f_r), (s_f, s_r), (a_f.stop_probs, a_r.stop_probs),
+                         (a_f.query_losses, a_r.query_losses), (a_f.log_keep, a_r.log_keep)):
+                torch.testing.assert_close(x, y, rtol=1e-6, atol=1e-6)
+            assert g_f.keys() == g_r.keys()
+            for key in g_r:
+                assert (g_f[key] is None) == (g_r[key] is None), key
+                if g_r[key] is not None:
+                    torch.testing.assert_close(g_f[key], g_r[key], rtol=1e-6, atol=1e-6, msg=key)
+            assert any(g is not None and g.abs().sum() > 0 for k, g in g_r.items() if k.startswith("update_controller"))
+            for learner in (ref, fused):
+                learner.optimizer.step()
+                learner.meta_steps_done += 1
+        assert len(step_counts) > 1, "the draws should give users different step counts"
+    finally:
+        torch.set_default_dtype(old)
+
+
+def test_fused_masked_loop_equals_the_loop_that_breaks(synthetic_split):
+    """``inner_loop_exit = masked`` (no host check, always max_steps) gives the same numbers."""
+    batch = synthetic_split.train.batch(range(5))
+    brk = _learner(synthetic_split, inner_loop_exit="break")
+    masked = _learner(synthetic_split, inner_loop_exit="masked")
+    uniforms = torch.zeros(SMALL["max_steps"], 5)  # everybody stops at min_steps: the loop could end early
+    ob, fb, ab = brk.meta_objective(batch, uniforms)
+    om, fm, am = masked.meta_objective(batch, uniforms)
+    assert ab.active.shape[0] < am.active.shape[0] == SMALL["max_steps"]
+    assert am.steps.tolist() == ab.steps.tolist() == [SMALL["min_steps"]] * 5
+    torch.testing.assert_close(om, ob)
+    torch.testing.assert_close(fm, fb)
+    (ob + om).backward()
+    for pb, pm in zip(brk.update_controller.parameters(), masked.update_controller.parameters()):
+        torch.testing.assert_close(pm.grad, pb.grad)
+
+
+def test_evaluation_rule_sample_follows_the_training_step_distribution(synthetic_split):
+    """After a short training run, the default (seeded stochastic) evaluation rule's inner-step
+    distribution is the training one's; the threshold rule's is not (it runs longer)."""
+    train, test = synthetic_split.train, synthetic_split.test
+    learner = _learner(synthetic_split, epochs=1, batch_size=4, max_steps=10, min_steps=2)
+    assert learner.config.eval_stop_rule == "sample"
+    learner.meta_fit(train)
+    learner.predict(test)
+    info = learner.run_info()["inner_steps"]
+    train_hist, eval_hist = info["train_last_epoch"]["histogram"], info["eval"]["histogram"]
+    assert sum(train_hist) == len(train) and sum(eval_hist) == len(test)
+    p_train = torch.tensor(train_hist, dtype=torch.float64) / sum(train_hist)
+    p_eval = torch.tensor(eval_hist, dtype=torch.float64) / sum(eval_hist)
+    total_variation = 0.5 * (p_train - p_eval).abs().sum().item()
+    assert total_variation < 0.25, (train_hist, eval_hist)
+    assert abs(info["eval"]["mean"] - info["train_last_epoch"]["mean"]) < 1.0
+    # the same seed gives the same draws, hence the same steps and predictions
+    again = learner.predict(test)
+    assert learner.run_info()["inner_steps"]["eval"]["histogram"] == eval_hist
+    torch.testing.assert_close(again, learner.predict(test), rtol=0, atol=0)
+    # the threshold rule with p around 0.1-0.5 keeps going: a different, longer distribution
+    threshold = S2Meta.from_settings(train.schema, preset="paper", seed=0,
+                                     overrides={**SMALL, "max_steps": 10, "min_steps": 2, "eval_stop_rule": "threshold"})
+    threshold.load_state_dict(learner.state_dict())
+    threshold.predict(test)
+    t_info = threshold.run_info()["inner_steps"]["eval"]
+    assert t_info["mean"] > info["eval"]["mean"], (t_info, info["eval"])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
+def test_fused_backend_cuda_matches_cpu_over_three_meta_steps(synthetic_split, compiled):
+    """The fused step runs on CUDA unchanged: the CPU's losses, stop probabilities and weights (1e-4)."""
+    train = synthetic_split.train
+    over = {**SMALL, "compile_controller": compiled, "inner_loop_exit": "masked"}
+    cpu = S2Meta.from_settings(train.schema, preset="paper", overrides=over, seed=0)
+    gpu = S2Meta.from_settings(train.schema, preset="paper", overrides=over, seed=0, device="cuda")
+    gpu.load_state_dict(cpu.state_dict())
+    for step in range(3):
+        idx = range(step * 4, step * 4 + 4)
+        lc = cpu.meta_step(train.batch(idx))
+        lg = gpu.meta_step(train.batch(idx, device="cuda"))
+        assert lg == pytest.approx(lc, rel=1e-4, abs=1e-4)
+    for (name, pc), pg in zip(cpu.update_controller.named_parameters(), gpu.update_controller.parameters()):
+        torch.testing.assert_close(pg.cpu(), pc, rtol=1e-4, atol=1e-4, msg=name)
+    for pc, pg in zip(cpu.recommender.parameters(), gpu.recommender.parameters()):
+        torch.testing.assert_close(pg.cpu(), pc, rtol=1e-4, atol=1e-4)
+    batch = synthetic_split.test.batch(range(8))
+    with torch.no_grad():
+        ac = cpu.adapt(batch, uniforms=cpu.eval_uniforms(batch))
+        ag = gpu.adapt(batch.to("cuda"), uniforms=gpu.eval_uniforms(batch))
+    assert ag.steps.cpu().tolist() == ac.steps.tolist()
+    torch.testing.assert_close(ag.stop_probs.cpu(), ac.stop_probs[: ag.stop_probs.shape[0]], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(cpu.predict(synthetic_split.test), gpu.predict(synthetic_split.test), rtol=1e-4, atol=1e-4)

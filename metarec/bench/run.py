@@ -571,6 +571,8 @@ def execute_run(spec: RunSpec, sink: Sink | None = None, write: FileWriter | Non
                 "TaskSets as read-only (no other run was affected: each run gets private copies)"
             )
         record["history"] = ckpt.history
+        if info := learner.run_info():
+            record["learner_info"] = info
         # the learner's own JSON counters (e.g. ColdNAS's searched architecture)
         record["learner_state"] = jsonable(learner.extra_state())
         if hasattr(learner, "epochs_done"):

@@ -1,0 +1,50 @@
+"""The s2Meta speed script runs end to end and records what it measured (not how fast: the
+benchmark itself is run by hand, see ``docs/methods/s2meta.md``)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _script():
+    spec = importlib.util.spec_from_file_location("bench_s2meta_speed", REPO / "benchmarks" / "bench_s2meta_speed.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_s2meta_speed_script_times_both_backends_on_the_same_batches(tmp_path):
+    out = tmp_path / "s2meta.json"
+    rc = _script().main([
+        "--data", "synthetic", "--threads", "1", "--set", "embedding_dim=4", "--set", "side_width=8",
+        "--set", "hidden=[8,4]", "--set", "lstm_hidden=8", "--set", "max_steps=4", "--set", "min_steps=1",
+        "--set", "compile_controller=false", "--max-users", "12", "--reference-every", "3",
+        "--eval-users", "16", "--reference-eval-users", "8", "--out", str(out),
+    ])
+    assert rc == 0
+    r = json.loads(out.read_text())
+    assert r["users_timed"] == {"fused": 12, "reference": 4} and r["reference_batches"] == [0, 3, 6, 9]
+    assert len(r["batch_s"]["fused"]) == 12 and len(r["batch_s"]["reference"]) == 4
+    assert r["reference_extrapolated"] and not r["complete"]
+    # the ratio is taken on exactly the batches both backends ran, from the same state
+    fused_same = sum(r["batch_s"]["fused"][i] for i in r["reference_batches"])
+    assert r["same_batches_s"]["fused"] == pytest.approx(fused_same)
+    assert r["ratio_same_batches"] == pytest.approx(sum(r["batch_s"]["reference"]) / fused_same)
+    assert r["batch_loss_difference_vs_reference"]["largest"] < 1e-3
+    ev = r["eval"]
+    assert ev["test_users"] == 16 and ev["reference_users"] == 8 and ev["eval_stop_rule"] == "sample"
+    assert sum(ev["inner_steps"]["eval"]["histogram"]) == 16
+    assert r["matmul_floor"]["inner_step_s"] > 0 and r["peak_rss_mb"] > 0
+    env = r["environment"]
+    assert env["torch_threads"] == 1 and "load_average_before_after" in env
+
+
+def test_s2meta_speed_script_rejects_a_bad_reference_period(tmp_path):
+    with pytest.raises(SystemExit):
+        _script().main(["--data", "synthetic", "--reference-every", "0", "--out", str(tmp_path / "x.json")])
