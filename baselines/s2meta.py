@@ -853,7 +853,7 @@ class S2Meta(EpisodicLearner):
     def eval_uniforms(self, batch: TaskBatch) -> Tensor:
         """Draws of the stochastic evaluation rule: per user, from the run seed and the user."""
         rows = [
-            torch.rand(self.config.max_steps, generator=torch_generator(self.seed, "eval-stop", int(u)))
+            torch.rand(self.config.max_steps, generator=torch_generator(self.eval_seed, "eval-stop", int(u)))
             for u in batch.user_index.tolist()
         ]
         return torch.stack(rows, dim=1).to(self.device)
@@ -882,12 +882,24 @@ class S2Meta(EpisodicLearner):
         return torch.cat(out)
 
     # ----------------------------------------------------------------- state
+    @property
+    def eval_seed(self) -> int:
+        """Seed of the seeded stochastic evaluation stop rule (the run seed unless loaded)."""
+        return int(self.__dict__.get("_eval_seed", self.seed))
+
+    @eval_seed.setter
+    def eval_seed(self, value: int) -> None:
+        self._eval_seed = int(value)
+
     def extra_state(self) -> dict[str, Any]:
         train = {k: v for k, v in self.step_histograms.items() if k.startswith("train")}
-        return {**super().extra_state(), "meta_steps_done": self.meta_steps_done, "step_histograms": train}
+        # the evaluation stop draws belong to the trained model: a loaded model predicts the same
+        return {**super().extra_state(), "meta_steps_done": self.meta_steps_done, "step_histograms": train,
+                "eval_seed": self.eval_seed}
 
     def load_extra_state(self, extra: Mapping[str, Any]) -> None:
         super().load_extra_state(extra)
         self.meta_steps_done = int(extra.get("meta_steps_done", 0))
+        self.eval_seed = int(extra.get("eval_seed", self.seed))
         hists = extra.get("step_histograms", {}) or {}
         self.step_histograms = {str(k): [int(v) for v in h] for k, h in hists.items()}
