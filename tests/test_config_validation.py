@@ -38,6 +38,7 @@ def _all_config_classes() -> list[type]:
 CLASSES = _all_config_classes()
 REQUIRED = {  # classes without defaults for every field: a valid base to vary one key of
     "FeatureSpec": {"name": "genre", "kind": "categorical"},
+    "FileSpec": {"path": "genres.csv"},
     "TableSpec": {"id": "user_id", "features": ()},  # filled below
     "DatasetSpec": None,
 }
@@ -94,7 +95,8 @@ def test_every_config_class_is_covered():
         assert expected in names
     kinds = {(p.values[0].__name__, p.values[1]) for p in PARAMS}
     for cls in CLASSES:
-        if cls.__name__ in ("DatasetSpec", "MethodSettings", "RatingsSpec", "TableSpec", "MovieLensOptions"):
+        if cls.__name__ in ("DatasetSpec", "MethodSettings", "RatingsSpec", "TableSpec", "MovieLensOptions",
+                            "FileSpec"):
             continue  # no numeric field (or only structure): nothing of that kind to get wrong
         assert (cls.__name__, "type") in kinds and (cls.__name__, "range") in kinds, cls
     # every learner config can get a choice wrong (multi_pooling, backend, ...) except the two simplest

@@ -233,7 +233,7 @@ def test_users_file_with_a_header_and_no_rows_and_unknown_users_drop(tmp_path, m
         if args[0] == "bench":  # first the note that --dataset-config implied -d custom, on one line
             assert out[0].endswith("is a dataset schema: benchmarking it as -d custom") and len(out) == 2, out
         assert r.exit_code != 0 and "Traceback" not in r.output
-        assert out[-1].startswith("Error: ") and "users.csv: the users file has no data rows" in out[-1]
+        assert r.exit_code == 2 and ": error: " in out[-1] and "users.csv: the users file has no data rows" in out[-1]
 
 
 def test_time_quantile_on_data_without_time(tmp_path, monkeypatch):
