@@ -31,7 +31,10 @@ from metarec.serving.fit import fit_model
 
 SYNTH = {"n_users": 70, "n_items": 50, "seed": 0}
 #: Shorter inner loops where a learner's defaults are slow (as tests/test_devices.py does).
-SHORTER = {"s2meta": {"max_steps": 6, "min_steps": 2}}
+# s2meta: its default evaluation stop rule draws per user from the run seed and the user's table
+# row; a served new user has no row (its draws are keyed by a hash of its id, docs/serving.md), so
+# the bench-vs-serve equality is checked with the deterministic threshold rule.
+SHORTER = {"s2meta": {"max_steps": 6, "min_steps": 2, "eval_stop_rule": "threshold"}}
 LEARNERS = sorted(available_learners()[0])
 
 
@@ -93,7 +96,10 @@ def test_served_predictions_equal_the_bench_predictions(fitted, method):
         assert served.notes == []
         rows = np.flatnonzero(bench["user_id"] == task.user_id)
         assert list(bench["item_id"][rows]) == task.query_item_ids
-        np.testing.assert_allclose(served.predicted, bench["prediction"][rows], atol=1e-6, rtol=0,
+        # s2meta's fused backend runs all users of a batch through batched float32 kernels: a user
+        # served alone and the same user in a bench batch differ in the last bits (~5e-6)
+        atol = 1e-5 if method == "s2meta" else 1e-6
+        np.testing.assert_allclose(served.predicted, bench["prediction"][rows], atol=atol, rtol=0,
                                    err_msg=f"{method}: served != bench for test user {task.user_id}")
 
 

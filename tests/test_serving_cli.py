@@ -37,16 +37,16 @@ def test_fit_writes_a_complete_folder_with_a_card(model_dir):
 
 def test_fit_refuses_to_overwrite_and_reports_bad_settings(model_dir, tmp_path):
     r = CliRunner().invoke(main, [*FIT, "-o", str(model_dir)])
-    assert r.exit_code == 1 and "already holds a model folder; pass --force" in r.output
+    assert r.exit_code == 2 and "already holds a model folder; pass --force" in r.output
     other = tmp_path / "notes"
     other.mkdir()
     (other / "keep.txt").write_text("mine")
     r = CliRunner().invoke(main, [*FIT, "-o", str(other), "--force"])
-    assert r.exit_code == 1 and "is not a model folder" in r.output and (other / "keep.txt").exists()
+    assert r.exit_code == 2 and "is not a model folder" in r.output and (other / "keep.txt").exists()
     r = CliRunner().invoke(main, [*FIT, "-o", str(tmp_path / "m"), "--set", "profile-mlp-finetune.lrr=1"])
-    assert r.exit_code == 1 and "unknown key 'lrr'" in r.output and "Traceback" not in r.output
+    assert r.exit_code == 2 and "unknown key 'lrr'" in r.output and "Traceback" not in r.output
     r = CliRunner().invoke(main, ["fit", "-m", "no-such-method", "--dataset", "synthetic", "-o", str(tmp_path / "n")])
-    assert r.exit_code == 1 and "unknown learner 'no-such-method'" in r.output
+    assert r.exit_code == 2 and "unknown learner 'no-such-method'" in r.output
 
 
 def write_inputs(tmp_path, model, rows=None):
@@ -77,15 +77,15 @@ def test_recommend_reports_bad_input_in_one_line(model_dir, tmp_path):
     ids = list(model.catalogue.ids)
     user, ratings = write_inputs(tmp_path, model, [f"{ids[0]},5", f"{ids[1]},lots"])
     r = CliRunner().invoke(main, ["recommend", str(model_dir), "--ratings", str(ratings)])
-    assert r.exit_code == 1 and "ratings.csv: line 3: rating 'lots' is not a number" in r.output
+    assert r.exit_code == 2 and "ratings.csv: line 3: rating 'lots' is not a number" in r.output
     _, ratings = write_inputs(tmp_path, model, [f"{ids[0]},5", "ghost,3"])
     r = CliRunner().invoke(main, ["recommend", str(model_dir), "--ratings", str(ratings)])
-    assert r.exit_code == 1 and "ratings[1].item: unknown item id 'ghost'" in r.output
+    assert r.exit_code == 2 and "ratings[1].item: unknown item id 'ghost'" in r.output
     r = CliRunner().invoke(main, ["recommend", str(model_dir), "--ratings", str(ratings), "--skip-unknown"])
     assert r.exit_code == 0 and "'ghost' skipped" in r.output
     bad_user = tmp_path / "bad.json"
     bad_user.write_text("{\"segment\": ")
     r = CliRunner().invoke(main, ["recommend", str(model_dir), "--user", str(bad_user)])
-    assert r.exit_code == 1 and "bad.json: line 1: not valid JSON" in r.output
+    assert r.exit_code == 2 and "bad.json: line 1: not valid JSON" in r.output
     r = CliRunner().invoke(main, ["recommend", str(tmp_path / "nowhere")])
-    assert r.exit_code == 1 and "no such model folder" in r.output and "Traceback" not in r.output
+    assert r.exit_code == 2 and "no such model folder" in r.output and "Traceback" not in r.output

@@ -280,6 +280,17 @@ RESULT_FIELDS = (
 )
 
 
+def parse_presets(items: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """``--preset METHOD=NAME`` options -> the ``methods`` layer ``{method: {"preset": name}}``."""
+    layer: dict[str, dict[str, Any]] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip() or not value.strip():
+            raise ConfigError(f"--preset {item!r} is not of the form METHOD=NAME")
+        layer.setdefault(name.strip(), {})["preset"] = value.strip()
+    return layer
+
+
 def parse_seeds(text: str | Sequence[int]) -> tuple[int, ...]:
     """``"0,1,2"``, ``"0-4"``, ``"0-2,7"`` or a sequence of ints -> a tuple of seeds."""
     if not isinstance(text, str):

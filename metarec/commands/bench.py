@@ -199,6 +199,7 @@ def bench(
 
     from metarec.bench.config import (
         check_tuned, layer_from_file, layer_from_overrides, parse_methods, parse_seeds, resolve_config, tuned_layers,
+        parse_presets,
     )
     from metarec.bench.report import rich_tables, table_console, views_from_paths
     from metarec.bench.runner import BenchError, default_out_dir, run_bench
@@ -235,12 +236,7 @@ def bench(
                 cli[name] = value
         if support_size is not None:
             cli["protocol"] = {"n_support": support_size}
-        preset_layer: dict[str, dict[str, Any]] = {}
-        for item in presets:
-            name, sep, value = item.partition("=")
-            if not sep or not name.strip() or not value.strip():
-                raise ConfigError(f"--preset {item!r} is not of the form METHOD=NAME")
-            preset_layer.setdefault(name.strip(), {})["preset"] = value.strip()
+        preset_layer = parse_presets(presets)
         layers.append({"bench": cli, "methods": preset_layer})
         if backend is not None:
             selected = resolve_config(*layers, layer_from_overrides(sets)).methods

@@ -85,7 +85,7 @@ def tune(
     """
     from rich.console import Console
 
-    from metarec.bench.config import layer_from_file, layer_from_overrides, parse_methods, resolve_config
+    from metarec.bench.config import layer_from_file, layer_from_overrides, parse_methods, parse_presets, resolve_config
     from metarec.config import ConfigError, build_config
     from metarec.tuning.outputs import rich_summary
     from metarec.tuning.study import TuneConfig, TuneError, with_pool
@@ -111,12 +111,7 @@ def tune(
                 cli[name] = value
         if tuning_fraction is not None:
             cli["protocol"] = {"tuning_fraction": tuning_fraction}
-        preset_layer: dict[str, dict[str, Any]] = {}
-        for item in presets:
-            name, sep, value = item.partition("=")
-            if not sep or not name.strip() or not value.strip():
-                raise ConfigError(f"--preset {item!r} is not of the form METHOD=NAME")
-            preset_layer.setdefault(name.strip(), {})["preset"] = value.strip()
+        preset_layer = parse_presets(presets)
         layers.append({"bench": cli, "methods": preset_layer})
         layers.append(layer_from_overrides(sets))
         if not resume and methods is None and not any("methods" in layer.get("bench", {}) for layer in layers):

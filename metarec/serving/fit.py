@@ -1,7 +1,7 @@
 """``metarec fit``'s work: train one method exactly as ``metarec bench`` does, then write a model folder.
 
 The split, the learner and its settings are built by the benchmark's own functions
-(:func:`~metarec.bench.runner.load_bench_split`, the same layered :class:`BenchConfig`, the same
+(:func:`~metarec.bench.run.load_bench_split`, the same layered :class:`BenchConfig`, the same
 seeding), so with ``holdout=True`` the saved model is the one a benchmark run of that method and
 seed evaluates, and its held-out metrics are the benchmark's. Without holdout, the model is
 trained on every user the protocol keeps (training, validation and test users).
@@ -104,8 +104,8 @@ def fit_model(
 ) -> FitResult:
     """Train ``method`` on ``cfg``'s dataset and write the model folder ``out``."""
     from metarec.bench.environment import git_info
-    from metarec.bench.results import run_metrics
-    from metarec.bench.runner import _query_rows, dataset_info, load_bench_split
+    from metarec.bench.results import MetricSpec, run_metrics
+    from metarec.bench.run import _query_rows, dataset_info, load_bench_split
     from metarec.registry import get_learner
     from metarec.runtime import resolve_device, seed_everything
     from metarec.serving.persist import save_model
@@ -136,7 +136,8 @@ def fit_model(
         pred = learner.predict(split.test)
         _, arrays = _query_rows(split, pred, method, seed)
         scores = run_metrics(arrays["prediction"], arrays["rating"], arrays["user_id"], arrays["scenario"],
-                             k=cfg.k, clip_size=cfg.clip_size, n_boot=cfg.n_boot, level=cfg.ci_level, seed=seed)
+                             n_boot=cfg.n_boot, level=cfg.ci_level, seed=seed,
+                             spec=MetricSpec.from_config(cfg.to_dict()))
         metrics = {"test_users": len(split.test), "k": cfg.k, **scores}
         o = scores["metrics"]["overall"]
         log(f"held-out: MAE {o['mae']:.4f} · NDCG@{cfg.k} {o[f'ndcg@{cfg.k}']:.4f} over {len(split.test)} test users")

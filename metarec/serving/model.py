@@ -250,6 +250,21 @@ class RecommenderModel:
         ]
 
     # ------------------------------------------------------------------ request -> tasks
+    def _item_row(self, item: Any, loc: str, field: str, unknown_items: str, notes: list[str]) -> int | None:
+        """The catalogue row of ``item``; an unknown id is an error naming ``field``, or skipped with a note."""
+        row = self.catalogue.row(item)
+        if row is not None:
+            return row
+        if unknown_items == "skip":
+            msg = f"{loc}: unknown item id {str(item)!r} skipped (not in the model's catalogue)"
+            notes.append(msg)
+            if self.warn_on_skip:
+                warnings.warn(msg, stacklevel=4)
+            return None
+        raise UnknownItemError(
+            f"{field}: unknown item id {str(item)!r}: not in the model's catalogue of {len(self.catalogue)} items "
+            "(pass unknown_items='skip' to drop unknown ids)", field)
+
     def _prepare(self, req: Mapping[str, Any], unknown_items: str, where: str, *, items_key: str) -> _Request:
         if unknown_items not in ("error", "skip"):
             raise RecommendError(f"unknown_items must be 'error' or 'skip', got {unknown_items!r}", "unknown_items")
@@ -261,17 +276,9 @@ class RecommenderModel:
         for n, entry in enumerate(req.get("ratings") or ()):
             loc = f"{where}ratings[{n}]"
             item, rating = _pair(entry, loc)
-            row = self.catalogue.row(item)
+            row = self._item_row(item, loc, f"{loc}.item", unknown_items, notes)
             if row is None:
-                if unknown_items == "skip":
-                    msg = f"{loc}: unknown item id {str(item)!r} skipped (not in the model's catalogue)"
-                    notes.append(msg)
-                    if self.warn_on_skip:
-                        warnings.warn(msg, stacklevel=3)
-                    continue
-                raise UnknownItemError(
-                    f"{loc}.item: unknown item id {str(item)!r}: not in the model's catalogue of {len(self.catalogue)} items "
-                    "(pass unknown_items='skip' to drop unknown ids)", f"{loc}.item")
+                continue
             try:
                 value = float(rating)
             except (TypeError, ValueError):
@@ -295,19 +302,10 @@ class RecommenderModel:
                 raise RecommendError(f"{where}{items_key}: give a list of item ids, not one string", f"{where}{items_key}")
             query_rows = []
             for n, item in enumerate(items):
-                row = self.catalogue.row(item)
-                if row is None:
-                    loc = f"{where}{items_key}[{n}]"
-                    if unknown_items == "skip":
-                        msg = f"{loc}: unknown item id {str(item)!r} skipped (not in the model's catalogue)"
-                        notes.append(msg)
-                        if self.warn_on_skip:
-                            warnings.warn(msg, stacklevel=3)
-                        continue
-                    raise UnknownItemError(
-                        f"{loc}: unknown item id {str(item)!r}: not in the model's catalogue of {len(self.catalogue)} items "
-                        "(pass unknown_items='skip' to drop unknown ids)", loc)
-                query_rows.append(row)
+                loc = f"{where}{items_key}[{n}]"
+                row = self._item_row(item, loc, loc, unknown_items, notes)
+                if row is not None:
+                    query_rows.append(row)
             query = np.asarray(query_rows, dtype=np.int64)
         return _Request(user, user_index_of(req.get("user_id")), rows, values, query, notes)
 
