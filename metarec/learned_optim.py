@@ -60,10 +60,12 @@ class SegmentLayout:
 
     @property
     def sizes(self) -> tuple[int, ...]:
+        """Rows of each tensor's segment (``users * numels[k]``)."""
         return tuple(self.users * n for n in self.numels)
 
     @property
     def offsets(self) -> tuple[int, ...]:
+        """First row of each tensor's segment."""
         out, at = [], 0
         for s in self.sizes:
             out.append(at)
@@ -72,9 +74,11 @@ class SegmentLayout:
 
     @property
     def rows(self) -> int:
+        """Rows of the whole buffer."""
         return sum(self.sizes)
 
     def segment(self, k: int) -> slice:
+        """The rows of tensor ``k``."""
         o = self.offsets[k]
         return slice(o, o + self.sizes[k])
 
@@ -315,6 +319,7 @@ class FusedCoordinateLSTMStep(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, theta, h, c, grad, keep, bias, w, ln_w, ln_b, head_w, head_b, layout, seg, eps, clamp, p, kern):
+        """One controller step for every row; keeps what the analytic backward needs."""
         xh, g = kern.inputs(grad, theta, h, clamp, p)
         z = _segment_gates(xh, bias, w, layout)
         i, f, o, tg, c_new, tc, hr = kern.gates(z, c)
@@ -326,6 +331,7 @@ class FusedCoordinateLSTMStep(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, d_theta_new, d_h_new, d_c_new, _d_lr, _d_fg):
+        """The hand-written gradient of :meth:`forward` (LSTM cell, LayerNorm, heads, update)."""
         theta, c, g, keep, xh, i, f, o, tg, tc, h_hat, rstd, h_new, lr, fg, w, ln_w, head_w, seg = ctx.saved_tensors
         layout, kern = ctx.layout, ctx.kern
         users, hidden = layout.users, c.shape[1]
