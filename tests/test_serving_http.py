@@ -232,7 +232,7 @@ def test_metarec_serve_command_binds_loopback_and_answers(model_dir):
 def test_serve_reports_a_bad_model_folder_in_one_line(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "metarec.cli", "serve", str(tmp_path / "none")],
                           capture_output=True, text=True, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert proc.returncode == 1 and "no such model folder" in proc.stderr and "Traceback" not in proc.stderr
+    assert proc.returncode == 2 and "no such model folder" in proc.stderr and "Traceback" not in proc.stderr
 
 
 @pytest.mark.slow  # starts a second server process; not needed to trust the service itself
