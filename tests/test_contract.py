@@ -44,6 +44,9 @@ def _tutorial_learner():
         from toy_learner.reptile import Reptile
     finally:
         sys.path.remove(str(TUTORIAL))
+        # the docs' plugin tests import the installed copy: leave no source copy cached for them
+        for mod in [m for m in sys.modules if m == "toy_learner" or m.startswith("toy_learner.")]:
+            del sys.modules[mod]
     return Reptile
 
 
