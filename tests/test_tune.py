@@ -274,3 +274,27 @@ def test_cli_errors_are_one_line(args, match, tmp_path):
     import re
 
     assert re.search(match, r.output), r.output
+
+
+def test_pool_score_presets_scores_a_preset_exactly_as_a_trial(tmp_path, capsys):
+    """benchmarks/pool_score_presets.py, given a study's best settings, reproduces its best value:
+    the hand-vs-tuned comparison it makes is on the same pool, split and seed as the trials."""
+    import importlib.util
+
+    out = tmp_path / "tune"
+    (row,) = run_tune(_cfg(("baseline-predictor",), trials=3), out=out, console=_quiet())
+    spec = importlib.util.spec_from_file_location("pool_score_presets", REPO / "benchmarks" / "pool_score_presets.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    sets = [f"baseline-predictor.{k}={v!r}" for k, v in row["best_settings"].items()]
+    assert script.main([str(out), "baseline-predictor=default", *[a for s in sets for a in ("--set", s)]]) == 0
+    (tuned,) = read_json(out / "pool-presets.json")["rows"]
+    assert tuned["value"] == pytest.approx(row["best_value"], abs=1e-12)
+    assert tuned["tuned_best"] == pytest.approx(row["best_value"])
+    # two presets of one method in one call; Koren's shrinkage scores otherwise
+    assert script.main([str(out), "baseline-predictor=koren", "baseline-predictor=default"]) == 0
+    koren, default = read_json(out / "pool-presets.json")["rows"]
+    assert (koren["preset"], default["preset"]) == ("koren", "default") and koren["value"] != default["value"]
+    # a --set for a method that is not scored is a one-line error, not a silent no-op
+    assert script.main([str(out), "baseline-predictor=koren", "--set", "melu.inner_lr=0.1"]) == 2
+    assert "melu" in capsys.readouterr().err
