@@ -38,6 +38,7 @@ from typing import Any, ClassVar, Literal
 
 from baselines.melu import PAPER as MELU_PAPER
 from baselines.melu import MeLU, MeLUConfig
+from metarec.config import setting
 from metarec.methods.maml import MAML_SPACE
 
 #: MeLU's network and local step, global SGD at 0.4 (MAMO appendix A.2.2), plus the one thing
@@ -62,8 +63,15 @@ TUNED: dict[str, Any] = {
 
 @dataclass
 class MetaCSConfig(MeLUConfig):
-    """MetaCS-DNN's settings; the defaults are the ``tuned`` preset (what the harness runs)."""
+    """MetaCS-DNN's settings; the defaults are the ``tuned`` preset (what the harness runs).
 
+    MeLU's published network (MeLU's own defaults are its tuned, smaller network): MetaCS-DNN was
+    not tuned with that budget, so its hand-picked rates keep the network they were picked on.
+    """
+
+    embedding_dim: int = setting(TUNED["embedding_dim"], ge=1)
+    hidden: tuple[int, ...] = setting(TUNED["hidden"], ge=1)
+    epochs: int = setting(TUNED["epochs"], ge=0)
     inner_lr: float = TUNED["inner_lr"]
     inner_steps: int = TUNED["inner_steps"]
     meta_lr: float = TUNED["meta_lr"]
