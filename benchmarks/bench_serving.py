@@ -6,11 +6,12 @@ For each model folder (written by ``metarec fit``):
    sets of the protocol's test users, one user per call, cycling) scoring every catalogue item
    (``exclude_rated=False``, so all 3,316 ML-1M items), ``--repeats`` calls after ``--warmup``;
    p50/p90/p99 of the wall time per call;
-2. **over HTTP**: ``metarec serve`` started as a subprocess on a loopback port (1 inference
-   worker, ``--threads`` torch threads) and ``--clients`` concurrent clients (an asyncio/httpx
-   load generator with exactly that many requests in flight) for ``--duration`` seconds, each
-   request a ``POST /recommend`` of the same kind of user with ``k = 10``; latency percentiles,
-   errors (any status other than 200 or a transport error) and throughput.
+2. **over HTTP**: ``metarec serve`` started as a subprocess on a loopback port (``--workers``
+   inference threads, default 1, ``--threads`` torch threads, concurrent requests micro-batched
+   up to ``--max-batch``) and ``--clients`` concurrent clients (an asyncio/httpx load generator
+   with exactly that many requests in flight) for ``--duration`` seconds, each request a
+   ``POST /recommend`` of the same kind of user with ``k = 10``; latency percentiles, errors (any
+   status other than 200 or a transport error), throughput and the server's batch sizes.
 
 Latency does not depend on how long a model was trained (the same network is evaluated), so
 the models may be fitted with few epochs. The load generator runs on the same machine as the
@@ -160,8 +161,8 @@ def over_http(model_dir: str, users: list[dict], args) -> dict:
 
     port = free_port()
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
-    cmd = [sys.executable, "-m", "metarec.cli", "serve", model_dir, "--port", str(port), "--workers", "1",
-           "--threads", str(args.threads), "--log-level", "warning"]
+    cmd = [sys.executable, "-m", "metarec.cli", "serve", model_dir, "--port", str(port), "--workers", str(args.workers),
+           "--threads", str(args.threads), "--max-batch", str(args.max_batch), "--log-level", "warning"]
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env=env)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -179,7 +180,12 @@ def over_http(model_dir: str, users: list[dict], args) -> dict:
             time.sleep(0.2)
         for u in users[: args.warmup]:
             httpx.post(f"{url}/recommend", json={**u, "k": 10, "exclude_rated": False}, timeout=30).raise_for_status()
+        before = httpx.get(f"{url}/health", timeout=10).json()
         result = asyncio.run(load(url, users, args.clients, args.duration))
+        after = httpx.get(f"{url}/health", timeout=10).json()
+        calls = after["batches"] - before["batches"]
+        result["model_calls"] = calls
+        result["mean_batch_size"] = (after["batched_requests"] - before["batched_requests"]) / calls if calls else None
         result["server_command"] = " ".join(cmd[1:])
         return result
     finally:
@@ -200,13 +206,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=300, help="timed in-process calls per model")
     p.add_argument("--warmup", type=int, default=20)
     p.add_argument("--clients", type=int, default=16, help="concurrent HTTP clients")
+    p.add_argument("--workers", type=int, default=1, help="inference threads of the server")
+    p.add_argument("--max-batch", type=int, default=16, help="the server's micro-batch limit (1 = one request per model call)")
     p.add_argument("--duration", type=float, default=30.0, help="seconds of HTTP load per model")
     p.add_argument("--skip-http", action="store_true")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="JSON path (default: benchmarks/results/serving_<data>_cpu_<time>.json)")
     args = p.parse_args(argv)
-    if args.threads < 1 or args.clients < 1 or args.repeats < 1 or args.duration <= 0:
-        p.error("--threads, --clients and --repeats must be >= 1 and --duration > 0")
+    if min(args.threads, args.clients, args.repeats, args.workers, args.max_batch) < 1 or args.duration <= 0:
+        p.error("--threads, --clients, --repeats, --workers and --max-batch must be >= 1 and --duration > 0")
     load_before = os.getloadavg()
     import torch
 
@@ -233,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
             entry["http"] = over_http(folder, users, args)
             h = entry["http"]
             print(f"  p50 {h['p50_ms']:.1f} ms, p99 {h['p99_ms']:.1f} ms, {h['throughput_rps']:.1f} req/s, "
-                  f"{h['errors']} errors", file=sys.stderr)
+                  f"{h['errors']} errors, mean batch {h['mean_batch_size'] or 0:.1f}", file=sys.stderr)
         entry["load_average_at_end"] = list(os.getloadavg())
         record["models"].append(entry)
         path = write_record(record, out, device=torch.device("cpu"), load_before=load_before,
