@@ -114,6 +114,15 @@ def in_process(model, users: list[dict], repeats: int, warmup: int) -> dict:
             "items_scored": scored, "ratings_per_user": len(users[0]["ratings"])}
 
 
+def process_cpu_s(pid: int) -> float | None:
+    """User + system CPU seconds of process ``pid`` (all its threads), from /proc (None elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def free_port() -> int:
     s = socket.socket()
     s.bind(("127.0.0.1", 0))
@@ -181,8 +190,15 @@ def over_http(model_dir: str, users: list[dict], args) -> dict:
         for u in users[: args.warmup]:
             httpx.post(f"{url}/recommend", json={**u, "k": 10, "exclude_rated": False}, timeout=30).raise_for_status()
         before = httpx.get(f"{url}/health", timeout=10).json()
+        server0, client0 = process_cpu_s(proc.pid), time.process_time()
         result = asyncio.run(load(url, users, args.clients, args.duration))
+        server1, client1 = process_cpu_s(proc.pid), time.process_time()
         after = httpx.get(f"{url}/health", timeout=10).json()
+        # CPU per request, server (HTTP + model) and load generator: what 2 shared cores must
+        # supply per request whatever else runs -- throughput <= cores / their sum
+        n = max(result["requests"], 1)
+        result["server_cpu_ms_per_request"] = None if server0 is None else (server1 - server0) * 1000 / n
+        result["load_generator_cpu_ms_per_request"] = (client1 - client0) * 1000 / n
         calls = after["batches"] - before["batches"]
         result["model_calls"] = calls
         result["mean_batch_size"] = (after["batched_requests"] - before["batched_requests"]) / calls if calls else None
