@@ -111,7 +111,42 @@ def in_process(model, users: list[dict], repeats: int, warmup: int) -> dict:
     wall = percentiles(times)
     return {**wall, "cpu_time": percentiles(cpu), "learner_adapt_and_predict_only": lo,
             "serving_overhead_p50_fraction": (wall["p50_ms"] - lo["p50_ms"]) / wall["p50_ms"],
+            "floor": floor(model, users, max(20, repeats // 5)),
             "items_scored": scored, "ratings_per_user": len(users[0]["ratings"])}
+
+
+def floor(model, users: list[dict], repeats: int, batch: int = 16) -> dict:
+    """Where a call's time goes, for any learner, in CPU time of the learner's own
+    ``adapt_and_predict`` on prebuilt batches (p50, ms):
+
+    * ``adapt_one_item``: the same user with one query item -- the adaptation (and fixed costs);
+    * ``score_catalogue`` = the whole catalogue minus that: scoring 3,315 more items;
+    * ``batch_per_user``: ``batch`` users adapted and scored in one call, per user -- what
+      micro-batching concurrent requests can reach.
+    """
+    def prepared(u, items=None):
+        return model._prepare({"user": u["user"], "ratings": [(r["item"], r["rating"]) for r in u["ratings"]],
+                               **({"candidates": items} if items is not None else {})}, "error", "", items_key="candidates")
+
+    def cpu_p50(make_batch, n: int) -> float:
+        with model.no_grad():
+            model.learner.adapt_and_predict(make_batch(0))
+            times = []
+            for k in range(n):
+                b = make_batch(k)
+                c0 = time.thread_time()
+                model.learner.adapt_and_predict(b)
+                times.append(time.thread_time() - c0)
+        return float(np.median(times) * 1000)
+
+    first = [model.catalogue.ids[0]]
+    full = [model.build_batch([prepared(u)]) for u in users[:20]]
+    one = [model.build_batch([prepared(u, first)]) for u in users[:20]]
+    many = [model.build_batch([prepared(u) for u in users[j : j + batch]]) for j in (0, batch)]
+    whole, adapt = cpu_p50(lambda k: full[k % len(full)], repeats), cpu_p50(lambda k: one[k % len(one)], repeats)
+    batched = cpu_p50(lambda k: many[k % 2], max(5, repeats // 4)) / batch
+    return {"whole_catalogue_cpu_ms": whole, "adapt_one_item_cpu_ms": adapt, "score_catalogue_cpu_ms": whole - adapt,
+            "batch_per_user_cpu_ms": batched, "batch": batch}
 
 
 def process_cpu_s(pid: int) -> float | None:
