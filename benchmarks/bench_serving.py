@@ -142,7 +142,8 @@ def floor(model, users: list[dict], repeats: int, batch: int = 16) -> dict:
     first = [model.catalogue.ids[0]]
     full = [model.build_batch([prepared(u)]) for u in users[:20]]
     one = [model.build_batch([prepared(u, first)]) for u in users[:20]]
-    many = [model.build_batch([prepared(u) for u in users[j : j + batch]]) for j in (0, batch)]
+    cycled = [users[j % len(users)] for j in range(2 * batch)]  # fewer users than 2 batches: reuse them
+    many = [model.build_batch([prepared(u) for u in cycled[j : j + batch]]) for j in (0, batch)]
     whole, adapt = cpu_p50(lambda k: full[k % len(full)], repeats), cpu_p50(lambda k: one[k % len(one)], repeats)
     batched = cpu_p50(lambda k: many[k % 2], max(5, repeats // 4)) / batch
     return {"whole_catalogue_cpu_ms": whole, "adapt_one_item_cpu_ms": adapt, "score_catalogue_cpu_ms": whole - adapt,

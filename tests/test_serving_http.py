@@ -303,6 +303,10 @@ def test_serving_benchmark_script_records_what_it_measured(model_dir, tmp_path):
     assert m["method"] == "mamo" and m["catalogue_items"] == m["in_process"]["items_scored"]
     assert m["in_process"]["n"] == 5 and m["in_process"]["ratings_per_user"] == 6
     assert m["in_process"]["learner_adapt_and_predict_only"]["n"] == 5
+    fl = m["in_process"]["floor"]  # fewer users (4) than the floor's two batches of 16: cycled
+    assert fl["batch"] == 16 and min(fl["whole_catalogue_cpu_ms"], fl["adapt_one_item_cpu_ms"], fl["batch_per_user_cpu_ms"]) > 0
+    assert fl["score_catalogue_cpu_ms"] == pytest.approx(fl["whole_catalogue_cpu_ms"] - fl["adapt_one_item_cpu_ms"])
+    assert m["in_process"]["cpu_time"]["n"] == 5 and m["http"]["server_cpu_ms_per_request"] > 0
     assert m["http"]["clients"] == 3 and m["http"]["requests"] >= 3 and m["http"]["errors"] == 0
     env = record["environment"]
     assert env["torch_threads"] == 1 and len(env["load_average_before_after"]) == 2
