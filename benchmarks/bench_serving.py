@@ -19,7 +19,13 @@ server and shares its cores; the load average before and after is in the record:
 
     python benchmarks/bench_serving.py --data-dir ../shared/data models/mamo models/melu models/profile-mlp-finetune
 
-The JSON goes to ``benchmarks/results/serving_<data>_cpu_<time>.json``.
+The JSON goes to ``benchmarks/results/serving_<data>_cpu_<time>.json``. Each in-process entry
+holds the **floor** (:func:`floor`): where a call's CPU time goes -- the adaptation, the
+catalogue's scoring, a batch of users per user, and the torch operators dispatched. With
+``--floor-only`` the script measures only that (``--repeats`` calls each, no HTTP) and writes
+``serving_floor_<data>_cpu_<time>.json``::
+
+    python benchmarks/bench_serving.py --floor-only --repeats 40 --data-dir ../shared/data models/mamo models/melu models/profile-mlp-finetune
 """
 
 from __future__ import annotations
@@ -122,7 +128,11 @@ def floor(model, users: list[dict], repeats: int, batch: int = 16) -> dict:
     * ``adapt_one_item``: the same user with one query item -- the adaptation (and fixed costs);
     * ``score_catalogue`` = the whole catalogue minus that: scoring 3,315 more items;
     * ``batch_per_user``: ``batch`` users adapted and scored in one call, per user -- what
-      micro-batching concurrent requests can reach.
+      micro-batching concurrent requests can reach;
+    * ``ops_*``: the torch operators each of these calls dispatches (forward and backward, from
+      the profiler), and ``cpu_us_per_op``: their CPU time per operator -- with tensors this small
+      a call costs about its operator count times a fixed dispatch cost, whatever the method;
+      ``trivial_op_us`` is that cost for an in-place add on one number, the machine's floor.
     """
     def prepared(u, items=None):
         return model._prepare({"user": u["user"], "ratings": [(r["item"], r["rating"]) for r in u["ratings"]],
@@ -146,8 +156,45 @@ def floor(model, users: list[dict], repeats: int, batch: int = 16) -> dict:
     many = [model.build_batch([prepared(u) for u in cycled[j : j + batch]]) for j in (0, batch)]
     whole, adapt = cpu_p50(lambda k: full[k % len(full)], repeats), cpu_p50(lambda k: one[k % len(one)], repeats)
     batched = cpu_p50(lambda k: many[k % 2], max(5, repeats // 4)) / batch
+    ops_whole, ops_adapt = op_count(model, full[0]), op_count(model, one[0])
     return {"whole_catalogue_cpu_ms": whole, "adapt_one_item_cpu_ms": adapt, "score_catalogue_cpu_ms": whole - adapt,
-            "batch_per_user_cpu_ms": batched, "batch": batch}
+            "batch_per_user_cpu_ms": batched, "batch": batch,
+            "ops_whole_catalogue": ops_whole, "ops_adapt_one_item": ops_adapt, "ops_batch": op_count(model, many[0]),
+            "cpu_us_per_op_whole_catalogue": whole * 1000 / ops_whole, "cpu_us_per_op_adapt_one_item": adapt * 1000 / ops_adapt,
+            "trivial_op_us": trivial_op_us()}
+
+
+def op_count(model, batch) -> int:
+    """Torch operators one ``adapt_and_predict`` call dispatches: profiler ``aten::`` events with no
+    ``aten::`` event above them (an operator's own sub-operators are not counted again)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with model.no_grad(), profile(activities=[ProfilerActivity.CPU]) as prof:
+        model.learner.adapt_and_predict(batch)
+
+    def top(e) -> bool:
+        p = e.cpu_parent
+        while p is not None:
+            if p.name.startswith("aten::"):
+                return False
+            p = p.cpu_parent
+        return True
+
+    return sum(1 for e in prof.events() if e.name.startswith("aten::") and top(e))
+
+
+def trivial_op_us(n: int = 20000) -> float:
+    """CPU microseconds of ``x.add_(1)`` on a one-element tensor: the per-operator dispatch cost."""
+    import torch
+
+    x = torch.zeros(1)
+    with torch.inference_mode():
+        for _ in range(1000):
+            x.add_(1)
+        c0 = time.thread_time()
+        for _ in range(n):
+            x.add_(1)
+        return (time.thread_time() - c0) * 1e6 / n
 
 
 def process_cpu_s(pid: int) -> float | None:
@@ -262,6 +309,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-batch", type=int, default=16, help="the server's micro-batch limit (1 = one request per model call)")
     p.add_argument("--duration", type=float, default=30.0, help="seconds of HTTP load per model")
     p.add_argument("--skip-http", action="store_true")
+    p.add_argument("--floor-only", action="store_true",
+                   help="measure only where a call's time goes (the floor: CPU times and operator counts); implies --skip-http")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="JSON path (default: benchmarks/results/serving_<data>_cpu_<time>.json)")
     args = p.parse_args(argv)
@@ -273,7 +322,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     from metarec.serving import load_model
 
-    out = Path(args.out) if args.out else default_record_path(f"serving_{'ml-1m' if args.data_dir else 'random'}_cpu")
+    kind = "serving_floor" if args.floor_only else "serving"
+    out = Path(args.out) if args.out else default_record_path(f"{kind}_{'ml-1m' if args.data_dir else 'random'}_cpu")
     record = {"format": "metarec-serving-bench-1", "what": __doc__.split("\n\n")[0],
               "command": " ".join(["python", *sys.argv]), "settings": vars(args), "models": []}
     for folder in args.models:
@@ -284,6 +334,15 @@ def main(argv: list[str] | None = None) -> int:
                  "epochs": card.get("config", {}).get("epochs"), "catalogue_items": len(model.catalogue),
                  "grad_mode": model.grad_mode, "data_checksum": card.get("dataset", {}).get("checksum"),
                  "load_average_at_start": list(os.getloadavg())}
+        if args.floor_only:
+            print(f"{model.method}: floor ...", file=sys.stderr)
+            entry["floor"] = floor(model, users, args.repeats)
+            entry["load_average_at_end"] = list(os.getloadavg())
+            record["models"].append(entry)
+            path = write_record(record, out, device=torch.device("cpu"), load_before=load_before,
+                                extra_environment={"note": "shared machine: other jobs ran during the measurement; see the load averages"})
+            print(json.dumps(entry["floor"]), file=sys.stderr)
+            continue
         print(f"{model.method}: in-process ...", file=sys.stderr)
         entry["in_process"] = in_process(model, users, args.repeats, args.warmup)
         print(f"  p50 {entry['in_process']['p50_ms']:.1f} ms, p99 {entry['in_process']['p99_ms']:.1f} ms "
@@ -298,6 +357,9 @@ def main(argv: list[str] | None = None) -> int:
         record["models"].append(entry)
         path = write_record(record, out, device=torch.device("cpu"), load_before=load_before,
                             extra_environment={"note": "shared machine: other jobs ran during the measurement; see the load averages"})
+    if args.floor_only:
+        print(f"record: {path}", file=sys.stderr)
+        return 0
     print(json.dumps({m["method"]: {"in_process_p50_ms": round(m["in_process"]["p50_ms"], 2),
                                     "in_process_p99_ms": round(m["in_process"]["p99_ms"], 2),
                                     **({"http_p99_ms": round(m["http"]["p99_ms"], 1), "http_rps": round(m["http"]["throughput_rps"], 1),
