@@ -307,6 +307,12 @@ def test_serving_benchmark_script_records_what_it_measured(model_dir, tmp_path):
     assert fl["batch"] == 16 and min(fl["whole_catalogue_cpu_ms"], fl["adapt_one_item_cpu_ms"], fl["batch_per_user_cpu_ms"]) > 0
     assert fl["score_catalogue_cpu_ms"] == pytest.approx(fl["whole_catalogue_cpu_ms"] - fl["adapt_one_item_cpu_ms"])
     assert m["in_process"]["cpu_time"]["n"] == 5 and m["http"]["server_cpu_ms_per_request"] > 0
+    assert fl["ops_adapt_one_item"] > 0 and fl["ops_whole_catalogue"] >= fl["ops_adapt_one_item"] and fl["trivial_op_us"] > 0
+    assert fl["cpu_us_per_op_adapt_one_item"] == pytest.approx(fl["adapt_one_item_cpu_ms"] * 1000 / fl["ops_adapt_one_item"])
+    out2 = tmp_path / "floor.json"
+    assert mod.main([str(model_dir), "--floor-only", "--repeats", "3", "--users", "4", "--ratings", "6", "--out", str(out2)]) == 0
+    (only,) = json.loads(out2.read_text())["models"]
+    assert "in_process" not in only and "http" not in only and only["floor"]["ops_adapt_one_item"] == fl["ops_adapt_one_item"]
     assert m["http"]["clients"] == 3 and m["http"]["requests"] >= 3 and m["http"]["errors"] == 0
     env = record["environment"]
     assert env["torch_threads"] == 1 and len(env["load_average_before_after"]) == 2
