@@ -6,11 +6,12 @@ For each model folder (written by ``metarec fit``):
    sets of the protocol's test users, one user per call, cycling) scoring every catalogue item
    (``exclude_rated=False``, so all 3,316 ML-1M items), ``--repeats`` calls after ``--warmup``;
    p50/p90/p99 of the wall time per call;
-2. **over HTTP**: ``metarec serve`` started as a subprocess on a loopback port (1 inference
-   worker, ``--threads`` torch threads) and ``--clients`` concurrent clients (an asyncio/httpx
-   load generator with exactly that many requests in flight) for ``--duration`` seconds, each
-   request a ``POST /recommend`` of the same kind of user with ``k = 10``; latency percentiles,
-   errors (any status other than 200 or a transport error) and throughput.
+2. **over HTTP**: ``metarec serve`` started as a subprocess on a loopback port (``--workers``
+   inference threads, default 1, ``--threads`` torch threads, concurrent requests micro-batched
+   up to ``--max-batch``) and ``--clients`` concurrent clients (an asyncio/httpx load generator
+   with exactly that many requests in flight) for ``--duration`` seconds, each request a
+   ``POST /recommend`` of the same kind of user with ``k = 10``; latency percentiles, errors (any
+   status other than 200 or a transport error), throughput and the server's batch sizes.
 
 Latency does not depend on how long a model was trained (the same network is evaluated), so
 the models may be fitted with few epochs. The load generator runs on the same machine as the
@@ -18,7 +19,13 @@ server and shares its cores; the load average before and after is in the record:
 
     python benchmarks/bench_serving.py --data-dir ../shared/data models/mamo models/melu models/profile-mlp-finetune
 
-The JSON goes to ``benchmarks/results/serving_<data>_cpu_<time>.json``.
+The JSON goes to ``benchmarks/results/serving_<data>_cpu_<time>.json``. Each in-process entry
+holds the **floor** (:func:`floor`): where a call's CPU time goes -- the adaptation, the
+catalogue's scoring, a batch of users per user, and the torch operators dispatched. With
+``--floor-only`` the script measures only that (``--repeats`` calls each, no HTTP) and writes
+``serving_floor_<data>_cpu_<time>.json``::
+
+    python benchmarks/bench_serving.py --floor-only --repeats 40 --data-dir ../shared/data models/mamo models/melu models/profile-mlp-finetune
 """
 
 from __future__ import annotations
@@ -110,7 +117,93 @@ def in_process(model, users: list[dict], repeats: int, warmup: int) -> dict:
     wall = percentiles(times)
     return {**wall, "cpu_time": percentiles(cpu), "learner_adapt_and_predict_only": lo,
             "serving_overhead_p50_fraction": (wall["p50_ms"] - lo["p50_ms"]) / wall["p50_ms"],
+            "floor": floor(model, users, max(20, repeats // 5)),
             "items_scored": scored, "ratings_per_user": len(users[0]["ratings"])}
+
+
+def floor(model, users: list[dict], repeats: int, batch: int = 16) -> dict:
+    """Where a call's time goes, for any learner, in CPU time of the learner's own
+    ``adapt_and_predict`` on prebuilt batches (p50, ms):
+
+    * ``adapt_one_item``: the same user with one query item -- the adaptation (and fixed costs);
+    * ``score_catalogue`` = the whole catalogue minus that: scoring 3,315 more items;
+    * ``batch_per_user``: ``batch`` users adapted and scored in one call, per user -- what
+      micro-batching concurrent requests can reach;
+    * ``ops_*``: the torch operators each of these calls dispatches (forward and backward, from
+      the profiler), and ``cpu_us_per_op``: their CPU time per operator -- with tensors this small
+      a call costs about its operator count times a fixed dispatch cost, whatever the method;
+      ``trivial_op_us`` is that cost for an in-place add on one number, the machine's floor.
+    """
+    def prepared(u, items=None):
+        return model._prepare({"user": u["user"], "ratings": [(r["item"], r["rating"]) for r in u["ratings"]],
+                               **({"candidates": items} if items is not None else {})}, "error", "", items_key="candidates")
+
+    def cpu_p50(make_batch, n: int) -> float:
+        with model.no_grad():
+            model.learner.adapt_and_predict(make_batch(0))
+            times = []
+            for k in range(n):
+                b = make_batch(k)
+                c0 = time.thread_time()
+                model.learner.adapt_and_predict(b)
+                times.append(time.thread_time() - c0)
+        return float(np.median(times) * 1000)
+
+    first = [model.catalogue.ids[0]]
+    full = [model.build_batch([prepared(u)]) for u in users[:20]]
+    one = [model.build_batch([prepared(u, first)]) for u in users[:20]]
+    cycled = [users[j % len(users)] for j in range(2 * batch)]  # fewer users than 2 batches: reuse them
+    many = [model.build_batch([prepared(u) for u in cycled[j : j + batch]]) for j in (0, batch)]
+    whole, adapt = cpu_p50(lambda k: full[k % len(full)], repeats), cpu_p50(lambda k: one[k % len(one)], repeats)
+    batched = cpu_p50(lambda k: many[k % 2], max(5, repeats // 4)) / batch
+    ops_whole, ops_adapt = op_count(model, full[0]), op_count(model, one[0])
+    return {"whole_catalogue_cpu_ms": whole, "adapt_one_item_cpu_ms": adapt, "score_catalogue_cpu_ms": whole - adapt,
+            "batch_per_user_cpu_ms": batched, "batch": batch,
+            "ops_whole_catalogue": ops_whole, "ops_adapt_one_item": ops_adapt, "ops_batch": op_count(model, many[0]),
+            "cpu_us_per_op_whole_catalogue": whole * 1000 / ops_whole, "cpu_us_per_op_adapt_one_item": adapt * 1000 / ops_adapt,
+            "trivial_op_us": trivial_op_us()}
+
+
+def op_count(model, batch) -> int:
+    """Torch operators one ``adapt_and_predict`` call dispatches: profiler ``aten::`` events with no
+    ``aten::`` event above them (an operator's own sub-operators are not counted again)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with model.no_grad(), profile(activities=[ProfilerActivity.CPU]) as prof:
+        model.learner.adapt_and_predict(batch)
+
+    def top(e) -> bool:
+        p = e.cpu_parent
+        while p is not None:
+            if p.name.startswith("aten::"):
+                return False
+            p = p.cpu_parent
+        return True
+
+    return sum(1 for e in prof.events() if e.name.startswith("aten::") and top(e))
+
+
+def trivial_op_us(n: int = 20000) -> float:
+    """CPU microseconds of ``x.add_(1)`` on a one-element tensor: the per-operator dispatch cost."""
+    import torch
+
+    x = torch.zeros(1)
+    with torch.inference_mode():
+        for _ in range(1000):
+            x.add_(1)
+        c0 = time.thread_time()
+        for _ in range(n):
+            x.add_(1)
+        return (time.thread_time() - c0) * 1e6 / n
+
+
+def process_cpu_s(pid: int) -> float | None:
+    """User + system CPU seconds of process ``pid`` (all its threads), from /proc (None elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def free_port() -> int:
@@ -160,8 +253,8 @@ def over_http(model_dir: str, users: list[dict], args) -> dict:
 
     port = free_port()
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
-    cmd = [sys.executable, "-m", "metarec.cli", "serve", model_dir, "--port", str(port), "--workers", "1",
-           "--threads", str(args.threads), "--log-level", "warning"]
+    cmd = [sys.executable, "-m", "metarec.cli", "serve", model_dir, "--port", str(port), "--workers", str(args.workers),
+           "--threads", str(args.threads), "--max-batch", str(args.max_batch), "--log-level", "warning"]
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env=env)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -179,7 +272,19 @@ def over_http(model_dir: str, users: list[dict], args) -> dict:
             time.sleep(0.2)
         for u in users[: args.warmup]:
             httpx.post(f"{url}/recommend", json={**u, "k": 10, "exclude_rated": False}, timeout=30).raise_for_status()
+        before = httpx.get(f"{url}/health", timeout=10).json()
+        server0, client0 = process_cpu_s(proc.pid), time.process_time()
         result = asyncio.run(load(url, users, args.clients, args.duration))
+        server1, client1 = process_cpu_s(proc.pid), time.process_time()
+        after = httpx.get(f"{url}/health", timeout=10).json()
+        # CPU per request, server (HTTP + model) and load generator: what 2 shared cores must
+        # supply per request whatever else runs -- throughput <= cores / their sum
+        n = max(result["requests"], 1)
+        result["server_cpu_ms_per_request"] = None if server0 is None else (server1 - server0) * 1000 / n
+        result["load_generator_cpu_ms_per_request"] = (client1 - client0) * 1000 / n
+        calls = after["batches"] - before["batches"]
+        result["model_calls"] = calls
+        result["mean_batch_size"] = (after["batched_requests"] - before["batched_requests"]) / calls if calls else None
         result["server_command"] = " ".join(cmd[1:])
         return result
     finally:
@@ -200,20 +305,25 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=300, help="timed in-process calls per model")
     p.add_argument("--warmup", type=int, default=20)
     p.add_argument("--clients", type=int, default=16, help="concurrent HTTP clients")
+    p.add_argument("--workers", type=int, default=1, help="inference threads of the server")
+    p.add_argument("--max-batch", type=int, default=16, help="the server's micro-batch limit (1 = one request per model call)")
     p.add_argument("--duration", type=float, default=30.0, help="seconds of HTTP load per model")
     p.add_argument("--skip-http", action="store_true")
+    p.add_argument("--floor-only", action="store_true",
+                   help="measure only where a call's time goes (the floor: CPU times and operator counts); implies --skip-http")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="JSON path (default: benchmarks/results/serving_<data>_cpu_<time>.json)")
     args = p.parse_args(argv)
-    if args.threads < 1 or args.clients < 1 or args.repeats < 1 or args.duration <= 0:
-        p.error("--threads, --clients and --repeats must be >= 1 and --duration > 0")
+    if min(args.threads, args.clients, args.repeats, args.workers, args.max_batch) < 1 or args.duration <= 0:
+        p.error("--threads, --clients, --repeats, --workers and --max-batch must be >= 1 and --duration > 0")
     load_before = os.getloadavg()
     import torch
 
     torch.set_num_threads(args.threads)
     from metarec.serving import load_model
 
-    out = Path(args.out) if args.out else default_record_path(f"serving_{'ml-1m' if args.data_dir else 'random'}_cpu")
+    kind = "serving_floor" if args.floor_only else "serving"
+    out = Path(args.out) if args.out else default_record_path(f"{kind}_{'ml-1m' if args.data_dir else 'random'}_cpu")
     record = {"format": "metarec-serving-bench-1", "what": __doc__.split("\n\n")[0],
               "command": " ".join(["python", *sys.argv]), "settings": vars(args), "models": []}
     for folder in args.models:
@@ -224,6 +334,15 @@ def main(argv: list[str] | None = None) -> int:
                  "epochs": card.get("config", {}).get("epochs"), "catalogue_items": len(model.catalogue),
                  "grad_mode": model.grad_mode, "data_checksum": card.get("dataset", {}).get("checksum"),
                  "load_average_at_start": list(os.getloadavg())}
+        if args.floor_only:
+            print(f"{model.method}: floor ...", file=sys.stderr)
+            entry["floor"] = floor(model, users, args.repeats)
+            entry["load_average_at_end"] = list(os.getloadavg())
+            record["models"].append(entry)
+            path = write_record(record, out, device=torch.device("cpu"), load_before=load_before,
+                                extra_environment={"note": "shared machine: other jobs ran during the measurement; see the load averages"})
+            print(json.dumps(entry["floor"]), file=sys.stderr)
+            continue
         print(f"{model.method}: in-process ...", file=sys.stderr)
         entry["in_process"] = in_process(model, users, args.repeats, args.warmup)
         print(f"  p50 {entry['in_process']['p50_ms']:.1f} ms, p99 {entry['in_process']['p99_ms']:.1f} ms "
@@ -233,11 +352,14 @@ def main(argv: list[str] | None = None) -> int:
             entry["http"] = over_http(folder, users, args)
             h = entry["http"]
             print(f"  p50 {h['p50_ms']:.1f} ms, p99 {h['p99_ms']:.1f} ms, {h['throughput_rps']:.1f} req/s, "
-                  f"{h['errors']} errors", file=sys.stderr)
+                  f"{h['errors']} errors, mean batch {h['mean_batch_size'] or 0:.1f}", file=sys.stderr)
         entry["load_average_at_end"] = list(os.getloadavg())
         record["models"].append(entry)
         path = write_record(record, out, device=torch.device("cpu"), load_before=load_before,
                             extra_environment={"note": "shared machine: other jobs ran during the measurement; see the load averages"})
+    if args.floor_only:
+        print(f"record: {path}", file=sys.stderr)
+        return 0
     print(json.dumps({m["method"]: {"in_process_p50_ms": round(m["in_process"]["p50_ms"], 2),
                                     "in_process_p99_ms": round(m["in_process"]["p99_ms"], 2),
                                     **({"http_p99_ms": round(m["http"]["p99_ms"], 1), "http_rps": round(m["http"]["throughput_rps"], 1),

@@ -11,7 +11,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
 import torch
@@ -20,11 +20,78 @@ _TENSOR = "__tensor__"
 _ARRAY = "__ndarray__"
 
 
-def flatten_state(state: Any) -> tuple[Any, dict[str, np.ndarray]]:
-    """Split a nested state into a JSON skeleton and a flat dict of arrays."""
-    arrays: dict[str, np.ndarray] = {}
+#: What a leaf converter returns for a node that is not one of its leaves.
+NOT_A_LEAF = object()
+
+
+def split_leaves(
+    state: Any, leaf: Callable[[Any, str], Any], *, int_keys: bool = True, where: str = "a state file"
+) -> Any:
+    """The JSON skeleton of a nested state, with each leaf replaced by what ``leaf`` makes of it.
+
+    Walks dicts, lists/tuples and JSON scalars (numpy scalars become Python ones); any other node
+    goes to ``leaf(node, path)``, which stores it somewhere and returns its JSON entry (a dict with
+    a marker key), or :data:`NOT_A_LEAF` for a type it does not store (a ``TypeError`` naming the
+    path). ``path`` is dotted (``model.head.0.weight``, ``history[2]``). Integer dict keys (an
+    optimizer's state) survive JSON as ``{"int": k}``; with ``int_keys=False`` a non-string key
+    is an error. One walker for every safe format: :func:`flatten_state` (``.npz``) and the model
+    folder's :func:`metarec.serving.folder.split_state` (safetensors).
+    """
 
     def walk(node: Any, path: str) -> Any:
+        if isinstance(node, Mapping):
+            items = []
+            for k, v in node.items():
+                if not isinstance(k, str) and not (int_keys and isinstance(k, int)):
+                    raise TypeError(f"state key {k!r} at {path or '<root>'} is not a string")
+                items.append([_key(k), walk(v, f"{path}.{k}" if path else str(k))])
+            return {"__dict__": items}
+        if isinstance(node, (list, tuple)):
+            return {"__list__": [walk(v, f"{path}[{i}]") for i, v in enumerate(node)]}
+        if isinstance(node, (np.integer, np.floating)):
+            return node.item()
+        if node is None or isinstance(node, (bool, int, float, str)):
+            return node
+        entry = leaf(node, path)
+        if entry is NOT_A_LEAF:
+            raise TypeError(f"cannot store {type(node).__name__} at {path or '<root>'} in {where}")
+        return entry
+
+    return walk(state, "")
+
+
+def join_leaves(skeleton: Any, leaf: Callable[[dict], Any]) -> Any:
+    """Inverse of :func:`split_leaves`: ``leaf(entry)`` rebuilds a leaf from its JSON entry (or
+    returns :data:`NOT_A_LEAF` for a dict that is not one)."""
+    if isinstance(skeleton, dict):
+        value = leaf(skeleton)
+        if value is not NOT_A_LEAF:
+            return value
+        if "__dict__" in skeleton:
+            return {_unkey(k): join_leaves(v, leaf) for k, v in skeleton["__dict__"]}
+        if "__list__" in skeleton:
+            return [join_leaves(v, leaf) for v in skeleton["__list__"]]
+    return skeleton
+
+
+def leaf_entries(skeleton: Any) -> Iterator[dict]:
+    """Every leaf entry (a dict that is neither a ``__dict__`` nor a ``__list__`` node) of a skeleton."""
+    if isinstance(skeleton, dict):
+        if "__dict__" in skeleton:
+            for _, v in skeleton["__dict__"]:
+                yield from leaf_entries(v)
+        elif "__list__" in skeleton:
+            for v in skeleton["__list__"]:
+                yield from leaf_entries(v)
+        else:
+            yield skeleton
+
+
+def flatten_state(state: Any) -> tuple[Any, dict[str, np.ndarray]]:
+    """Split a nested state into a JSON skeleton and a flat dict of arrays (for ``.npz``)."""
+    arrays: dict[str, np.ndarray] = {}
+
+    def leaf(node: Any, path: str) -> Any:
         if isinstance(node, torch.Tensor):
             key = f"a{len(arrays)}"
             arrays[key] = node.detach().cpu().numpy()
@@ -33,33 +100,23 @@ def flatten_state(state: Any) -> tuple[Any, dict[str, np.ndarray]]:
             key = f"a{len(arrays)}"
             arrays[key] = node
             return {_ARRAY: key}
-        if isinstance(node, dict):
-            return {"__dict__": [[_key(k), walk(v, f"{path}.{k}")] for k, v in node.items()]}
-        if isinstance(node, (list, tuple)):
-            return {"__list__": [walk(v, f"{path}[{i}]") for i, v in enumerate(node)]}
-        if isinstance(node, (np.integer, np.floating)):
-            return node.item()
-        if node is None or isinstance(node, (bool, int, float, str)):
-            return node
-        raise TypeError(f"cannot store {type(node).__name__} at {path or '<root>'} in a state file")
+        return NOT_A_LEAF
 
-    return walk(state, ""), arrays
+    return split_leaves(state, leaf), arrays
 
 
 def unflatten_state(skeleton: Any, arrays: dict[str, np.ndarray]) -> Any:
     """Inverse of :func:`flatten_state`."""
-    if isinstance(skeleton, dict):
-        if _TENSOR in skeleton:
-            arr = arrays[skeleton[_TENSOR]]
-            dtype = getattr(torch, skeleton.get("dtype", "float32"))
-            return torch.from_numpy(np.array(arr)).to(dtype)
-        if _ARRAY in skeleton:
-            return np.array(arrays[skeleton[_ARRAY]])
-        if "__dict__" in skeleton:
-            return {_unkey(k): unflatten_state(v, arrays) for k, v in skeleton["__dict__"]}
-        if "__list__" in skeleton:
-            return [unflatten_state(v, arrays) for v in skeleton["__list__"]]
-    return skeleton
+
+    def leaf(entry: dict) -> Any:
+        if _TENSOR in entry:
+            dtype = getattr(torch, entry.get("dtype", "float32"))
+            return torch.from_numpy(np.array(arrays[entry[_TENSOR]])).to(dtype)
+        if _ARRAY in entry:
+            return np.array(arrays[entry[_ARRAY]])
+        return NOT_A_LEAF
+
+    return join_leaves(skeleton, leaf)
 
 
 def _key(k: Any) -> Any:

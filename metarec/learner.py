@@ -168,6 +168,21 @@ class Learner(abc.ABC):
         users never influence each other.
         """
 
+    def precompute_item_inputs(self, items_x: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """Item inputs that depend on the item features alone, for a caller to compute once.
+
+        Whatever this returns (``{key: [N, ...]}`` for the ``N`` rows of ``items_x``) must be the
+        same for every user and unchanged by adaptation: an embedding of the item features by an
+        embedder that is never adapted locally, the first layer's output on it, ... A caller that
+        scores the same items for many users (the serving path, :mod:`metarec.serving.model`)
+        computes it once under ``no_grad`` and passes the rows it needs back inside
+        ``support_features`` / ``query_features``, under the same keys, next to the raw
+        columns; :meth:`adapt_and_predict` then uses them instead of recomputing them and must
+        give the same numbers either way (the contract tests check it). Default: nothing to
+        precompute. Only valid for the learner's current parameters: recompute after training.
+        """
+        return {}
+
     # ----------------------------------------------------------------- helpers
     def predict(self, tasks: TaskSet, batch_size: int | None = None) -> Tensor:
         """Predictions for every query rating of ``tasks``, ``[N, Q]`` on the CPU, in task order.

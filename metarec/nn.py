@@ -142,6 +142,21 @@ class FeatureEmbedder(nn.Module):
         return torch.cat(parts, dim=-1)
 
 
+#: Key under which item features may carry their embedding, computed beforehand by the learner's
+#: own (never locally adapted) item embedder (see ``Learner.precompute_item_inputs``).
+ITEM_EMBEDDING = "__item_embedding__"
+
+
+def embed_items(embedder: nn.Module, items_x: Mapping[str, Tensor]) -> Tensor:
+    """``embedder(items_x)``, or the embedding precomputed for these rows under :data:`ITEM_EMBEDDING`.
+
+    Embedding the features of the same items again for every user is the same arithmetic every
+    time; only an embedder that adaptation never changes may be precomputed (the learner decides).
+    """
+    pre = items_x.get(ITEM_EMBEDDING)
+    return embedder(items_x) if pre is None else pre
+
+
 def broadcast_user(user: Tensor, items: Tensor) -> Tensor:
     """Repeat a user vector ``[d]`` (or ``[B, d]``) along the item axis of ``items`` ``[(B,) N, e]``."""
     return user.unsqueeze(-2).expand(*items.shape[:-1], user.shape[-1])
@@ -186,7 +201,7 @@ class RatingMLP(nn.Module):
 
     def forward(self, user_x: Mapping[str, Tensor], items_x: Mapping[str, Tensor]) -> Tensor:
         """Predicted ratings ``[..., N]`` of one user (or a batch) for ``N`` items."""
-        items = self.item_embedder(items_x)
+        items = embed_items(self.item_embedder, items_x)
         user = broadcast_user(self.user_embedder(user_x), items)
         return self.head(torch.cat([items, user], dim=-1)).squeeze(-1)
 

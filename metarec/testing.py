@@ -25,7 +25,10 @@ and message name it. The rules (:data:`RULES`):
 * ``resume-equals-uninterrupted``: training interrupted after its first epoch and resumed from
   the checkpoint ends where an uninterrupted run ends (learners with an ``epochs`` setting);
 * ``prediction-shape``, ``finite-predictions``, ``prediction-range``: ``[N, Q]``, finite, and
-  inside the dataset's rating range when ``clip_predictions`` is on.
+  inside the dataset's rating range when ``clip_predictions`` is on;
+* ``precomputed-item-inputs``: a learner that offers
+  :meth:`~metarec.learner.Learner.precompute_item_inputs` predicts the same (to 1e-6) when the
+  batch's item features carry them, as the serving path passes them (skipped when it offers none).
 """
 
 from __future__ import annotations
@@ -51,6 +54,7 @@ RULES: tuple[str, ...] = (
     "finite-predictions",
     "prediction-range",
     "query-blind",
+    "precomputed-item-inputs",
     "batch-size-independence",
     "user-order-independence",
     "predict-leaves-state-unchanged",
@@ -183,6 +187,31 @@ def check_learner(
             fail("query-blind", f"adapt_and_predict with {label} in the query slots changes the predictions "
                  f"(max difference {shown}): a learner may read only the support ratings and the query items")
     report.passed.append("query-blind")
+
+    # -- item inputs computed once for every user (what the serving path caches)
+    items_x = dict(test.items.to(model.device).columns)
+    pre = model.precompute_item_inputs(items_x)
+    if not pre:
+        report.skipped["precomputed-item-inputs"] = "precompute_item_inputs returns nothing"
+    else:
+        clash = sorted(set(pre) & set(items_x))
+        bad = [k for k, v in pre.items() if not isinstance(v, Tensor) or v.shape[:1] != (len(test.items),)]
+        if clash or bad:
+            fail("precomputed-item-inputs", f"precompute_item_inputs must return new keys ({clash} are feature "
+                 f"names) holding one row per item ({bad} do not)")
+
+        def carry(features: Mapping[str, Tensor], rows: Tensor) -> dict[str, Tensor]:
+            return {**features, **{k: v.detach()[rows] for k, v in pre.items()}}
+
+        with_pre = dataclasses.replace(batch, support_features=carry(batch.support_features, batch.support_items),
+                                       query_features=carry(batch.query_features, batch.query_items),
+                                       query_ratings=torch.full_like(batch.query_ratings, float("nan")))
+        got = model.adapt_and_predict(with_pre).detach().cpu()[test.query_mask]
+        if not torch.allclose(got, outs["NaN ratings"], rtol=0.0, atol=1e-6):
+            fail("precomputed-item-inputs", "adapt_and_predict with the precomputed item inputs "
+                 f"{sorted(pre)} differs by up to {float((got - outs['NaN ratings']).abs().max()):.3g} from "
+                 "computing them: they must depend on the item features alone, never on the user or on adaptation")
+        report.passed.append("precomputed-item-inputs")
 
     # -- batch composition
     whole = blind_predict(model, test, batch_size=len(test))

@@ -139,6 +139,33 @@ def test_masked_support_slots_are_ignored(fitted, method):
     np.testing.assert_allclose(alone, batched, atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("method", LEARNERS)
+def test_cached_catalogue_inputs_give_the_numbers_of_computing_them(fitted, method):
+    """The serving path's caches (the learner's precomputed item inputs, the whole catalogue's
+    query tensors, rated items dropped after scoring) change no number."""
+    from metarec.serving.model import RecommenderModel
+
+    model = load_model(fitted["models"][method].path)
+    plain = RecommenderModel(model.learner, model.catalogue, list(model.policies.values()), info=model.info,
+                             card=model.card, precompute_items=False)
+    assert plain.precomputed_item_inputs == []
+    if method in ("mamo", "melu", "profile-mlp", "profile-mlp-finetune"):
+        assert model.precomputed_item_inputs, "an item embedder that is never adapted is embedded once"
+    ids = list(model.catalogue.ids)
+    rated = [(ids[3], 5), (ids[7], 2), (ids[1], 4)]
+    n = len(ids)
+    cached = model.recommend(user={}, ratings=rated, k=n, user_id="u1")
+    uncached = plain.recommend(user={}, ratings=rated, k=n, user_id="u1", candidates=ids)  # gathered, filtered first
+    atol = 1e-4 if method == "s2meta" else 1e-6
+    assert cached.n_candidates == uncached.n_candidates == n - 3
+    by_id = dict(zip(uncached.item_ids, uncached.predicted))
+    np.testing.assert_allclose(cached.predicted, [by_id[i] for i in cached.item_ids], atol=atol, rtol=0)
+    batch = model.recommend_batch([{"user": {}, "ratings": rated, "user_id": "u1"}, {"user": {}, "ratings": []}], k=n)
+    np.testing.assert_allclose(sorted(batch[0].predicted), sorted(cached.predicted), atol=atol, rtol=0)
+    alone = model.recommend(user={}, ratings=[], k=n)
+    np.testing.assert_allclose(sorted(batch[1].predicted), sorted(alone.predicted), atol=atol, rtol=0)
+
+
 def test_recommend_ranks_the_catalogue(fitted):
     model = load_model(fitted["models"]["mamo"].path)
     ids = list(model.catalogue.ids)

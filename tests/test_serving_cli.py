@@ -89,3 +89,42 @@ def test_recommend_reports_bad_input_in_one_line(model_dir, tmp_path):
     assert r.exit_code == 2 and "bad.json: line 1: not valid JSON" in r.output
     r = CliRunner().invoke(main, ["recommend", str(tmp_path / "nowhere")])
     assert r.exit_code == 2 and "no such model folder" in r.output and "Traceback" not in r.output
+
+
+def test_fit_tuned_takes_the_best_settings_of_a_tune_folder_and_records_the_study(tmp_path):
+    pytest.importorskip("optuna")
+    runner = CliRunner()
+    common = ["--dataset", "synthetic", "--set", "synthetic.n_users=160", "--set", "synthetic.n_items=80"]
+    tune_dir = tmp_path / "tune"
+    r = runner.invoke(main, ["tune", "-m", "baseline-predictor", "--trials", "3", *common, "--threads", "1",
+                             "--out", str(tune_dir), "--no-progress"])
+    assert r.exit_code == 0, r.output
+    out = tmp_path / "model"
+    r = runner.invoke(main, ["fit", "-m", "baseline-predictor", "--tuned", str(tune_dir), *common, "--threads", "1",
+                             "--device", "cpu", "--set", "n_boot=10", "--holdout", "-o", str(out)])
+    assert r.exit_code == 0, r.output
+    card = json.loads((out / "card.json").read_text())
+    src = card["settings_source"]
+    assert src["kind"] == "tuned" and src["study"] == "baseline-predictor" and src["trials"] == 3
+    assert src["tuning_fraction"] == 0.1
+    # the fitted settings are the tune's best trial's
+    from metarec.bench.config import layer_from_file
+
+    tuned = layer_from_file(tune_dir / "best.toml")["methods"]["baseline-predictor"]
+    for key, value in tuned.items():
+        if key in card["config"]:
+            assert card["config"][key] == pytest.approx(value), key
+    assert "tuned: `metarec tune` study baseline-predictor" in (out / "card.md").read_text()
+    # the held-out users are the bench's test users under the tune's protocol: no pool user
+    model = load_model(out)
+    assert model.card["held_out"]["test_users"] > 0
+    # a method the tune did not tune, and a protocol that would test pool users, are refused
+    r = runner.invoke(main, ["fit", "-m", "global-mean", "--tuned", str(tune_dir), *common, "-o", str(tmp_path / "g")])
+    assert r.exit_code == 2 and "holds no settings for 'global-mean'" in r.output and "Traceback" not in r.output
+    r = runner.invoke(main, ["fit", "-m", "baseline-predictor", "--tuned", str(tune_dir), *common,
+                             "--set", "protocol.tuning_fraction=0.2", "-o", str(tmp_path / "p")])
+    assert r.exit_code == 2 and "tuning_fraction" in r.output and "Traceback" not in r.output
+    # a plain fit records where its settings came from too
+    r = runner.invoke(main, ["fit", "-m", "global-mean", *common, "--threads", "1", "--device", "cpu", "-o", str(tmp_path / "d")])
+    assert r.exit_code == 0, r.output
+    assert json.loads((tmp_path / "d" / "card.json").read_text())["settings_source"]["kind"] == "defaults"

@@ -202,6 +202,56 @@ def test_requests_beyond_max_pending_get_503(model_dir):
         running.stop()
 
 
+def test_concurrent_recommends_are_micro_batched_each_with_its_own_answer_and_error(model_dir):
+    model = load_model(model_dir)
+    ids = list(model.catalogue.ids)
+    bodies = [{"user_id": f"u{n}", "k": 5,
+               "ratings": [{"item": ids[(n + j) % len(ids)], "rating": 1 + (n * j) % 5} for j in range(1 + n % 4)]}
+              for n in range(8)]
+    bad = {"k": 5, "ratings": [{"item": ids[0], "rating": 4}, {"item": "nope", "rating": 3}]}
+    expected = [model.recommend(user={}, ratings=[(r["item"], r["rating"]) for r in b["ratings"]], k=5,
+                                user_id=b["user_id"]) for b in bodies]
+    running = Running(model, Limits(max_pending=64, workers=1, max_batch=16))
+    box: dict = {}
+
+    def post(name, body):
+        box[name] = httpx.post(f"{running.url}/recommend", json=body, timeout=60)
+
+    try:
+        with httpx.Client(base_url=running.url, timeout=30) as c:
+            def wait_pending(n):
+                deadline = time.time() + 20
+                while c.get("/health").json()["pending"] < n:
+                    assert time.time() < deadline
+                    time.sleep(0.02)
+
+            with model._lock:  # the model is busy with the first request: the others queue meanwhile
+                threads = [threading.Thread(target=post, args=(0, bodies[0]))]
+                threads[0].start()
+                wait_pending(1)
+                threads += [threading.Thread(target=post, args=(n, b)) for n, b in enumerate(bodies) if n] + [
+                    threading.Thread(target=post, args=("bad", bad))]
+                for t in threads[1:]:
+                    t.start()
+                wait_pending(len(bodies) + 1)
+            for t in threads:
+                t.join(60)
+            health = c.get("/health").json()
+        # one call for the first request, one for the eight that queued behind it
+        assert health["batches"] == 2 and health["batched_requests"] == len(bodies) + 1
+        for n, want in enumerate(expected):
+            got = box[n].json()
+            assert box[n].status_code == 200 and got["user_id"] == bodies[n]["user_id"]
+            assert [i["item"] for i in got["items"]] == want.item_ids
+            assert [i["predicted_rating"] for i in got["items"]] == pytest.approx(want.predicted, abs=1e-6)
+        # the refused request is answered alone: its error names its own field
+        assert box["bad"].status_code == 422
+        detail = box["bad"].json()["detail"][0]
+        assert detail["loc"] == ["body", "ratings", 1, "item"] and detail["type"] == "unknown_item"
+    finally:
+        running.stop()
+
+
 def test_metarec_serve_command_binds_loopback_and_answers(model_dir):
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
@@ -253,6 +303,16 @@ def test_serving_benchmark_script_records_what_it_measured(model_dir, tmp_path):
     assert m["method"] == "mamo" and m["catalogue_items"] == m["in_process"]["items_scored"]
     assert m["in_process"]["n"] == 5 and m["in_process"]["ratings_per_user"] == 6
     assert m["in_process"]["learner_adapt_and_predict_only"]["n"] == 5
+    fl = m["in_process"]["floor"]  # fewer users (4) than the floor's two batches of 16: cycled
+    assert fl["batch"] == 16 and min(fl["whole_catalogue_cpu_ms"], fl["adapt_one_item_cpu_ms"], fl["batch_per_user_cpu_ms"]) > 0
+    assert fl["score_catalogue_cpu_ms"] == pytest.approx(fl["whole_catalogue_cpu_ms"] - fl["adapt_one_item_cpu_ms"])
+    assert m["in_process"]["cpu_time"]["n"] == 5 and m["http"]["server_cpu_ms_per_request"] > 0
+    assert fl["ops_adapt_one_item"] > 0 and fl["ops_whole_catalogue"] >= fl["ops_adapt_one_item"] and fl["trivial_op_us"] > 0
+    assert fl["cpu_us_per_op_adapt_one_item"] == pytest.approx(fl["adapt_one_item_cpu_ms"] * 1000 / fl["ops_adapt_one_item"])
+    out2 = tmp_path / "floor.json"
+    assert mod.main([str(model_dir), "--floor-only", "--repeats", "3", "--users", "4", "--ratings", "6", "--out", str(out2)]) == 0
+    (only,) = json.loads(out2.read_text())["models"]
+    assert "in_process" not in only and "http" not in only and only["floor"]["ops_adapt_one_item"] == fl["ops_adapt_one_item"]
     assert m["http"]["clients"] == 3 and m["http"]["requests"] >= 3 and m["http"]["errors"] == 0
     env = record["environment"]
     assert env["torch_threads"] == 1 and len(env["load_average_before_after"]) == 2

@@ -23,6 +23,8 @@ from metarec.runtime import DEVICE_CHOICES
 @click.option("--config", "-c", "config_files", multiple=True, type=click.Path(dir_okay=False),
               help="Bench-style TOML config file(s), e.g. benchmarks/configs/mamo.toml; later files win.")
 @click.option("--preset", help="A named preset of the method.")
+@click.option("--tuned", "tuned", type=click.Path(exists=True),
+              help="Fit with the best settings of a `metarec tune` folder (its best.toml); the model card records the study.")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override a setting: mamo.epochs=3 (repeatable).")
 @click.option("--epochs", type=click.IntRange(min=0), help="Set the method's epochs.")
 @click.option("--holdout", is_flag=True,
@@ -36,23 +38,24 @@ from metarec.runtime import DEVICE_CHOICES
 @click.option("--offline/--online", default=None, help="Forbid / allow network access when loading data. [default: offline]")
 @click.option("--force", is_flag=True, help="Replace an existing model folder at --out.")
 def fit(method: str, out: str, dataset: str | None, data_dir: str | None, dataset_config: str | None, seed: int,
-        config_files: tuple[str, ...], preset: str | None, sets: tuple[str, ...], epochs: int | None, holdout: bool,
+        config_files: tuple[str, ...], preset: str | None, tuned: str | None, sets: tuple[str, ...], epochs: int | None, holdout: bool,
         catalogue: str, titles: str | None, device: str | None, threads: int | None, offline: bool | None,
         force: bool) -> None:
     """Train METHOD on a dataset and write a model folder for `metarec recommend` / `metarec serve`.
 
-    Settings are layered exactly as in `metarec bench` (defaults < --config < options and --set),
-    and training is the bench's: with --holdout the folder holds the model a bench run of the same
-    method and seed evaluates, and its model card holds that run's held-out metrics.
+    Settings are layered exactly as in `metarec bench` (defaults < --config < --tuned < options
+    and --set), and training is the bench's: with --holdout the folder holds the model a bench run
+    of the same method and seed evaluates, and its model card holds that run's held-out metrics.
 
     \b
     Examples:
       metarec fit -m mamo --dataset ml-1m --data-dir ../shared/data -o models/mamo --holdout
       metarec fit -m melu -c benchmarks/configs/melu.toml --data-dir ../shared/data -o models/melu
+      metarec fit -m melu --tuned runs/tune-ml1m --data-dir ../shared/data -o models/melu --holdout
     """
     from rich.console import Console
 
-    from metarec.bench.config import layer_from_file, layer_from_overrides, resolve_config
+    from metarec.bench.config import check_tuned, layer_from_file, layer_from_overrides, resolve_config, tuned_layers
     from metarec.bench.runner import BenchError, check_methods
     from metarec.config import ConfigError
     from metarec.data.readers import DataNotFoundError
@@ -69,6 +72,12 @@ def fit(method: str, out: str, dataset: str | None, data_dir: str | None, datase
             raise click.ClickException(f"{target} already holds a model folder; pass --force to replace it or choose another --out")
     try:
         layers: list[dict[str, Any]] = [layer_from_file(f) for f in config_files]
+        if tuned is not None:
+            layers = tuned_layers(tuned, layers)
+            in_tune = sorted(layers[-1]["methods"])
+            if method not in in_tune:
+                raise ConfigError(f"--tuned {tuned}: the tune holds no settings for {method!r} (it tuned "
+                                  f"{', '.join(in_tune) or 'nothing'}); tune it first, or fit without --tuned")
         cli: dict[str, Any] = {"methods": [method], "seeds": [seed], "progress": False}
         for name, value in (("dataset", dataset), ("data_dir", data_dir), ("dataset_config", dataset_config),
                             ("device", device), ("threads", threads), ("offline", offline)):
@@ -82,6 +91,8 @@ def fit(method: str, out: str, dataset: str | None, data_dir: str | None, datase
         layers.append({"bench": cli, "methods": {method: method_layer} if method_layer else {}})
         layers.append(layer_from_overrides(sets))
         cfg = resolve_config(*layers)
+        if tuned is not None:
+            check_tuned(cfg, tuned)
         broken = check_methods(cfg)
         if method in broken:
             raise click.ClickException(broken[method].split("\n", 1)[0])

@@ -19,11 +19,13 @@ import click
 @click.option("--max-k", type=click.IntRange(min=1), default=1000, show_default=True)
 @click.option("--max-pending", type=click.IntRange(min=1), default=64, show_default=True,
               help="Requests admitted at once; more get 503.")
+@click.option("--max-batch", type=click.IntRange(min=1), default=16, show_default=True,
+              help="Concurrent /recommend requests adapted and scored in one model call (1 = one at a time).")
 @click.option("--device", default="cpu", show_default=True, help="cpu or cuda.")
 @click.option("--log-level", type=click.Choice(["critical", "error", "warning", "info", "debug"]), default="info")
 @click.option("--allow-other-version", is_flag=True, help="Serve a folder written by another metarec version.")
 def serve(model: str, host: str, port: int, workers: int, threads: int, max_body_bytes: int, max_ratings: int,
-          max_candidates: int, max_k: int, max_pending: int, device: str, log_level: str,
+          max_candidates: int, max_k: int, max_pending: int, max_batch: int, device: str, log_level: str,
           allow_other_version: bool) -> None:
     """Serve MODEL (a `metarec fit` folder): POST /recommend, POST /predict, GET /health, GET /model, /docs.
 
@@ -47,10 +49,10 @@ def serve(model: str, host: str, port: int, workers: int, threads: int, max_body
     try:
         m = load_model(model, device=device, allow_other_version=allow_other_version)
         limits = Limits(max_body_bytes=max_body_bytes, max_ratings=max_ratings, max_candidates=max_candidates,
-                        max_k=max_k, max_pending=max_pending, workers=workers)
+                        max_k=max_k, max_pending=max_pending, workers=workers, max_batch=max_batch)
     except (ModelFolderError, ValueError, RuntimeError) as exc:
         raise click.ClickException(str(exc)) from None
     app = create_app(m, limits)
-    click.echo(f"serving {m.method} ({len(m.catalogue)} items, {m.grad_mode}) on http://{host}:{port} "
+    click.echo(f"serving {m.method} ({len(m.catalogue)} items, {m.grad_mode}, batches of up to {max_batch}) on http://{host}:{port} "
                f"-- docs at /docs", err=True)
     uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=log_level == "debug")

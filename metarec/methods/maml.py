@@ -13,7 +13,7 @@ metarec's batched ``torch.func`` engine (default), a per-user ``loop`` reference
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from metarec import engine
 from metarec.config import setting
 from metarec.learner import EpisodicLearner, RatingMLPConfig
-from metarec.nn import RatingMLP
+from metarec.nn import ITEM_EMBEDDING, RatingMLP
 from metarec.tasks import TaskBatch
 
 
@@ -127,6 +127,10 @@ class MAMLLearner(EpisodicLearner):
             return self.config.inner_lr
         return {n: s.detach() if detach else s for n, s in self.per_parameter_lrs().items()}
 
+    def precompute_item_inputs(self, items_x: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """The items' embedding, when the model has an ``item_embedder`` that is not adapted locally."""
+        return _item_embedding(self.model, self.local_names, items_x)
+
     def meta_loss(self, batch: TaskBatch) -> Tensor:
         """Mean query loss over the batch's users after local adaptation."""
         c = self.config
@@ -154,6 +158,16 @@ class MAMLLearner(EpisodicLearner):
             self.forward, self.params(), self.local_names, batch,
             lr=self.inner_lr(detach=True), steps=steps, chunk_size=c.chunk_size,
         )
+
+
+def _item_embedding(model: nn.Module, local_names: Sequence[str], items_x: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """``{ITEM_EMBEDDING: model.item_embedder(items_x)}`` for a model whose item embedder is global
+    (none of ``local_names`` under ``item_embedder.``), else nothing (it changes per user)."""
+    embedder = getattr(model, "item_embedder", None)
+    if not isinstance(embedder, nn.Module) or any(n.startswith("item_embedder.") for n in local_names):
+        return {}
+    with torch.no_grad():
+        return {ITEM_EMBEDDING: embedder(items_x)}
 
 
 def _lr_key(name: str) -> str:

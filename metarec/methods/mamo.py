@@ -73,12 +73,16 @@ from metarec.learner import EpisodicConfig, EpisodicLearner
 from metarec.lowrank import Outer
 from metarec.methods import mamo_lowrank
 from metarec.nn import (
-    Activation, BatchOfMatrices, FeatureEmbedder, attentive_write, broadcast_user, cosine_attention, make_activation, mlp,
+    ITEM_EMBEDDING, Activation, BatchOfMatrices, FeatureEmbedder, attentive_write, broadcast_user, cosine_attention,
+    embed_items, make_activation, mlp,
 )
 from metarec.schema import FeatureSchema
 from metarec.tasks import TaskBatch
 
 TASK_MEMORY = "task_memory"  # the per-user fast weights M_{u,I}: a local parameter, not a module one
+#: Precomputed item input (``precompute_item_inputs``): the first item-MLP layer's output with the
+#: global weights, which the ``lowrank`` backend's local steps only add low-rank terms to.
+ITEM_BASE = "__item_base__"
 
 
 @dataclass
@@ -426,13 +430,31 @@ class MAMO(EpisodicLearner):
 
     # ----------------------------------------------------------------- the pieces of a step
     def embed(self, batch: TaskBatch) -> TaskBatch:
-        """The batch with profiles embedded: features become ``{"profile": p}`` (global-only part)."""
+        """The batch with profiles embedded: features become ``{"profile": p}`` (global-only part),
+        plus the precomputed :data:`ITEM_BASE` when the features carry it."""
+        def items(x: Mapping[str, Tensor]) -> dict[str, Tensor]:
+            out = {"profile": embed_items(self.item_embedder, x)}
+            if ITEM_BASE in x:
+                out[ITEM_BASE] = x[ITEM_BASE]
+            return out
+
         return dataclasses.replace(
             batch,
             user_features={"profile": self.user_embedder(batch.user_features)},
-            support_features={"profile": self.item_embedder(batch.support_features)},
-            query_features={"profile": self.item_embedder(batch.query_features)},
+            support_features=items(batch.support_features),
+            query_features=items(batch.query_features),
         )
+
+    def precompute_item_inputs(self, items_x: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """The item profiles ``p_i`` (the item embedder is global-only) and, for the ``lowrank``
+        backend, the first item-MLP layer's output with the global weights (Eq. 1's ``phi_i``),
+        which the local steps only add rank-one terms to."""
+        with torch.no_grad():
+            p = self.item_embedder(items_x)
+            out = {ITEM_EMBEDDING: p}
+            if self.config.backend == "lowrank":
+                out[ITEM_BASE] = mamo_lowrank.item_base(self.recommender, self.params(), p)
+        return out
 
     def read(self, profile: Tensor) -> tuple[Tensor | None, dict[str, Tensor]]:
         """Attention and each user's personalised initial values (Eq. 3, 4, 7, 9)."""
@@ -582,7 +604,7 @@ class MAMO(EpisodicLearner):
                 a = self.memory.attention(profile, c.attention_temperature) if self.uses_attention else None
             net = self._adapt_lowrank(eb, self.factored(a, detach=True), training=False)
             with torch.no_grad():
-                return self.to_rating(net(profile, eb.query_features["profile"]))
+                return self.to_rating(net(profile, eb.query_features["profile"], item_base=eb.query_features.get(ITEM_BASE)))
         with torch.no_grad():
             eb = self.embed(batch)
             _, user_params = self.read(eb.user_features["profile"])

@@ -152,6 +152,15 @@ def factored_recommender(
     )
 
 
+def item_base(recommender: nn.Module, params: Mapping[str, Tensor], items: Tensor) -> Tensor:
+    """:meth:`FactoredRecommender.item_base` of ``items [..., D_i]`` for any user: the item MLP's
+    first layer is not personal, so its base output depends on the items alone."""
+    first = next(j for j, module in enumerate(recommender.item_mlp) if isinstance(module, nn.Linear))
+    if first != 0:
+        raise ValueError("the item MLP must start with a linear layer")
+    return FastLinear(weight=params["item_mlp.0.weight"], bias=params.get("item_mlp.0.bias")).base(items)
+
+
 def user_losses(loss_fn: LossFn, pred: Tensor, target: Tensor, mask: Tensor) -> Tensor:
     """Each user's own loss ``[B]`` (``loss_fn`` sees one user, as in :mod:`metarec.engine`)."""
     return per_user(loss_fn)(pred, target, mask)
@@ -237,4 +246,4 @@ def user_mlp_gradients(net: FactoredRecommender, loss: Tensor, taps: Sequence[Ta
     return out
 
 
-__all__ = ["FactoredRecommender", "adapt", "factored_recommender", "point_gradients", "user_losses", "user_mlp_gradients"]
+__all__ = ["FactoredRecommender", "adapt", "factored_recommender", "item_base", "point_gradients", "user_losses", "user_mlp_gradients"]

@@ -26,7 +26,7 @@ from torch import Tensor
 from metarec import engine
 from metarec.config import setting
 from metarec.learner import Callback, EpisodicLearner, Learner, LearnerConfig, RatingMLPConfig
-from metarec.nn import RatingMLP
+from metarec.nn import ITEM_EMBEDDING, RatingMLP
 from metarec.tasks import TaskBatch, TaskSet
 
 #: Where the defaults of ``baseline-predictor``, ``profile-mlp`` and ``profile-mlp-finetune``
@@ -273,6 +273,12 @@ class ProfileMLP(EpisodicLearner):
         self.model.eval()
         with torch.no_grad():
             return self.model(batch.user_features, batch.query_features)
+
+    def precompute_item_inputs(self, items_x: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """The items' embedding: the item embedder is never adapted (fine-tuning moves the head only)."""
+        self.model.eval()
+        with torch.no_grad():
+            return {ITEM_EMBEDDING: self.model.item_embedder(items_x)}
 
 
 @dataclass

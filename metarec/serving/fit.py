@@ -160,6 +160,8 @@ def fit_model(
     info = {
         "preset": settings.preset,
         "overrides": dict(cfg.learner_overrides(method, fields)),
+        # defaults / paper or hand preset / tuned, with the study of a `metarec tune` run (--tuned)
+        "settings_source": cfg.settings_source(method, getattr(cls, "paper_presets", ("paper",))),
         "description": getattr(cls, "description", ""),
         "trained_on": "training users (test users held out)" if holdout else "all users kept by the protocol",
         "holdout": holdout,
@@ -188,6 +190,7 @@ def model_card(method: str, learner: Any, info: Mapping[str, Any], cat: Catalogu
         "description": info.get("description"),
         "learner_class": f"{type(learner).__module__}:{type(learner).__qualname__}",
         "preset": info.get("preset"),
+        "settings_source": info.get("settings_source"),
         "config": dataclasses.asdict(learner.config),
         "seed": learner.seed,
         "dataset": info["dataset"],
@@ -220,6 +223,7 @@ def card_markdown(card: Mapping[str, Any]) -> str:
         "| | |", "|---|---|",
         f"| method | `{card['method']}` ({card['learner_class']}) |",
         f"| preset | {card.get('preset') or '(none)'} |",
+        f"| settings | {settings_line(card.get('settings_source'))} |",
         f"| seed | {card['seed']} |",
         f"| dataset | {d.get('name')} (checksum `{d.get('checksum') or 'n/a'}`, canonical: {d.get('canonical')}) |",
         f"| trained on | {card['trained_on']} ({card['fitted_users']} users) |",
@@ -252,6 +256,18 @@ def card_markdown(card: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def settings_line(source: Mapping[str, Any] | None) -> str:
+    """Where the settings came from, in words: ``tuned (study melu of runs/t: best of 20 trials, pool mae 0.81)``."""
+    if not source:
+        return "(not recorded)"
+    if source.get("kind") != "tuned":
+        return str(source.get("kind"))
+    value = source.get("best_value")
+    best = f", {source.get('metric')} {value:.4f}" if isinstance(value, (int, float)) else ""
+    return (f"tuned: `metarec tune` study {source.get('study')} in {source.get('tune_dir')}, "
+            f"best trial {source.get('best_trial')} of {source.get('trials')}{best}")
+
+
 def _json(value: Any) -> str:
     import json
 
@@ -260,4 +276,4 @@ def _json(value: Any) -> str:
     return json.dumps(jsonable(value), indent=2)
 
 
-__all__ = ["FitResult", "card_markdown", "concat_tasksets", "fit_model", "item_rating_counts", "model_card", "read_titles"]
+__all__ = ["FitResult", "card_markdown", "concat_tasksets", "fit_model", "item_rating_counts", "model_card", "read_titles", "settings_line"]

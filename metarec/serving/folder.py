@@ -24,7 +24,7 @@ from typing import Any, Mapping
 
 import torch
 
-from metarec.checkpoint import atomic_write_bytes, atomic_write_text
+from metarec.checkpoint import NOT_A_LEAF, atomic_write_bytes, atomic_write_text, join_leaves, leaf_entries, split_leaves
 
 #: Format tag of a model folder; a folder with another tag is refused.
 MODEL_FORMAT = "metarec-model-1"
@@ -52,57 +52,30 @@ def _safetensors() -> Any:
 
 
 def split_state(state: Any) -> tuple[Any, dict[str, torch.Tensor]]:
-    """A nested state as ``(JSON skeleton, {dotted.path: tensor})`` for safetensors + JSON."""
+    """A nested state as ``(JSON skeleton, {dotted.path: tensor})`` for safetensors + JSON
+    (:func:`metarec.checkpoint.split_leaves` with tensors named by their path)."""
     tensors: dict[str, torch.Tensor] = {}
 
-    def walk(node: Any, path: str) -> Any:
-        if isinstance(node, torch.Tensor):
-            name = path or "tensor"
-            if name in tensors:
-                raise ValueError(f"two tensors of the state map to the name {name!r}")
-            tensors[name] = node.detach().cpu().contiguous().clone()
-            return {_TENSOR: name}
-        if isinstance(node, Mapping):
-            for k in node:
-                if not isinstance(k, str):
-                    raise TypeError(f"state key {k!r} at {path or '<root>'} is not a string")
-            return {"__dict__": [[k, walk(v, f"{path}.{k}" if path else k)] for k, v in node.items()]}
-        if isinstance(node, (list, tuple)):
-            return {"__list__": [walk(v, f"{path}[{i}]") for i, v in enumerate(node)]}
-        if node is None or isinstance(node, (bool, int, float, str)):
-            return node
-        raise TypeError(f"cannot store {type(node).__name__} at {path or '<root>'} in a model folder")
+    def leaf(node: Any, path: str) -> Any:
+        if not isinstance(node, torch.Tensor):
+            return NOT_A_LEAF
+        name = path or "tensor"
+        if name in tensors:
+            raise ValueError(f"two tensors of the state map to the name {name!r}")
+        tensors[name] = node.detach().cpu().contiguous().clone()
+        return {_TENSOR: name}
 
-    return walk(state, ""), tensors
+    return split_leaves(state, leaf, int_keys=False, where="a model folder"), tensors
 
 
 def join_state(skeleton: Any, tensors: Mapping[str, torch.Tensor]) -> Any:
     """Inverse of :func:`split_state`."""
-    if isinstance(skeleton, dict):
-        if _TENSOR in skeleton:
-            return tensors[skeleton[_TENSOR]]
-        if "__dict__" in skeleton:
-            return {k: join_state(v, tensors) for k, v in skeleton["__dict__"]}
-        if "__list__" in skeleton:
-            return [join_state(v, tensors) for v in skeleton["__list__"]]
-    return skeleton
+    return join_leaves(skeleton, lambda entry: tensors[entry[_TENSOR]] if _TENSOR in entry else NOT_A_LEAF)
 
 
 def tensor_names(skeleton: Any) -> set[str]:
     """Every tensor name a skeleton refers to."""
-    out: set[str] = set()
-
-    def walk(node: Any) -> None:
-        if isinstance(node, dict):
-            if _TENSOR in node:
-                out.add(node[_TENSOR])
-            for v in node.get("__dict__", []):
-                walk(v[1])
-            for v in node.get("__list__", []):
-                walk(v)
-
-    walk(skeleton)
-    return out
+    return {entry[_TENSOR] for entry in leaf_entries(skeleton) if _TENSOR in entry}
 
 
 def save_tensors(tensors: Mapping[str, torch.Tensor]) -> bytes:

@@ -101,6 +101,8 @@ class _Request:
     support_ratings: list[float]
     query_rows: np.ndarray
     notes: list[str]
+    #: ``query_rows`` is the whole catalogue in order (its query tensors are cached).
+    full_catalogue: bool = False
 
 
 def user_index_of(user_id: Any) -> int:
@@ -120,6 +122,7 @@ class RecommenderModel:
         info: Mapping[str, Any] | None = None,
         card: Mapping[str, Any] | None = None,
         path: str | Path | None = None,
+        precompute_items: bool = True,
     ) -> None:
         self.learner = learner
         self.schema: FeatureSchema = learner.schema
@@ -134,9 +137,39 @@ class RecommenderModel:
         self.device = learner.device
         self._catalogue_device = catalogue.items.to(self.device)
         self._lock = threading.Lock()
+        self._cache_item_inputs(precompute_items)
         #: Also :func:`warnings.warn` about skipped unknown items (they are always in the notes).
         self.warn_on_skip = True
         self.grad_mode = self._probe_grad_mode()
+
+    def _cache_item_inputs(self, precompute: bool) -> None:
+        """What no request changes, computed once: the catalogue's feature columns on the device,
+        the learner's :meth:`~metarec.learner.Learner.precompute_item_inputs` of every catalogue
+        item (``precompute=False`` leaves them out: the learner then recomputes them per call,
+        with the same numbers), and the query tensors of the whole catalogue."""
+        columns = dict(self._catalogue_device.columns)
+        extra: dict[str, Tensor] = {}
+        if precompute:
+            with torch.no_grad():
+                extra = {k: v.detach() for k, v in self.learner.precompute_item_inputs(columns).items()}
+            clash = sorted(set(extra) & set(columns))
+            if clash:
+                raise ValueError(f"{type(self.learner).__name__}.precompute_item_inputs returned feature names {clash}")
+        #: Per-catalogue-row inputs a batch's support and query features are gathered from.
+        self._item_table: dict[str, Tensor] = {**columns, **extra}
+        self.precomputed_item_inputs = sorted(extra)
+        n = len(self.catalogue)
+        rows = torch.arange(n, dtype=torch.long, device=self.device)
+        cold = torch.as_tensor(self.catalogue.cold, device=self.device).long()
+        self._full = {
+            "items": rows,
+            "features": self._item_table,
+            "scenario": scenario_code(True, False) + cold,  # a new user is a cold user: C-W or C-C
+            "cold": cold,
+        }
+
+    def _gather(self, rows: Tensor) -> dict[str, Tensor]:
+        return {k: v[rows] for k, v in self._item_table.items()}
 
     # ------------------------------------------------------------------ description
     @property
@@ -205,20 +238,29 @@ class RecommenderModel:
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
             raise RecommendError(f"k must be a positive integer, got {k!r}", "k")
         state_rows = self.catalogue.rows_in_state(item_state) if item_state is not None else None
-        prepared = []
+        prepared, keep = [], []
         for n, req in enumerate(requests):
             where = f"[{n}]." if len(requests) > 1 else ""
             r = self._prepare(req, unknown_items, where, items_key="candidates")
             rows = r.query_rows
+            mask = np.ones(len(rows), dtype=bool)
             if state_rows is not None:
-                rows = rows[np.isin(rows, state_rows)]
+                mask &= np.isin(rows, state_rows)
             if exclude_rated and r.support_rows:
-                rows = rows[~np.isin(rows, np.asarray(r.support_rows))]
-            r.query_rows = rows
+                mask &= ~np.isin(rows, np.asarray(r.support_rows))
+            if r.full_catalogue and state_rows is None:
+                # score the whole catalogue from the cached query tensors and drop the rated
+                # items afterwards (an item's prediction does not depend on the other query items)
+                keep.append(mask)
+            else:
+                r.query_rows, r.full_catalogue = rows[mask], False
+                keep.append(None)
             prepared.append(r)
         scores, raw = self._score(prepared, with_raw=True)
         out = []
-        for r, s, z in zip(prepared, scores, raw):
+        for r, s, z, mask in zip(prepared, scores, raw, keep):
+            if mask is not None:
+                r.query_rows, s, z = r.query_rows[mask], s[mask], z[mask]
             # rank by the model's own output: clipping to the rating range (as the benchmark
             # does for its predictions) would tie every item the model puts above the top
             order = np.lexsort((np.arange(len(z)), -z))[: int(k)]
@@ -295,7 +337,8 @@ class RecommenderModel:
             rows.append(row)
             values.append(value)
         items = req.get(items_key)
-        if items is None:
+        full = items is None
+        if full:
             query = np.arange(len(self.catalogue))
         else:
             if isinstance(items, (str, bytes)):
@@ -307,49 +350,59 @@ class RecommenderModel:
                 if row is not None:
                     query_rows.append(row)
             query = np.asarray(query_rows, dtype=np.int64)
-        return _Request(user, user_index_of(req.get("user_id")), rows, values, query, notes)
+        return _Request(user, user_index_of(req.get("user_id")), rows, values, query, notes, full)
 
     def build_batch(self, prepared: Sequence[_Request]) -> TaskBatch:
-        """The :class:`TaskBatch` of some prepared requests: support = ratings, query = candidates."""
+        """The :class:`TaskBatch` of some prepared requests: support = ratings, query = candidates.
+
+        Built on the device directly from the cached catalogue inputs; a batch whose users all
+        ask for the whole catalogue uses its cached query tensors as they are (no gather).
+        """
         b = len(prepared)
-        s = max(1, max(len(r.support_rows) for r in prepared))
-        q = max(1, max(len(r.query_rows) for r in prepared))
+        dev = self.device
         lo, hi = self.rating_range
-        s_items = torch.zeros(b, s, dtype=torch.long)
-        s_ratings = torch.full((b, s), (lo + hi) / 2)
-        s_mask = torch.zeros(b, s, dtype=torch.bool)
-        q_items = torch.zeros(b, q, dtype=torch.long)
-        q_mask = torch.zeros(b, q, dtype=torch.bool)
-        q_scen = torch.full((b, q), -1, dtype=torch.long)
-        cold = torch.as_tensor(self.catalogue.cold)
+        s = max(1, max(len(r.support_rows) for r in prepared))
+        s_items = np.zeros((b, s), dtype=np.int64)
+        s_ratings = np.full((b, s), (lo + hi) / 2, dtype=np.float32)
+        s_mask = np.zeros((b, s), dtype=bool)
         for i, r in enumerate(prepared):
             n = len(r.support_rows)
-            if n:
-                s_items[i, :n] = torch.as_tensor(r.support_rows)
-                s_ratings[i, :n] = torch.as_tensor(r.support_ratings)
-                s_mask[i, :n] = True
-            m = len(r.query_rows)
-            if m:
-                rows = torch.as_tensor(r.query_rows, dtype=torch.long)
-                q_items[i, :m] = rows
-                q_mask[i, :m] = True
-                # a new user is a cold user: C-W or C-C
-                q_scen[i, :m] = scenario_code(True, False) + cold[rows].long()
-        dev = self.device
-        table = self._catalogue_device
-        s_items, q_items = s_items.to(dev), q_items.to(dev)
+            s_items[i, :n] = r.support_rows
+            s_ratings[i, :n] = r.support_ratings
+            s_mask[i, :n] = True
+        support_items = torch.from_numpy(s_items).to(dev)
+        if all(r.full_catalogue for r in prepared):
+            full = self._full
+            q = len(full["items"])
+            q_items = full["items"].expand(b, q)
+            q_features = {k: v.unsqueeze(0).expand(b, *v.shape) for k, v in full["features"].items()}
+            q_mask = torch.ones(b, q, dtype=torch.bool, device=dev)
+            q_scen = full["scenario"].expand(b, q)
+        else:
+            q = max(1, max(len(r.query_rows) for r in prepared))
+            rows = np.zeros((b, q), dtype=np.int64)
+            mask = np.zeros((b, q), dtype=bool)
+            for i, r in enumerate(prepared):
+                m = len(r.query_rows)
+                rows[i, :m] = r.query_rows
+                mask[i, :m] = True
+            q_items = torch.from_numpy(rows).to(dev)
+            q_mask = torch.from_numpy(mask).to(dev)
+            q_features = self._gather(q_items)
+            # a new user is a cold user: C-W or C-C
+            q_scen = torch.where(q_mask, scenario_code(True, False) + self._full["cold"][q_items], -1)
         return TaskBatch(
             user_index=torch.as_tensor([r.user_index for r in prepared], dtype=torch.long, device=dev),
             user_features={k: v.to(dev) for k, v in stack_rows([r.user for r in prepared]).items()},
-            support_items=s_items,
-            support_features=table.gather(s_items),
-            support_ratings=s_ratings.to(dev),
-            support_mask=s_mask.to(dev),
+            support_items=support_items,
+            support_features=self._gather(support_items),
+            support_ratings=torch.from_numpy(s_ratings).to(dev),
+            support_mask=torch.from_numpy(s_mask).to(dev),
             query_items=q_items,
-            query_features=table.gather(q_items),
+            query_features=q_features,
             query_ratings=torch.full((b, q), float("nan"), device=dev),
-            query_mask=q_mask.to(dev),
-            query_scenario=q_scen.to(dev),
+            query_mask=q_mask,
+            query_scenario=q_scen,
         )
 
     def _score(self, prepared: Sequence[_Request], *, with_raw: bool = False) -> Any:
