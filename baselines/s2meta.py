@@ -37,9 +37,11 @@ users one by one.
 Backends (``backend``): ``fused`` (default) keeps the fast parameters of all users and tensors in
 one row buffer and runs ONE learned-optimizer step per inner step for all 8 adapted tensors
 (:func:`metarec.learned_optim.fused_step`: stacked LSTM weights, the loss input folded into the
-gate bias once per user, a hand-written backward that recomputes the activations, pointwise
-kernels compiled by :func:`torch.compile` when ``compile_controller`` is not False); the inner
-gradients come from :func:`metarec.nn.per_user_relu_mlp_mse_grads`. ``reference`` is the
+gate bias once per user, a hand-written backward; on the CPU the hand-written C++ step of
+:mod:`metarec.native` where it builds (``native_kernels``), else pointwise kernels compiled by
+:func:`torch.compile` when ``compile_controller`` is not False); the inner gradients (and, in
+the same MLP pass, the query losses REINFORCE records) come from
+:func:`metarec.nn.per_user_relu_mlp_mse_grads`. ``reference`` is the
 original implementation (one LSTM call per tensor under autograd, the MLP under
 :func:`torch.func.vmap`), kept for the parity test. Both compute the same numbers (float64: to
 1e-12) and share parameters, so checkpoints load into either.

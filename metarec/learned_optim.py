@@ -13,7 +13,8 @@ sigmoid heads (learning rate ``lr`` and forget gate ``f``) and the update
 
 with a hand-written backward (no autograd graph inside a step: per step it keeps the inputs and
 the activations, ~150 numbers per coordinate, and evaluates no transcendental function again;
-the pointwise parts are compiled into a few fused loops by :func:`torch.compile`). The per-user
+the pointwise parts are compiled into a few fused loops by :func:`torch.compile`; on the CPU,
+:class:`NativeCoordinateLSTMStep` does the whole step in two hand-written C++ loops). The per-user
 scalar input (the pre-processed loss) is folded into the gate bias once per user
 (:func:`gate_bias`) instead of being repeated on every row. Everything stays on the device:
 no ``.item()``, no data-dependent branch, so a loop of these steps can be captured whole.
