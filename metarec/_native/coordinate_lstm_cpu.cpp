@@ -32,16 +32,18 @@ constexpr int NB = 8;  // rows per block: the per-row scalars (pre-processing, h
 
 using at::vec::Vectorized;
 
+// exp_u20: ATen's faster exp (20 ULP) in float32, the one torch.compile's CPU kernels use too;
+// in float64 it is the accurate exp
 template <typename T>
 inline Vectorized<T> vsig(Vectorized<T> v) {
-  return (Vectorized<T>(T(1)) + v.neg().exp()).reciprocal();
+  return (Vectorized<T>(T(1)) + v.neg().exp_u20()).reciprocal();
 }
 
 // tanh x = 1 - 2 / (exp(2x) + 1): one exp and one division, as the sigmoid
 template <typename T>
 inline Vectorized<T> vtanh(Vectorized<T> v) {
   const Vectorized<T> one(T(1));
-  return one - Vectorized<T>(T(2)) / ((v + v).exp() + one);
+  return one - Vectorized<T>(T(2)) / ((v + v).exp_u20() + one);
 }
 
 template <typename T>
