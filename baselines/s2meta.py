@@ -37,9 +37,11 @@ users one by one.
 Backends (``backend``): ``fused`` (default) keeps the fast parameters of all users and tensors in
 one row buffer and runs ONE learned-optimizer step per inner step for all 8 adapted tensors
 (:func:`metarec.learned_optim.fused_step`: stacked LSTM weights, the loss input folded into the
-gate bias once per user, a hand-written backward that recomputes the activations, pointwise
-kernels compiled by :func:`torch.compile` when ``compile_controller`` is not False); the inner
-gradients come from :func:`metarec.nn.per_user_relu_mlp_mse_grads`. ``reference`` is the
+gate bias once per user, a hand-written backward; on the CPU the hand-written C++ step of
+:mod:`metarec.native` where it builds (``native_kernels``), else pointwise kernels compiled by
+:func:`torch.compile` when ``compile_controller`` is not False); the inner gradients (and, in
+the same MLP pass, the query losses REINFORCE records) come from
+:func:`metarec.nn.per_user_relu_mlp_mse_grads`. ``reference`` is the
 original implementation (one LSTM call per tensor under autograd, the MLP under
 :func:`torch.func.vmap`), kept for the parity test. Both compute the same numbers (float64: to
 1e-12) and share parameters, so checkpoints load into either.
@@ -395,11 +397,16 @@ class StopController(nn.Module):
         self.smooth_p = smooth_p
 
     def forward(
-        self, grads: Sequence[Tensor], loss: Tensor, state: tuple[Tensor, Tensor] | None = None
+        self, grads: Sequence[Tensor] | None, loss: Tensor, state: tuple[Tensor, Tensor] | None = None,
+        norms: Tensor | None = None,
     ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
-        """``grads[k]`` ``[B, ...]``, ``loss [B]`` -> ``(stop logit [B], state)``; p = sigmoid(logit)."""
-        norms = [g.detach().flatten(1).norm(dim=1) for g in grads]
-        inputs = preprocess(torch.stack([*norms, loss.detach()], dim=1), self.smooth_p)[0]
+        """``grads[k]`` ``[B, ...]``, ``loss [B]`` -> ``(stop logit [B], state)``; p = sigmoid(logit).
+
+        ``norms`` ``[B, P]``: the gradient norms, if the caller has them already (``grads`` unused).
+        """
+        if norms is None:
+            norms = torch.stack([g.detach().flatten(1).norm(dim=1) for g in grads], dim=1)
+        inputs = preprocess(torch.cat([norms.detach(), loss.detach().unsqueeze(1)], dim=1), self.smooth_p)[0]
         if state is None:
             b = inputs.shape[0]
             state = (self.h0.expand(b, -1), self.c0.expand(b, -1))
@@ -472,6 +479,10 @@ class S2MetaConfig(EpisodicConfig):
     #: per step), ``masked`` always runs ``max_steps`` steps with stopped users frozen (no host
     #: synchronisation; same numbers); ``auto`` = break on CPU, masked on CUDA.
     inner_loop_exit: Literal["auto", "break", "masked"] = "auto"
+    #: Fused backend on CPU: the hand-written C++ kernels of the controller step
+    #: (:class:`metarec.learned_optim.NativeCoordinateLSTMStep`, compiled on first use); None =
+    #: whenever they can run (else the PyTorch kernels, ``compile_controller``), False = never.
+    native_kernels: bool | None = None
 
     rules = (Rule("min_steps <= max_steps", lambda c: c.min_steps <= c.max_steps, ("min_steps", "max_steps")),)
 
@@ -659,9 +670,21 @@ class S2Meta(EpisodicLearner):
         h, cell = layout.per_row(weights.h0), layout.per_row(weights.c0)
         row_user, seg = layout.row_user(device), layout.row_tensor(device)
         compiled = self._compiled_fused()
+        native = c.native_kernels
         grad_buf = torch.empty(layout.rows, dtype=dtype, device=device)
         grad_views = layout.split(grad_buf, shapes)
-        x_s = x_support.detach()
+        # one forward pass of the MLP per step serves the support gradient and the query loss
+        if x_query is not None:
+            x_all = torch.cat([x_support.detach(), x_query.detach()], dim=1)
+            y_all = torch.cat([batch.support_ratings, batch.query_ratings], dim=1)
+            zeros_s, zeros_q = torch.zeros_like(batch.support_mask), torch.zeros_like(batch.query_mask)
+            mask_s = torch.cat([batch.support_mask, zeros_q], dim=1)
+            mask_q = torch.cat([zeros_s, batch.query_mask], dim=1)
+        else:
+            x_all, y_all, mask_s, mask_q = x_support.detach(), batch.support_ratings, batch.support_mask, None
+        # squared gradient norms per (tensor, user): the rows of each are one contiguous segment
+        segment_lengths = torch.tensor([n for n in layout.numels for _ in range(b)], device=device)
+        rows_per_user = float(sum(layout.numels))
         exit_early = c.inner_loop_exit == "break" or (c.inner_loop_exit == "auto" and device.type == "cpu")
         smooth, clamp = c.smooth_p, c.grad_clamp
         active = torch.ones(b, dtype=torch.bool, device=device)
@@ -670,30 +693,30 @@ class S2Meta(EpisodicLearner):
         probs, actives, log_keep, q_losses, lr_sums, fg_sums, counts = [], [], [], [], [], [], []
         for t in range(c.max_steps):
             detached = layout.split(theta.detach(), shapes)
-            loss_s, _ = per_user_relu_mlp_mse_grads(detached, x_s, batch.support_ratings, batch.support_mask, out=grad_views)
+            out = per_user_relu_mlp_mse_grads(detached, x_all, y_all, mask_s, out=grad_views, eval_mask=mask_q)
+            loss_s = out[0]
             if c.flexible_step:
-                logit, stop_state = self.stop_controller(grad_views, loss_s, stop_state)
+                norms = torch.segment_reduce(grad_buf.square(), "sum", lengths=segment_lengths).sqrt()
+                logit, stop_state = self.stop_controller(None, loss_s, stop_state, norms=norms.view(-1, b).t())
                 p, active = self._stop_decision(t, logit, uniforms, active)
                 probs.append(p)
                 log_keep.append(F.logsigmoid(-logit))  # log(1 - p_t), numerically stable
             actives.append(active)
             if x_query is not None:
-                with torch.no_grad():
-                    q_losses.append(self._query_losses(detached, x_query, batch.query_ratings, batch.query_mask))
+                q_losses.append(out[2])
             if exit_early and not bool(active.any()):  # free on the CPU
                 break
             bias = gate_bias(weights, preprocess(loss_s, smooth)[0])  # the loss input, once per user
-            keep = active[row_user]
             theta, h, cell, lr, fg = fused_step(
-                theta, h, cell, grad_buf, keep, bias, weights, layout, seg,
-                clamp=clamp, p=smooth, compiled=compiled,
+                theta, h, cell, grad_buf, active, bias, weights, layout, seg,
+                row_user=row_user, clamp=clamp, p=smooth, compiled=compiled, native=native,
             )
             steps = steps + active.long()
             with torch.no_grad():
-                kf = keep.to(dtype)
-                lr_sums.append((lr * kf).sum())
-                fg_sums.append((fg * kf).sum())
-                counts.append(kf.sum())
+                sums = torch.stack([lr, fg]) @ active[row_user].to(dtype)  # [2]: over the rows that updated
+                lr_sums.append(sums[0])
+                fg_sums.append(sums[1])
+                counts.append(active.to(dtype).sum() * rows_per_user)
         mean_lr: list[float] = []
         mean_forget: list[float] = []
         if counts:

@@ -3,7 +3,8 @@ in ONE run, on the same batches.
 
 The learners are s²Meta with the same settings and seed and differ only in ``backend``: ``fused``
 (one :mod:`metarec.learned_optim` step for all 8 adapted tensors per inner step, analytic
-gradients, compiled pointwise kernels) and ``reference`` (one LSTM call per tensor under
+gradients; on the CPU the hand-written C++ controller step of :mod:`metarec.native` where it
+builds, else compiled pointwise kernels) and ``reference`` (one LSTM call per tensor under
 autograd: the original implementation). The tests prove they compute the same numbers. An epoch
 is every training user once, in the learner's own seeded epoch order, one meta-step per batch
 (``paper``: one user per Adam step). The fused learner trains on every batch; on every
@@ -17,7 +18,9 @@ load on a shared machine hits both, and the reference epoch is extrapolated from
 Then the fused learner (trained one epoch) predicts every test user (timed, after a warm-up
 on a few users that compiles the evaluation shapes), with its default evaluation stop rule,
 and the reference learner (given the same state) predicts the first ``--reference-eval-users``.
-The record also has the time of the matrix products alone of one fused inner step (the floor
+Where the fused learner runs the native kernel, a third learner (fused, PyTorch kernels) is
+timed on the reference batches too, from the same state (``ratio_pytorch_kernels_over_native``).
+The record also has the time of one controller step with either kernel, the time of the matrix products alone of one fused inner step (the floor
 of this formulation on this machine), the inner steps per user, the compile time and the peak
 RSS of the process.
 
@@ -71,6 +74,33 @@ def matmul_floor_s(learner, device: torch.device, repeats: int = 20) -> float:
     return seconds / repeats
 
 
+def controller_step_s(learner, device: torch.device, native: bool, repeats: int = 20) -> float:
+    """Seconds of one controller step (forward + backward) of the fused backend, 1 user: the
+    native kernel or the PyTorch kernels (compiled as the learner's config says)."""
+    from metarec.learned_optim import SegmentLayout, fused_step, gate_bias
+
+    base = list(learner.recommender.parameters())
+    layout = SegmentLayout(tuple(p.numel() for p in base), 1)
+    weights = learner.update_controller.stacked()
+    g = torch.Generator(device="cpu").manual_seed(0)
+    theta = layout.flatten([p.detach().unsqueeze(0) for p in base]).requires_grad_()
+    grad = (torch.randn(layout.rows, generator=g) * 1e-2).to(device)
+    h, c = layout.per_row(weights.h0), layout.per_row(weights.c0)
+    seg, active = layout.row_tensor(device), torch.ones(1, dtype=torch.bool, device=device)
+    loss = torch.ones(1, device=device)
+    cfg = learner.config
+
+    def step() -> None:
+        out = fused_step(theta, h, c, grad, active, gate_bias(weights, loss), weights, layout, seg,
+                         clamp=cfg.grad_clamp, p=cfg.smooth_p, compiled=learner._compiled_fused(), native=native)
+        torch.autograd.grad(out[0].sum() + out[1].sum() + out[2].sum(), [theta, weights.w])
+
+    step()
+    step()
+    _, seconds = timed(device, lambda: [step() for _ in range(repeats)])
+    return seconds / repeats
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_machine_options(p, threads=2)  # the target: 2 CPU cores
@@ -105,8 +135,20 @@ def main(argv: list[str] | None = None) -> int:
         return S2Meta.from_settings(train.schema, preset=args.preset, overrides={**overrides, "backend": backend},
                                     device=device, seed=args.seed)
 
+    # the native controller kernel (compiled on first use, cached): its build time, and whether it runs
+    from metarec import learned_optim, native
+
+    t0 = time.perf_counter()
+    native_built = native.load("coordinate_lstm_cpu")
+    native_build_s = time.perf_counter() - t0
     fused, ref = build("fused"), build("reference")
     cfg = fused.config
+    x = torch.zeros(1, device=device)
+    uses_native = cfg.native_kernels is not False and learned_optim.native_available(x, fused.update_controller.stacked())
+
+    def build_pytorch_kernels() -> S2Meta:  # the fused backend without the native kernel, for the ratio
+        return S2Meta.from_settings(train.schema, preset=args.preset, device=device, seed=args.seed,
+                                    overrides={**overrides, "backend": "fused", "native_kernels": False})
     order = torch.randperm(len(train), generator=torch_generator(args.seed, "epoch-order", 0))  # meta_fit's epoch 0
     n_users = len(train) if args.max_users is None else min(args.max_users, len(train))
     batches = [order[i : min(i + cfg.batch_size, n_users)] for i in range(0, n_users, cfg.batch_size)]
@@ -116,12 +158,18 @@ def main(argv: list[str] | None = None) -> int:
     warm = train.batch(order[-cfg.batch_size :], device=device)
     _, compile_train_s = timed(device, lambda: fused.meta_step(warm))
     ref.meta_step(warm)
+    if uses_native:
+        build_pytorch_kernels().meta_step(warm)
     fused, ref = build("fused"), build("reference")
+    pt = build_pytorch_kernels() if uses_native else None
 
     out_path = args.out
     times = {"fused": [], "reference": []}
     same = {"fused": [], "reference": []}
+    if pt is not None:
+        times["fused_pytorch_kernels"], same["fused_pytorch_kernels"] = [], []
     loss_diff: list[float] = []
+    loss_diff_pt: list[float] = []
     ref_batches: list[int] = []
     t_epoch0 = time.perf_counter()
 
@@ -153,6 +201,12 @@ def main(argv: list[str] | None = None) -> int:
             "ratio_epoch": epoch["reference"] / epoch["fused"] if epoch["fused"] else None,
             "same_batches_s": {b: sum(v) for b, v in same.items()},
             "ratio_same_batches": sum(same["reference"]) / sum(same["fused"]) if sum(same["fused"]) else None,
+            "native_kernels": {"used": uses_native, "built": native_built, "load_or_build_s": native_build_s,
+                               "what": "fused = the native C++ controller step; fused_pytorch_kernels = the same "
+                                       "backend with the PyTorch kernels, timed on the reference batches"},
+            "ratio_pytorch_kernels_over_native": (sum(same["fused_pytorch_kernels"]) / sum(same["fused"])
+                                                  if pt is not None and sum(same["fused"]) else None),
+            "batch_loss_difference_pytorch_kernels_vs_native": max(loss_diff_pt) if loss_diff_pt else None,
             "batch_loss_difference_vs_reference": {"first": loss_diff[0] if loss_diff else None,
                                                    "largest": max(loss_diff) if loss_diff else None},
             "median_batch_s": {b: statistics.median(t) for b, t in times.items() if t},
@@ -179,6 +233,12 @@ def main(argv: list[str] | None = None) -> int:
             same["reference"].append(seconds_r)
             loss_diff.append(abs(loss_f - loss_r))
             ref_batches.append(i)
+            if pt is not None:
+                pt.load_state_dict(state)
+                loss_p, seconds_p = timed(device, lambda: pt.meta_step(batch))
+                times["fused_pytorch_kernels"].append(seconds_p)
+                same["fused_pytorch_kernels"].append(seconds_p)
+                loss_diff_pt.append(abs(loss_f - loss_p))
         if (i + 1) % 200 == 0:
             out_path = record(False)
             print(f"  batch {i + 1}/{len(batches)}: fused {sum(times['fused']):7.1f} s, reference "
@@ -198,6 +258,8 @@ def main(argv: list[str] | None = None) -> int:
         _, eval_fused_sub_s = timed(device, lambda: fused.predict(sub))
         _, eval_ref_s = timed(device, lambda: ref.predict(sub))
     floor = matmul_floor_s(fused, device)
+    step_native = controller_step_s(fused, device, native=True) if uses_native else None
+    step_pytorch = controller_step_s(fused, device, native=False)
     mean_steps = train_logs["fused"].get("inner_steps", float("nan"))
     extra = {
         "train_logs": train_logs,
@@ -218,6 +280,11 @@ def main(argv: list[str] | None = None) -> int:
                     "gradients; 8 adapted tensors, 1 user), timed in this run",
             "epoch_s_at_mean_inner_steps": floor * mean_steps * len(train),
         },
+        "controller_step_s": {
+            "native": step_native,
+            "pytorch_kernels": step_pytorch,
+            "what": "one fused controller step (forward + backward, 8 adapted tensors, 1 user), timed in this run",
+        },
     }
     out = record(True, extra)
     r = __import__("json").loads(out.read_text())
@@ -232,6 +299,9 @@ def main(argv: list[str] | None = None) -> int:
           + (f"; reference / fused on {ref_eval_users} users: {r['eval']['ratio_same_users']:.2f}x" if ref_eval_users else ""))
     print(f"  matmul floor of one inner step {floor * 1e3:.2f} ms -> {r['matmul_floor']['epoch_s_at_mean_inner_steps']:.1f} s "
           f"per epoch; peak RSS {r['peak_rss_mb']:.0f} MB")
+    print(f"  controller step (fwd + bwd, 1 user): PyTorch kernels {step_pytorch * 1e3:.2f} ms"
+          + (f", native {step_native * 1e3:.2f} ms; fused with PyTorch kernels / native on the reference batches: "
+             f"{r['ratio_pytorch_kernels_over_native']:.2f}x" if uses_native else " (native kernel not used)"))
     print(f"wrote {out} (load average before {load_before[0]:.2f}, after {os.getloadavg()[0]:.2f})")
     return 0
 

@@ -13,7 +13,8 @@ sigmoid heads (learning rate ``lr`` and forget gate ``f``) and the update
 
 with a hand-written backward (no autograd graph inside a step: per step it keeps the inputs and
 the activations, ~150 numbers per coordinate, and evaluates no transcendental function again;
-the pointwise parts are compiled into a few fused loops by :func:`torch.compile`). The per-user
+the pointwise parts are compiled into a few fused loops by :func:`torch.compile`; on the CPU,
+:class:`NativeCoordinateLSTMStep` does the whole step in two hand-written C++ loops). The per-user
 scalar input (the pre-processed loss) is folded into the gate bias once per user
 (:func:`gate_bias`) instead of being repeated on every row. Everything stays on the device:
 no ``.item()``, no data-dependent branch, so a loop of these steps can be captured whole.
@@ -358,16 +359,90 @@ class FusedCoordinateLSTMStep(torch.autograd.Function):
                 None, None, None, None, None, None)
 
 
-def fused_step(
-    theta: Tensor, h: Tensor, c: Tensor, grad: Tensor, keep: Tensor, bias: Tensor,
-    weights: StackedLSTMWeights, layout: SegmentLayout, seg: Tensor, *,
-    clamp: float = 1.0, p: float = 10.0, compiled: bool = False,
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """:class:`FusedCoordinateLSTMStep` with the stacked weights: ``(theta', h', c', lr, forget)``.
+class NativeCoordinateLSTMStep(torch.autograd.Function):
+    """:class:`FusedCoordinateLSTMStep` as two hand-written CPU kernels (:mod:`metarec.native`).
 
-    ``seg``: :meth:`SegmentLayout.row_tensor`; ``compiled``: use the compiled (:func:`torch.compile`)
-    pointwise kernels (the same numbers up to rounding).
+    The forward is one pass over the rows (gate products, cell, LayerNorm, heads, update; a block
+    of rows stays in registers / L1) that also writes the ``6H + 8`` activations per row the
+    backward needs (when a graph is built); the backward is one pass that accumulates the weight
+    gradients per (tensor, user) directly. ``active`` is per user (``bool [B]``); the other
+    arguments are those of :class:`FusedCoordinateLSTMStep`.
     """
+
+    @staticmethod
+    def forward(ctx, theta, h, c, grad, active, bias, w, ln_w, ln_b, head_w, head_b, numels, eps, clamp, p):
+        """The native forward; with a graph to build it also returns the activations the backward reads."""
+        save = any(ctx.needs_input_grad)
+        op = torch.ops.metarec_native.coordinate_lstm_forward
+        theta_new, h_new, c_new, lr, fg, saved = op(theta, h, c, grad, active, bias, w, ln_w, ln_b, head_w, head_b,
+                                                    numels, eps, clamp, p, save)
+        if save:  # not ``grad``: callers overwrite their gradient buffer in place; ``saved`` has it clamped
+            ctx.save_for_backward(theta, h, c, active, bias, w, ln_w, ln_b, head_w, head_b, saved)
+        ctx.numels, ctx.eps, ctx.clamp, ctx.p = numels, eps, clamp, p
+        ctx.mark_non_differentiable(lr, fg)
+        return theta_new, h_new, c_new, lr, fg
+
+    @staticmethod
+    def backward(ctx, d_theta_new, d_h_new, d_c_new, _d_lr, _d_fg):
+        """The native backward from the saved activations."""
+        theta, h, c, active, bias, w, ln_w, ln_b, head_w, head_b, saved = ctx.saved_tensors
+        # the kernel reads its ``grad`` argument only when it recomputes the activations (no
+        # ``saved``); with them, any tensor of the right shape stands in
+        grads = torch.ops.metarec_native.coordinate_lstm_backward(
+            theta, h, c, theta, active, bias, w, ln_w, ln_b, head_w, head_b, ctx.numels, ctx.eps, ctx.clamp, ctx.p,
+            _contiguous(d_theta_new), _contiguous(d_h_new), _contiguous(d_c_new), saved,
+        )
+        d_theta, d_h, d_c, d_bias, d_w, d_ln_w, d_ln_b, d_head_w, d_head_b = grads
+        has_ln = ln_w is not None
+        return (d_theta, d_h, d_c, None, None, d_bias, d_w, d_ln_w if has_ln else None, d_ln_b if has_ln else None,
+                d_head_w, d_head_b, None, None, None, None)
+
+
+def _contiguous(t: Tensor | None) -> Tensor | None:
+    return None if t is None else t.contiguous()
+
+
+#: Hidden sizes the native kernel is instantiated for.
+NATIVE_HIDDEN = (8, 16, 32, 64)
+
+
+def native_available(theta: Tensor, weights: StackedLSTMWeights) -> bool:
+    """Whether :class:`NativeCoordinateLSTMStep` can run this step (CPU, float32/64, a supported shape)."""
+    hidden = weights.h0.shape[1]
+    if theta.device.type != "cpu" or theta.dtype not in (torch.float32, torch.float64):
+        return False
+    if hidden not in NATIVE_HIDDEN or weights.w.shape[1] != 4 + hidden or weights.head_w.shape[1] > 2:
+        return False
+    from metarec import native
+
+    return native.load("coordinate_lstm_cpu")
+
+
+def fused_step(
+    theta: Tensor, h: Tensor, c: Tensor, grad: Tensor, active: Tensor, bias: Tensor,
+    weights: StackedLSTMWeights, layout: SegmentLayout, seg: Tensor, *,
+    row_user: Tensor | None = None, clamp: float = 1.0, p: float = 10.0, compiled: bool = False,
+    native: bool | None = None,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """One learned-optimizer step of every row: ``(theta', h', c', lr, forget)``.
+
+    ``active`` ``bool [B]``: the users that still adapt (the others keep their rows). ``seg``:
+    :meth:`SegmentLayout.row_tensor`; ``row_user``: :meth:`SegmentLayout.row_user` (computed if
+    not given). ``native``: the hand-written CPU kernels (:class:`NativeCoordinateLSTMStep`); None
+    = whenever they can run, else :class:`FusedCoordinateLSTMStep` with the eager or ``compiled``
+    (:func:`torch.compile`) pointwise kernels -- the same numbers up to rounding.
+    """
+    if native is not False and native_available(theta, weights):
+        return NativeCoordinateLSTMStep.apply(
+            theta.contiguous(), h.contiguous(), c.contiguous(), grad.contiguous(), active.contiguous(),
+            bias.contiguous(), weights.w.contiguous(), _contiguous(weights.ln_w), _contiguous(weights.ln_b),
+            weights.head_w.contiguous(), weights.head_b.contiguous(), list(layout.numels), weights.ln_eps,
+            float(clamp), float(p),
+        )
+    if native:
+        raise RuntimeError("fused_step: the native kernel cannot run here (needs CPU, float32/64, "
+                           f"hidden size in {NATIVE_HIDDEN}, a C++ compiler)")
+    keep = active[row_user if row_user is not None else layout.row_user(theta.device)]
     return FusedCoordinateLSTMStep.apply(
         theta, h, c, grad, keep, bias, weights.w, weights.ln_w, weights.ln_b, weights.head_w, weights.head_b,
         layout, seg, weights.ln_eps, clamp, p, kernels(compiled),
@@ -375,6 +450,6 @@ def fused_step(
 
 
 __all__ = [
-    "FusedCoordinateLSTMStep", "SegmentLayout", "StackedLSTMWeights", "fused_step", "gate_bias", "kernels", "preprocess",
+    "FusedCoordinateLSTMStep", "NATIVE_HIDDEN", "NativeCoordinateLSTMStep", "native_available", "SegmentLayout", "StackedLSTMWeights", "fused_step", "gate_bias", "kernels", "preprocess",
     "stack_lstm_weights",
 ]

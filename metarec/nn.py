@@ -429,21 +429,26 @@ def per_user_relu_mlp(params: Sequence[Tensor], x: Tensor) -> tuple[Tensor, list
 
 
 def per_user_relu_mlp_mse_grads(
-    params: Sequence[Tensor], x: Tensor, y: Tensor, mask: Tensor, out: Sequence[Tensor] | None = None
-) -> tuple[Tensor, list[Tensor]]:
+    params: Sequence[Tensor], x: Tensor, y: Tensor, mask: Tensor, out: Sequence[Tensor] | None = None,
+    eval_mask: Tensor | None = None,
+) -> tuple[Tensor, list[Tensor]] | tuple[Tensor, list[Tensor], Tensor]:
     """Per-user masked MSE of :func:`per_user_relu_mlp` (one output) and its gradient, by hand.
 
     Returns ``(loss [B], [dL_b/dW1, dL_b/db1, ...])`` -- each user's gradient of its own loss,
     with no autograd graph (a first-order inner step). ``out``: tensors to write the gradients
-    into (e.g. views of one flat buffer), shaped like ``params``.
+    into (e.g. views of one flat buffer), shaped like ``params``. ``eval_mask`` (``bool [B, N]``,
+    disjoint from ``mask``): rows that only get evaluated -- e.g. a query set passed in the same
+    ``x`` as the support set, so that one forward pass serves both; their masked MSE ``[B]`` is
+    returned third and they take no part in the loss or the gradient.
     """
     with torch.no_grad():
         pred, pre = per_user_relu_mlp(params, x)
         pred = pred.squeeze(-1)
         m = mask.to(pred.dtype)
         count = m.sum(-1).clamp_min(1.0)
-        err = (pred - y) * m
-        loss = (err * (pred - y)).sum(-1) / count
+        diff = pred - y
+        err = diff * m
+        loss = (err * diff).sum(-1) / count
         d = (2.0 * err / count.unsqueeze(-1)).unsqueeze(-1)  # dL/dpred, [B, N, 1]
         n_layers = len(params) // 2
         grads: list[Tensor] = [None] * len(params)  # type: ignore[list-item]
@@ -455,4 +460,7 @@ def per_user_relu_mlp_mse_grads(
             grads[2 * layer + 1] = torch.sum(d, 1, out=gb) if gb is not None else d.sum(1)
             if layer > 0:
                 d = torch.bmm(d, params[2 * layer]) * (pre[layer - 1] > 0)
-    return loss, grads
+        if eval_mask is None:
+            return loss, grads
+        em = eval_mask.to(pred.dtype)
+        return loss, grads, (diff * diff * em).sum(-1) / em.sum(-1).clamp_min(1.0)

@@ -18,6 +18,16 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("METAREC_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def native_kernel_cache(tmp_path_factory):
+    """Compile :mod:`metarec.native`'s kernels once per test session into a temporary directory
+    (not the user's cache), unless ``METAREC_NATIVE_CACHE`` is set already (to reuse a build)."""
+    with pytest.MonkeyPatch.context() as mp:
+        if not os.environ.get("METAREC_NATIVE_CACHE"):
+            mp.setenv("METAREC_NATIVE_CACHE", str(tmp_path_factory.mktemp("native-cache")))
+        yield Path(os.environ["METAREC_NATIVE_CACHE"])
+
+
 @pytest.fixture(scope="session")
 def synthetic_data():
     from metarec.data.synthetic import make_synthetic

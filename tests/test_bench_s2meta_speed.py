@@ -41,6 +41,14 @@ def test_s2meta_speed_script_times_both_backends_on_the_same_batches(tmp_path):
     assert ev["test_users"] == 16 and ev["reference_users"] == 8 and ev["eval_stop_rule"] == "sample"
     assert sum(ev["inner_steps"]["eval"]["histogram"]) == 16
     assert r["matmul_floor"]["inner_step_s"] > 0 and r["peak_rss_mb"] > 0
+    nk = r["native_kernels"]
+    assert nk["used"] == nk["built"]  # CPU, float32, lstm_hidden 8: the native kernel runs wherever it builds
+    assert r["controller_step_s"]["pytorch_kernels"] > 0
+    if nk["used"]:
+        assert len(r["batch_s"]["fused_pytorch_kernels"]) == 4 and r["controller_step_s"]["native"] > 0
+        assert r["ratio_pytorch_kernels_over_native"] == pytest.approx(
+            sum(r["batch_s"]["fused_pytorch_kernels"]) / fused_same)
+        assert r["batch_loss_difference_pytorch_kernels_vs_native"] < 1e-4
     env = r["environment"]
     assert env["torch_threads"] == 1 and "load_average_before_after" in env
 
