@@ -29,8 +29,6 @@ from metarec.bench.runner import run_bench
 # Ray reads this when it is first imported, so it is set before the import.
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 ray = pytest.importorskip("ray", reason="the Ray tests need Ray: pip install 'metarec[ray]'")
-from ray.cluster_utils import Cluster  # noqa: E402
-
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[1]
@@ -63,15 +61,9 @@ def comparable(results: dict) -> dict:
 
 
 @pytest.fixture(scope="module")
-def cluster():
-    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
-    workers = [c.add_node(num_cpus=1) for _ in range(2)]
-    ray.init(address=c.address, log_to_driver=False)
-    c.wait_for_nodes()
-    assert c.address.startswith("127.0.0.1:"), c.address
-    yield c, workers
-    ray.shutdown()
-    c.shutdown()
+def cluster(ray_cluster):
+    """The session's loopback cluster (tests/conftest.py): head + two one-CPU worker nodes."""
+    return ray_cluster
 
 
 @pytest.fixture(scope="module")

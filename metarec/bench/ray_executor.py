@@ -28,13 +28,11 @@ from __future__ import annotations
 
 import os
 import time
-from pathlib import Path
 from typing import Any, Iterator
 
 from metarec.bench.executor import RunExecutor, RunOutcome
 from metarec.bench.progress import Sink
-from metarec.bench.results import RunDir, write_json, write_text
-from metarec.bench.run import RunSpec, failure_record
+from metarec.bench.results import RunDir
 from metarec.errors import UserError
 
 #: What `metarec bench --executor ray` says when Ray is not installed.
@@ -93,28 +91,19 @@ def connect(address: str | None, *, num_cpus: int | None = None, num_gpus: float
     return True
 
 
-def _run_task(spec: RunSpec, split: Any) -> dict[str, Any]:
-    """Body of one Ray task: execute the run, hand its final files back to the driver."""
-    import torch
-
-    from metarec.bench.config import BenchConfig
-    from metarec.bench.run import execute_run, prime_split_cache
-
-    torch.set_num_threads(spec.threads)
-    if split is not None:
-        prime_split_cache(BenchConfig.from_dict(spec.config), spec.seed, split)
-    root = Path(spec.out_dir)
-    files: list[tuple[str, str]] = []
-
-    def collect(path: Path, text: str) -> None:
-        files.append((str(Path(path).relative_to(root)), text))
-
-    result = execute_run(spec, write=collect)
-    return {"result": result, "files": files}
+def _run_task(job: Any, split: Any) -> dict[str, Any]:
+    """Body of one Ray task: the job runs where Ray placed it (:meth:`Job.run_remote`)."""
+    return job.run_remote(split)
 
 
 class RayExecutor(RunExecutor):
-    """Every submitted run as a Ray task; the driver writes what the tasks return."""
+    """Every submitted job as a Ray task; the driver writes (or records) what the tasks return.
+
+    A job may share a split through the object store (``split_source()``: built once in the
+    driver per split, put once) and says whether Ray may re-run it in place when its worker or
+    node died (``ray_retry``, default True: a benchmark run; a tune's trial is re-queued in the
+    study by the driver instead, as a new trial).
+    """
 
     def __init__(
         self,
@@ -133,81 +122,77 @@ class RayExecutor(RunExecutor):
         self.retries = int(retries)
         self.jobs = max(1, int(jobs))
         self.address = address
-        self._pending: list[RunSpec] = []
-        self._running: dict[Any, RunSpec] = {}
-        self._splits: dict[int, Any] = {}
+        self._pending: list[Any] = []
+        self._running: dict[Any, Any] = {}
+        self._splits: dict[tuple, Any] = {}
         self._started = False
         self.nodes_used: set[str] = set()
 
     # ---------------------------------------------------------------- setup
-    def _ensure_connected(self, first: RunSpec) -> None:
-        if self.ray.is_initialized():  # already connected (a notebook, a test's cluster)
+    def ensure_connected(self, threads: int = 1) -> None:
+        """Connect (or start the local instance) now; a driver may call it early to overlap the start."""
+        if self.ray.is_initialized():  # already connected (a notebook, a test's cluster, an earlier call)
             return
-        cpus = self.cpus_per_run if self.cpus_per_run is not None else first.threads
+        cpus = self.cpus_per_run if self.cpus_per_run is not None else threads
         n_cpus = max(1, int(round(self.jobs * cpus)))
         n_gpus = self.jobs * self.gpus_per_run if self.gpus_per_run else None
         self._started = connect(self.address, num_cpus=n_cpus, num_gpus=n_gpus)
 
-    def _split_ref(self, spec: RunSpec) -> Any:
-        """The object-store reference of the spec's split, built (once per seed) in the driver."""
-        from metarec.bench.config import BenchConfig
-        from metarec.bench.run import load_bench_split
+    def _split_ref(self, job: Any) -> Any:
+        """The object-store reference of the job's split, built (once per split) in the driver."""
+        source = getattr(job, "split_source", None)
+        if source is None:
+            return None
+        from metarec.bench.run import load_bench_split, split_key
 
-        key = spec.seed  # one benchmark: every spec carries the same data and protocol settings
+        cfg, seed = source()
+        key = split_key(cfg, seed)
         if key not in self._splits:
-            split = load_bench_split(BenchConfig.from_dict(spec.config), spec.seed)
-            self._splits[key] = self.ray.put(split)
+            self._splits[key] = self.ray.put(load_bench_split(cfg, seed))
         return self._splits[key]
 
     # ---------------------------------------------------------------- interface
-    def submit(self, spec: RunSpec) -> None:
+    def submit(self, spec: Any) -> None:
         self._pending.append(spec)
 
-    def _launch(self, spec: RunSpec) -> None:
+    def _launch(self, job: Any) -> None:
         if not hasattr(self, "_task"):
             self._task = self.ray.remote(_run_task)
-        cpus = self.cpus_per_run if self.cpus_per_run is not None else float(spec.threads)
+        cpus = self.cpus_per_run if self.cpus_per_run is not None else float(job.threads)
         ref = self._task.options(
-            num_cpus=cpus, num_gpus=self.gpus_per_run, max_retries=self.retries, retry_exceptions=False,
-            name=f"metarec:{spec.key}",
-        ).remote(spec, self._split_ref(spec))
-        self._running[ref] = spec
-        self.sink(("phase", spec.key, "queued on ray"))
+            num_cpus=cpus, num_gpus=self.gpus_per_run, max_retries=self.retries if getattr(job, "ray_retry", True) else 0,
+            retry_exceptions=False, name=f"metarec:{job.key}",
+        ).remote(job, self._split_ref(job))
+        self._running[ref] = job
+        self.sink(("phase", job.key, "queued on ray"))
 
     def outcomes(self) -> Iterator[RunOutcome]:
-        if not self._pending:
-            return
-        self._ensure_connected(self._pending[0])
-        for spec in self._pending:
-            self._launch(spec)
-        self._pending.clear()
-        while self._running:
+        while self._pending or self._running:
+            if self._pending:
+                self.ensure_connected(self._pending[0].threads)
+                for job in self._pending:
+                    self._launch(job)
+                self._pending.clear()
             ready, _ = self.ray.wait(list(self._running), num_returns=1, timeout=0.5)
             for ref in ready:
-                spec = self._running.pop(ref)
-                yield self._collect(ref, spec)
+                job = self._running.pop(ref)
+                yield self._collect(ref, job)
 
-    def _collect(self, ref: Any, spec: RunSpec) -> RunOutcome:
-        rd = RunDir(spec.out_dir)
+    def _collect(self, ref: Any, job: Any) -> RunOutcome:
         try:
             payload = self.ray.get(ref)
-        except self.ray.exceptions.RayError as exc:  # the worker or its node died, retries used up
+        except self.ray.exceptions.RayError as exc:  # the worker or its node died (retries used up)
             kind = type(exc).__name__
             first = next((ln for ln in str(exc).splitlines() if ln.strip()), kind)
-            error = f"WorkerDied: the Ray task failed after {self.retries} retr{'y' if self.retries == 1 else 'ies'} ({kind}: {first})"
-            failure = {"kind": "ray", "type": kind, "retries": self.retries}
-            write_json(rd.run_json(spec.method, spec.seed), failure_record(spec, error, failure))
-            self.sink(("done", spec.key, "failed", f"[red]{error}[/]"))
-            return RunOutcome(spec, "failed", error, failure)
-        # predictions first, the run record last: a record means a complete run
-        for rel, text in payload["files"]:
-            write_text(Path(spec.out_dir) / rel, text)
-        result = payload["result"]
-        node = _node_of(rd, spec)
+            retries = self.retries if getattr(job, "ray_retry", True) else 0
+            error = f"WorkerDied: the Ray task failed after {retries} retr{'y' if retries == 1 else 'ies'} ({kind}: {first})"
+            return self.job_died(job, error, {"kind": "ray", "type": kind, "retries": retries})
+        result = job.collect(payload)
+        node = result.get("ray_node_id") or (_node_of(job) if hasattr(job, "seed") else None)
         if node:
             self.nodes_used.add(node)
-        self.sink(("done", spec.key, result["status"], result.get("summary", "")))
-        return RunOutcome(spec, result["status"], result.get("error"))
+        self.sink(("done", job.key, result["status"], result.get("summary", "")))
+        return RunOutcome(job, result["status"], result.get("error"), result.get("failure"), result)
 
     def close(self) -> None:
         for ref in list(self._running):
@@ -222,11 +207,11 @@ class RayExecutor(RunExecutor):
         self._started = False
 
 
-def _node_of(rd: RunDir, spec: RunSpec) -> str | None:
+def _node_of(spec: Any) -> str | None:
     from metarec.bench.results import read_json
 
     try:
-        return read_json(rd.run_json(spec.method, spec.seed)).get("node", {}).get("ray_node_id")
+        return read_json(RunDir(spec.out_dir).run_json(spec.method, spec.seed)).get("node", {}).get("ray_node_id")
     except (OSError, ValueError):
         return None
 
