@@ -54,21 +54,12 @@ def ray_cluster(tmp_path_factory):
     # what every node's workers get (their raylets start with this environment): the test
     # learners of tests/tuneplugins.py importable, as a plugin installed on every node would be,
     # and a folder where a test learner leaves its marks
-    saved = {k: os.environ.get(k) for k in ("PYTHONPATH", "METAREC_TEST_MARKERS")}
+    # (kept for the session: a test that replaces a node starts the new one with it too)
     tests_dir = str(Path(__file__).resolve().parent)
-    os.environ["PYTHONPATH"] = os.pathsep.join([tests_dir, *filter(None, [saved["PYTHONPATH"]])])
+    os.environ["PYTHONPATH"] = os.pathsep.join([tests_dir, *filter(None, [os.environ.get("PYTHONPATH")])])
     os.environ["METAREC_TEST_MARKERS"] = str(tmp_path_factory.mktemp("ray-markers"))
-    try:
-        c = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
-        workers = [c.add_node(num_cpus=1) for _ in range(2)]
-    finally:
-        for k, v in saved.items():
-            if k == "METAREC_TEST_MARKERS":
-                continue  # the driver's side of a test needs it too
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
+    workers = [c.add_node(num_cpus=1) for _ in range(2)]
     ray.init(address=c.address, log_to_driver=False)
     c.wait_for_nodes()
     assert c.address.startswith("127.0.0.1:"), c.address

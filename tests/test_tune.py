@@ -274,3 +274,24 @@ def test_cli_errors_are_one_line(args, match, tmp_path):
     import re
 
     assert re.search(match, r.output), r.output
+
+
+def test_a_trial_whose_local_worker_dies_is_interrupted_and_runs_again(tmp_path, monkeypatch):
+    """``--jobs 2``: trials in local worker processes; one kills its process (``os._exit``)."""
+    import tuneplugins  # tests/: importable by the forked workers too
+
+    monkeypatch.setenv("METAREC_TEST_MARKERS", str(tmp_path))
+    register_learner("test-ray-kills-once")(tuneplugins.KillsItsWorkerOnce)
+    try:
+        cfg = _cfg(("test-ray-kills-once",), trials=4)
+        cfg.bench.jobs = 2
+        (row,) = run_tune(cfg, out=tmp_path / "t", console=_quiet())
+    finally:
+        unregister_learner("test-ray-kills-once")
+    assert (tmp_path / "killed-once").exists()
+    trials = _trials(tmp_path / "t", "test-ray-kills-once")
+    (lost,) = [t for t in trials if t["interrupted"]]
+    assert lost["state"] == "FAIL" and "WorkerDied" in lost["error"] and "exited with code 9" in lost["error"]
+    (retry,) = [t for t in trials if t["retry_of"] == lost["number"]]
+    assert retry["params"] == lost["params"] and retry["state"] == "COMPLETE"
+    assert row["trials"] == 4 and row["interrupted"] == 1 and len(trials) == 5

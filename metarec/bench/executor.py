@@ -308,7 +308,7 @@ def make_executor(kind: str, sink: Sink, jobs: int, preload: tuple[str, ...] = (
     if kind == "ray":
         from metarec.bench.ray_executor import RayExecutor
 
-        return RayExecutor(sink, jobs=jobs, **ray_options)
+        return RayExecutor(sink, jobs=jobs, preload=preload, **ray_options)
     raise ValueError(f"unknown executor {kind!r}; use 'process' (alias 'local'), 'inline' or 'ray'")
 
 

@@ -68,13 +68,21 @@ def import_ray(*, local: bool = False) -> Any:
     return ray
 
 
+def is_local(address: str | None) -> bool:
+    """A local instance (no address) or a cluster on this machine (a loopback ``HOST:PORT``)."""
+    if address is None:
+        return True
+    host = address.rsplit(":", 1)[0].strip("[]")
+    return host in ("127.0.0.1", "localhost", "::1")
+
+
 def connect(address: str | None, *, num_cpus: int | None = None, num_gpus: float | None = None) -> bool:
     """Connect to the cluster at ``address`` (``auto``, ``HOST:PORT``), or start a local instance.
 
     Returns True when this call started Ray (and so must shut it down). A local instance binds
     to the loopback interface only and gets ``num_cpus`` CPUs (the benchmark's parallelism).
     """
-    ray = import_ray(local=address is None)
+    ray = import_ray(local=is_local(address))
     if ray.is_initialized():
         return False
     kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": True, "configure_logging": False}
@@ -96,6 +104,20 @@ def _run_task(job: Any, split: Any) -> dict[str, Any]:
     return job.run_remote(split)
 
 
+def _warm_task(modules: tuple[str, ...]) -> float:
+    """Body of a warm-up task: import what every job imports (torch, metarec's run module) in a
+    fresh worker process, so that the first real task on it starts at once. Returns seconds."""
+    import importlib
+
+    t0 = time.perf_counter()
+    for name in ("torch", "metarec.bench.run", *modules):
+        try:
+            importlib.import_module(name)
+        except ImportError:  # an optional module this node lacks: the job that needs it will say so
+            pass
+    return time.perf_counter() - t0
+
+
 class RayExecutor(RunExecutor):
     """Every submitted job as a Ray task; the driver writes (or records) what the tasks return.
 
@@ -114,9 +136,12 @@ class RayExecutor(RunExecutor):
         cpus_per_run: float | None = None,
         gpus_per_run: float = 0.0,
         retries: int = 2,
+        preload: tuple[str, ...] = (),
     ) -> None:
         super().__init__(sink)
-        self.ray = import_ray(local=address is None)
+        self.ray = import_ray(local=is_local(address))
+        self.preload = tuple(preload)
+        self._warming: list[Any] = []
         self.cpus_per_run = float(cpus_per_run) if cpus_per_run is not None else None
         self.gpus_per_run = float(gpus_per_run)
         self.retries = int(retries)
@@ -129,14 +154,20 @@ class RayExecutor(RunExecutor):
         self.nodes_used: set[str] = set()
 
     # ---------------------------------------------------------------- setup
-    def ensure_connected(self, threads: int = 1) -> None:
-        """Connect (or start the local instance) now; a driver may call it early to overlap the start."""
-        if self.ray.is_initialized():  # already connected (a notebook, a test's cluster, an earlier call)
-            return
-        cpus = self.cpus_per_run if self.cpus_per_run is not None else threads
-        n_cpus = max(1, int(round(self.jobs * cpus)))
-        n_gpus = self.jobs * self.gpus_per_run if self.gpus_per_run else None
-        self._started = connect(self.address, num_cpus=n_cpus, num_gpus=n_gpus)
+    def ensure_connected(self, threads: int = 1, *, warm: bool = False) -> None:
+        """Connect (or start the local instance) now; a driver may call it early, from its main
+        thread, to overlap Ray's start with its own work. ``warm``: also start ``jobs`` warm-up
+        tasks (not waited for), so the workers' imports overlap with that work too."""
+        if not self.ray.is_initialized():  # else already connected (a notebook, a test's cluster, an earlier call)
+            cpus = self.cpus_per_run if self.cpus_per_run is not None else threads
+            n_cpus = max(1, int(round(self.jobs * cpus)))
+            n_gpus = self.jobs * self.gpus_per_run if self.gpus_per_run else None
+            self._started = connect(self.address, num_cpus=n_cpus, num_gpus=n_gpus)
+        if warm and not self._warming:
+            cpus = self.cpus_per_run if self.cpus_per_run is not None else float(threads)
+            task = self.ray.remote(_warm_task)
+            self._warming = [task.options(num_cpus=cpus, num_gpus=self.gpus_per_run, name="metarec:warm-up").remote(
+                self.preload) for _ in range(self.jobs)]
 
     def _split_ref(self, job: Any) -> Any:
         """The object-store reference of the job's split, built (once per split) in the driver."""
@@ -181,6 +212,11 @@ class RayExecutor(RunExecutor):
     def _collect(self, ref: Any, job: Any) -> RunOutcome:
         try:
             payload = self.ray.get(ref)
+        except self.ray.exceptions.RayTaskError as exc:  # the job's own code raised (a harness error)
+            cause = exc.cause if getattr(exc, "cause", None) is not None else exc
+            first = next((ln for ln in reversed(str(cause).splitlines()) if ln.strip()), type(cause).__name__)
+            error = f"{type(cause).__name__}: {first}" if not first.startswith(type(cause).__name__) else first
+            return self.job_died(job, error, {"kind": "exception", "type": type(cause).__name__})
         except self.ray.exceptions.RayError as exc:  # the worker or its node died (retries used up)
             kind = type(exc).__name__
             first = next((ln for ln in str(exc).splitlines() if ln.strip()), kind)
@@ -202,6 +238,7 @@ class RayExecutor(RunExecutor):
                 pass
         self._running.clear()
         self._splits.clear()
+        self._warming.clear()
         if self._started and self.ray.is_initialized():
             self.ray.shutdown()
         self._started = False
@@ -226,4 +263,4 @@ def wait_for_cluster(ray: Any, nodes: int, timeout_s: float = 60.0) -> None:
     raise RayUnavailableError(f"the Ray cluster did not reach {nodes} nodes within {timeout_s:.0f} s")
 
 
-__all__ = ["INSTALL_HINT", "RayExecutor", "RayUnavailableError", "connect", "import_ray"]
+__all__ = ["INSTALL_HINT", "RayExecutor", "RayUnavailableError", "connect", "import_ray", "is_local"]

@@ -159,9 +159,9 @@ def run_tune(cfg: TuneConfig, *, out: str | Path, resume: bool = False, console:
         first = {m: e.split("\n", 1)[0] for m, e in broken.items()}
         raise TuneError("cannot tune a learner that fails to import: " + "; ".join(f"{m}: {e}" for m, e in first.items()))
     if cfg.bench.executor == "ray":  # not installed: one line now, before the output folder is claimed
-        from metarec.bench.ray_executor import import_ray
+        from metarec.bench.ray_executor import import_ray, is_local
 
-        import_ray(local=cfg.bench.ray_address is None)
+        import_ray(local=is_local(cfg.bench.ray_address))
         try:
             import grpc  # noqa: F401  (Optuna's storage proxy)
         except ImportError:
@@ -243,8 +243,9 @@ def _proxy_host(cfg: TuneConfig, ray: Any) -> str:
     machine, else the driver's address in the cluster (what every node reaches it by)."""
     if cfg.storage_host:
         return cfg.storage_host
-    address = cfg.bench.ray_address
-    if address is None or address.split(":")[0] in ("127.0.0.1", "localhost"):
+    from metarec.bench.ray_executor import is_local
+
+    if is_local(cfg.bench.ray_address):
         return "127.0.0.1"
     node = ray._private.worker.global_worker.node_ip_address  # the driver's node, as the cluster knows it
     return "127.0.0.1" if node in (None, "", "localhost") else node
@@ -318,7 +319,7 @@ def _run_trials(cfg: TuneConfig, out: Path, todo: Sequence[str], budgets: Mappin
     with make_executor(kind, progress.handle, jobs, preload=("optuna", "metarec.tuning.trial"), **ray_options) as executor:
         try:
             if kind == "ray":
-                executor.ensure_connected(threads)
+                executor.ensure_connected(threads, warm=True)
                 proxy = StorageProxy(out, _proxy_host(cfg, executor.ray), cfg.storage_port)
                 console.print(f"trials reach the study through Optuna's storage proxy on {proxy.address}")
 

@@ -45,10 +45,15 @@ def study_storage(out: str | Path, proxy: str | None = None) -> Any:
 
             _STORAGES[key] = open_storage(out)
         else:
+            import warnings
+
+            from optuna.exceptions import ExperimentalWarning
             from optuna.storages import GrpcStorageProxy
 
             host, _, port = proxy.rpartition(":")
-            storage = GrpcStorageProxy(host=host, port=int(port))
+            with warnings.catch_warnings():  # once per worker process, in every task's log otherwise
+                warnings.simplefilter("ignore", ExperimentalWarning)
+                storage = GrpcStorageProxy(host=host, port=int(port))
             storage.wait_server_ready(timeout=60)
             _STORAGES[key] = storage
     return _STORAGES[key]
@@ -174,7 +179,9 @@ class TrialJob:
         frozen = storage.get_trial(self.trial_id)
         if frozen.state.is_finished():  # it told the study before its worker went
             return _result(self, frozen.state.name, frozen.value, frozen.user_attrs.get("error"), {}, 0.0)
-        again = self.attempt < self.retries
+        # a dead process runs its settings again; a job that raised outside its trial (a harness
+        # error, e.g. the storage proxy unreachable) is a plain failure
+        again = failure.get("kind") != "exception" and self.attempt < self.retries
         message = f"{error} (attempt {self.attempt + 1} of {self.retries + 1})"
         storage.set_trial_user_attr(self.trial_id, "error", message)
         storage.set_trial_user_attr(self.trial_id, "failure", failure)
@@ -212,11 +219,6 @@ def run_trial(job: TrialJob, storage: Any, sink: Sink | None = None) -> dict[str
     sink = sink or (lambda event: None)
     torch.set_num_threads(job.threads)
     cfg = TuneConfig.from_dict(job.config)
-    cls = learner_class(job)
-    space = effective_space(cls, cfg, job.method)
-    device = resolve_device(cfg.bench.device)
-    sink(("phase", job.method, "loading data"))
-    split = load_tuning_split(cfg)  # cached per process; a Ray task's comes from the object store
     # the settings were drawn by the driver's sampler: this sampler is never asked for a value
     study = optuna.load_study(study_name=job.method, storage=storage, sampler=optuna.samplers.RandomSampler(seed=0),
                               pruner=make_pruner(cfg))
@@ -226,6 +228,12 @@ def run_trial(job: TrialJob, storage: Any, sink: Sink | None = None) -> dict[str
     timings: dict[str, float] = {}
     value: float | None = None
     try:
+        # inside the trial: a node that cannot import the learner, or load the data, fails this trial only
+        cls = learner_class(job)
+        space = effective_space(cls, cfg, job.method)
+        device = resolve_device(cfg.bench.device)
+        sink(("phase", job.method, "loading data"))
+        split = load_tuning_split(cfg)  # cached per process; a Ray task's comes from the object store
         value = _run_trial(trial, cls, job.method, cfg, space, split, device, timings)
         state, error = TrialState.COMPLETE, None
     except optuna.TrialPruned as exc:
