@@ -56,6 +56,8 @@ def import_ray(*, local: bool = False) -> Any:
     """
     if local:
         os.environ.setdefault(_LOCAL_ONLY_ENV, "0")
+        # an instance on this machine reports nothing to Ray's usage-statistics server
+        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     try:
         import ray
     except ImportError:
