@@ -264,6 +264,10 @@ def test_cli_tune_then_bench_tuned_records_the_source_and_never_tests_pool_users
         (["-m", "global-mean", "--set", "global-mean.clip_predictions=true"], "nothing to tune"),
         (["-m", "no-such-method"], "unknown learner 'no-such-method'"),
         (["--resume", "--out", "nowhere"], "holds no tune.json"),
+        # the executor options are bench's, validated by the same bench config
+        (["-m", "baseline-predictor", "--ray-address", "auto"], "ray_address only applies with executor"),
+        (["-m", "baseline-predictor", "--executor", "ray", "--gpus-per-run", "-1"], "-1"),
+        (["-m", "baseline-predictor", "--storage-port", "70000"], "70000"),
     ],
 )
 def test_cli_errors_are_one_line(args, match, tmp_path):

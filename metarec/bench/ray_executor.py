@@ -1,8 +1,9 @@
-"""Runs as Ray tasks: the same benchmark on a Ray cluster (or a local Ray instance).
+"""Jobs as Ray tasks: the same benchmark (or tune) on a Ray cluster (or a local Ray instance).
 
-:class:`RayExecutor` implements :class:`~metarec.bench.executor.RunExecutor`, so the driver
-(:func:`metarec.bench.runner.run_bench`) plans, resumes and aggregates exactly as with the local
-process pool; only where a run executes changes:
+:class:`RayExecutor` implements :class:`~metarec.bench.executor.RunExecutor`, so a driver
+(:func:`metarec.bench.runner.run_bench`, :func:`metarec.tuning.run.run_tune`) plans, resumes and
+aggregates exactly as with the local process pool; only where a job executes changes. For a
+benchmark's runs:
 
 * each (method, seed) run is one Ray task declaring its resources (``cpus_per_run``,
   ``gpus_per_run`` -- fractional GPUs let several small runs share a device);
@@ -20,6 +21,14 @@ process pool; only where a run executes changes:
 Training checkpoints are written by the task where it executes (``<out>/checkpoints``): on one
 machine, or a cluster with a shared filesystem, a retried or resumed run continues from its
 last epoch; without a shared filesystem it restarts from scratch.
+
+A tune's trials (:class:`metarec.tuning.trial.TrialJob`) use the same shared split and reach
+their study through the driver's Optuna storage proxy; a dead one is re-queued in the study by
+the driver (``ray_retry = False``) rather than retried in place by Ray.
+
+Start-up: a local instance is started from the driver's main thread (Ray's processes die with
+the thread that started them) while the first split loads in another thread, and ``jobs``
+warm-up tasks import torch and metarec in the workers meanwhile (:meth:`RayExecutor.ensure_connected`).
 
 Ray is an optional dependency: ``pip install 'metarec[ray]'``.
 """

@@ -247,8 +247,14 @@ def _proxy_host(cfg: TuneConfig, ray: Any) -> str:
 
     if is_local(cfg.bench.ray_address):
         return "127.0.0.1"
-    node = ray._private.worker.global_worker.node_ip_address  # the driver's node, as the cluster knows it
-    return "127.0.0.1" if node in (None, "", "localhost") else node
+    try:
+        node = ray._private.worker.global_worker.node_ip_address  # the driver's node, as the cluster knows it
+    except Exception:  # pragma: no cover - a Ray version without it
+        node = None
+    if not node:
+        raise TuneError("cannot tell the driver's address in the Ray cluster: pass --storage-host HOST, "
+                        "an address of this machine that every node reaches")
+    return "127.0.0.1" if node == "localhost" else node
 
 
 def learner_targets(cfg: TuneConfig) -> dict[str, str | None]:
