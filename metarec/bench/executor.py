@@ -57,9 +57,13 @@ class Job(Protocol):
     key: str
     threads: int
 
-    def run(self, sink: Sink | None = None) -> dict[str, Any]: ...
+    def run(self, sink: Sink | None = None) -> dict[str, Any]:
+        """Execute the job where it was sent; report progress to ``sink``; never raise for its own failure."""
+        ...
 
-    def died(self, error: str, failure: dict[str, Any]) -> dict[str, Any]: ...
+    def died(self, error: str, failure: dict[str, Any]) -> dict[str, Any]:
+        """In the driver: the job's process or node died (``error``, ``failure``); record that."""
+        ...
 
 
 @dataclass

@@ -98,7 +98,10 @@ def connect(address: str | None, *, num_cpus: int | None = None, num_gpus: float
         return False
     kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": True, "configure_logging": False}
     if address is None:
-        kwargs.update(num_cpus=num_cpus, num_gpus=num_gpus)
+        # Ray starts its workers at niceness 15 by default (to keep its own services responsive);
+        # here the workers *are* the benchmark, and the local pool's workers run at the driver's
+        # priority: on a machine shared with other work, niceness 15 starves them
+        kwargs.update(num_cpus=num_cpus, num_gpus=num_gpus, _system_config={"worker_niceness": 0})
     else:
         kwargs["address"] = address
     try:
