@@ -5,11 +5,16 @@ worker nodes of one CPU each, as separate raylet processes; the benchmark's driv
 it exactly as it would to a remote cluster. The checks: local and Ray executors give
 bit-identical predictions and metrics; runs are spread over both worker nodes (each run record
 names its node); removing a worker node mid-benchmark loses no finished run and the rest
-completes; a driver killed mid-benchmark leaves a folder that ``--resume`` completes.
+completes; a worker process killed with SIGKILL is retried, and recorded as failed with its cause
+once the retries are used up, while a method that raises is isolated as locally; Ctrl-C in the
+driver cancels the tasks still running and leaves a folder that ``--resume`` completes; a driver
+killed mid-benchmark leaves a folder that ``--resume`` completes.
 """
 
 from __future__ import annotations
 
+import _thread
+import contextlib
 import json
 import os
 import signal
@@ -24,6 +29,7 @@ from rich.console import Console
 
 from metarec.bench.config import resolve_config
 from metarec.bench.runner import run_bench
+from metarec.registry import register_learner, unregister_learner
 
 # A single-machine cluster: every Ray service on 127.0.0.1, never the host's outward address.
 # Ray reads this when it is first imported, so it is set before the import.
@@ -119,6 +125,85 @@ def test_node_removed_mid_benchmark_loses_nothing(cluster, local_run, tmp_path):
     finally:
         workers[-1] = c.add_node(num_cpus=1)  # the next test gets two worker nodes again
         c.wait_for_nodes()
+
+
+@contextlib.contextmanager
+def registered(*classes):
+    """Register test learners of tests/tuneplugins.py (importable on every node) for one test."""
+    for cls in classes:
+        register_learner(cls.name)(cls)
+    try:
+        yield
+    finally:
+        for cls in classes:
+            unregister_learner(cls.name)
+
+
+def test_dead_workers_are_retried_then_failed_and_a_raising_method_is_isolated(cluster, local_run, tmp_path):
+    import tuneplugins as tp
+
+    local_out, _ = local_run
+    out = tmp_path / "ray-faults"
+    methods = ["global-mean", tp.Raises.name, tp.SigkillsOnce.name, tp.SigkillsAlways.name]
+    with registered(tp.Raises, tp.SigkillsOnce, tp.SigkillsAlways):
+        results = run_bench(config(executor="ray", methods=methods, seeds=[0], retries=1), out=out, console=quiet())
+    runs = {r["method"]: r for r in results["runs"]}
+    # the healthy method is untouched by its neighbours
+    assert runs["global-mean"]["status"] == "ok"
+    assert runs["global-mean"]["metrics"] == run_files(local_out)["global-mean__seed0.json"]["metrics"]
+    # a method that raises: a failed run with its traceback, inside the task, as locally
+    raised = run_files(out)[f"{tp.Raises.name}__seed0.json"]
+    assert raised["status"] == "failed" and raised["failure"]["kind"] == "exception"
+    assert "this method always fails" in raised["error"] and "RuntimeError" in raised["traceback"]
+    # kill -9 of the worker on the first attempt: Ray retried it, and the retry trained normally
+    once = runs[tp.SigkillsOnce.name]
+    assert (Path(os.environ["METAREC_TEST_MARKERS"]) / "bench-sigkilled-once").exists()
+    assert once["status"] == "ok" and once["metrics"] == runs["global-mean"]["metrics"]
+    # kill -9 on every attempt: failed with its cause once the one retry is used up
+    always = run_files(out)[f"{tp.SigkillsAlways.name}__seed0.json"]
+    assert always["status"] == "failed"
+    assert always["failure"]["kind"] == "ray" and always["failure"]["retries"] == 1
+    assert always["error"].startswith("WorkerDied: the Ray task failed after 1 retry ("), always["error"]
+
+
+def test_ctrl_c_cancels_running_tasks_and_resume_completes(cluster, tmp_path):
+    import tuneplugins as tp
+
+    marks = Path(os.environ["METAREC_TEST_MARKERS"])
+    hold, holding = marks / "hold", marks / "holding"
+    hold.write_text("")
+    holding.unlink(missing_ok=True)
+    out = tmp_path / "ray-ctrl-c"
+    cfg = config(executor="ray", methods=["global-mean", tp.Holds.name], seeds=[0, 1])
+
+    def ctrl_c_while_a_run_holds_its_worker() -> None:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and not (holding.exists() and (out / "runs" / "global-mean__seed0.json").exists()):
+            time.sleep(0.05)
+        _thread.interrupt_main()  # what Ctrl-C does: KeyboardInterrupt in the driver's main thread
+
+    try:
+        with registered(tp.Holds):
+            interrupter = threading.Thread(target=ctrl_c_while_a_run_holds_its_worker, daemon=True)
+            interrupter.start()
+            with pytest.raises(KeyboardInterrupt):
+                run_bench(cfg, out=out, console=quiet())
+                interrupter.join(timeout=300)  # inside: the interrupt lands here if the bench was quicker
+            # the held run would never end on its own (its mark is still there): only a cancelled
+            # task gives the cluster its two CPUs back while this driver lives on
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline and ray.available_resources().get("CPU", 0) < 2:
+                time.sleep(0.2)
+            assert ray.available_resources().get("CPU", 0) == 2, ray.available_resources()
+            assert f"{tp.Holds.name}__seed0.json" not in run_files(out) and not (out / "results.json").exists()
+            hold.unlink()
+            results = run_bench(cfg, out=out, resume=True, console=quiet())
+    finally:
+        hold.unlink(missing_ok=True)
+    runs = {(r["method"], r["seed"]): r for r in results["runs"]}
+    assert len(runs) == 4 and all(r["status"] == "ok" for r in runs.values())
+    for seed in (0, 1):
+        assert runs[(tp.Holds.name, seed)]["metrics"] == runs[("global-mean", seed)]["metrics"]
 
 
 def test_resume_after_driver_killed(cluster, local_run, tmp_path):

@@ -279,6 +279,7 @@ def _run_trials(cfg: TuneConfig, out: Path, todo: Sequence[str], budgets: Mappin
     """Ask, dispatch and record trials until every method in ``todo`` has its budget (or timeout)."""
     from metarec.bench.executor import make_executor
     from metarec.bench.results import write_json
+    from metarec.bench.runner import ray_options
     from metarec.tuning.space import suggest
     from metarec.tuning.study import make_pruner, make_sampler
 
@@ -289,8 +290,6 @@ def _run_trials(cfg: TuneConfig, out: Path, todo: Sequence[str], budgets: Mappin
     storage = study_storage(out)  # one journal instance: the driver's asks and the proxy's calls share it
     studies = {m: optuna.load_study(study_name=m, storage=storage, sampler=make_sampler(cfg, m, 0),
                                     pruner=make_pruner(cfg)) for m in todo}
-    ray_options = {"address": cfg.bench.ray_address, "cpus_per_run": cfg.bench.cpus_per_run,
-                   "gpus_per_run": cfg.bench.gpus_per_run, "retries": cfg.bench.retries}
     closed: set[str] = set()
     started: dict[str, float] = {}
     free = list(range(jobs))
@@ -322,7 +321,8 @@ def _run_trials(cfg: TuneConfig, out: Path, todo: Sequence[str], budgets: Mappin
                             retries=cfg.bench.retries, ask_s=t1 - t0, suggest_s=t2 - t1, learner_target=targets[m])
         return None
 
-    with make_executor(kind, progress.handle, jobs, preload=("optuna", "metarec.tuning.trial"), **ray_options) as executor:
+    with make_executor(kind, progress.handle, jobs, preload=("optuna", "metarec.tuning.trial"),
+                       **ray_options(cfg.bench)) as executor:
         try:
             if kind == "ray":
                 executor.ensure_connected(threads, warm=True)
