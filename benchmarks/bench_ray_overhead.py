@@ -15,7 +15,7 @@ Executors compared:
   benchmark and stops it at the end, so its wall time includes Ray's start-up and shut-down;
 * ``ray-cluster`` (``--cluster``) -- ``--executor ray --ray-address 127.0.0.1:PORT`` against a
   Ray cluster started *before* the benchmark (``ray start --head --block --node-ip-address
-  127.0.0.1``, all its ports on loopback, its own temp folder), the setting of issue #18: the
+  127.0.0.1``, all its ports on loopback, its own temp folder and token), the setting of issue #18: the
   cluster exists, the benchmark uses it. The script stops that cluster afterwards (only the
   processes it started).
 
@@ -44,7 +44,7 @@ from pathlib import Path
 
 import torch
 
-from metarec.bench.timing import write_record
+from metarec.bench.timing import default_record_path, write_record
 
 METRIC_KEYS = ("cells", "seeds_ok")
 
@@ -57,9 +57,6 @@ def free_port() -> int:
 
 #: Ray reads this at import: every service of a cluster on this machine on 127.0.0.1.
 LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
-#: The pre-started cluster and its drivers use Ray's token authentication, with the token file
-#: Ray keeps at ~/.ray/auth_token (created by Ray if missing; never overwritten).
-CLUSTER_ENV = {**LOOPBACK_ENV, "RAY_AUTH_MODE": "token"}
 #: Ray starts workers at niceness 15 unless told otherwise; the local pool's run at 0 (as metarec's
 #: own local instance does): on a shared machine the comparison is otherwise one of priorities.
 NICENESS_ENV = {"RAY_worker_niceness": "0"}
@@ -67,10 +64,22 @@ NICENESS_ENV = {"RAY_worker_niceness": "0"}
 
 class LoopbackCluster:
     """``ray start --head --block`` on 127.0.0.1 with its own temp folder and free ports; stopped
-    by signalling that process and then ending, by id, the processes that name its temp folder."""
+    by signalling that process and then ending, by id, the processes that name its temp folder.
+
+    The cluster and its drivers use Ray's token authentication with a token of this cluster's
+    own, in its temp folder (``RAY_AUTH_TOKEN_PATH``; :attr:`env`): ``ray start`` with
+    ``RAY_AUTH_MODE=token`` refuses to start without a token, and the user's ``~/.ray`` stays
+    untouched."""
 
     def __init__(self, cpus: int) -> None:
+        import secrets
+
         self.temp = Path(tempfile.mkdtemp(prefix="rb", dir="/tmp"))  # short: Ray's socket paths
+        token = self.temp / "auth_token"
+        token.touch(mode=0o600)
+        token.write_text(secrets.token_hex(32))  # what `ray get-auth-token --generate` writes
+        #: What the cluster and every driver of it run with.
+        self.env = {**LOOPBACK_ENV, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)}
         self.port = free_port()
         ray_cli = Path(sys.executable).parent / "ray"
         cmd = [str(ray_cli), "start", "--head", "--block", "--node-ip-address", "127.0.0.1", "--port", str(self.port),
@@ -80,7 +89,7 @@ class LoopbackCluster:
                "--runtime-env-agent-port", str(free_port()), "--metrics-export-port", str(free_port())]
         t0 = time.perf_counter()
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                     env={**os.environ, **CLUSTER_ENV, **NICENESS_ENV, "OMP_NUM_THREADS": "1"})
+                                     env={**os.environ, **self.env, **NICENESS_ENV, "OMP_NUM_THREADS": "1"})
         self.log: list[str] = []
         for line in self.proc.stdout:  # "--block" prints this once every process is up
             self.log.append(line)
@@ -169,12 +178,13 @@ print("PHASES " + json.dumps(t))
 """
 
 
-def breakdown(args: argparse.Namespace, address: str | None) -> dict:
+def breakdown(args: argparse.Namespace, cluster: LoopbackCluster | None) -> dict:
     bench = {"dataset": args.dataset, "seeds": [0], "methods": args.methods.split(",")}
     if args.data_dir:
         bench["data_dir"] = args.data_dir
     t0 = time.perf_counter()
-    env = {**os.environ, **(CLUSTER_ENV if address else LOOPBACK_ENV), "OMP_NUM_THREADS": "1"}
+    address = cluster.address if cluster is not None else None
+    env = {**os.environ, **(cluster.env if cluster is not None else LOOPBACK_ENV), "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, "-c", PHASES, address or "", str(args.jobs), json.dumps(bench)],
                           capture_output=True, text=True, env=env)
     wall = time.perf_counter() - t0
@@ -186,17 +196,18 @@ def breakdown(args: argparse.Namespace, address: str | None) -> dict:
     return phases
 
 
-def one_bench(executor: str, args: argparse.Namespace, out: Path, address: str | None = None) -> tuple[float, dict]:
+def one_bench(executor: str, args: argparse.Namespace, out: Path,
+              cluster: LoopbackCluster | None = None) -> tuple[float, dict]:
     metarec = Path(sys.executable).parent / "metarec"
     cmd = [str(metarec), "bench", "--methods", args.methods, "--dataset", args.dataset, "--seeds", args.seeds,
            "--jobs", str(args.jobs), "--threads", "1", "--no-progress", "--out", str(out),
            "--executor", "ray" if executor.startswith("ray") else executor]
-    if address:
-        cmd += ["--ray-address", address]
+    if cluster is not None:
+        cmd += ["--ray-address", cluster.address]
     if args.data_dir:
         cmd += ["--data-dir", args.data_dir]
     t0 = time.perf_counter()
-    env = {**os.environ, **(CLUSTER_ENV if address else {}), "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, **(cluster.env if cluster is not None else {}), "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
@@ -204,8 +215,39 @@ def one_bench(executor: str, args: argparse.Namespace, out: Path, address: str |
     results = json.loads((out / "results.json").read_text())
     summary = {m: {k: e.get(k) for k in METRIC_KEYS} for m, e in results["methods"].items()}
     return wall, {"summary": summary, "results_wall_time_s": results["wall_time_s"],
+                  "data_checksum": (results.get("dataset") or {}).get("checksum"),
                   "runs": len(results["runs"]), "nodes": sorted({json.dumps(r.get("node", {}).get("ray_node_id"))
                                                                  for r in results["runs"]})}
+
+
+def build_record(args: argparse.Namespace, argv: list[str] | None, walls: dict[str, list[float]],
+                 details: dict[str, list[dict]], phases: dict[str, dict], cluster_info: dict) -> dict:
+    """The JSON record of what has been measured so far (written after every benchmark)."""
+    done = {k: v for k, v in walls.items() if v}
+    best = {k: min(v) for k, v in done.items()}
+    first = details["local"][0] if details["local"] else {}
+    same = bool(first) and all(d["summary"] == first["summary"] for k in details for d in details[k])
+    record = {
+        "what": "wall time of `metarec bench` through the local process pool vs Ray (a local instance metarec "
+                "starts and stops; a cluster started before the benchmark), same --jobs",
+        "command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
+        "dataset": args.dataset, "methods": args.methods, "seeds": args.seeds, "jobs": args.jobs,
+        "rounds": args.rounds, "complete": all(len(v) == args.rounds for v in walls.values()),
+        "runs_per_bench": first.get("runs"),
+        "data_checksum": first.get("data_checksum"),
+        "wall_s": walls, "best_wall_s": best,
+        "summaries_identical": same,
+        "bench_wall_time_s": {k: [d["results_wall_time_s"] for d in v] for k, v in details.items()},
+        "phases_s": phases,
+        "ray_worker_niceness": 0,  # metarec's local instance and the pre-started cluster (Ray's default: 15)
+        "cluster": cluster_info,
+    }
+    if "local" in best:
+        record["ratio_to_local"] = {k: best[k] / best["local"] for k in best if k != "local"}
+        record["overhead_percent"] = {k: 100.0 * (best[k] / best["local"] - 1.0) for k in best if k != "local"}
+        if "ray" in best:  # the figure of the first version of this script
+            record["ray_over_local"] = best["ray"] / best["local"]
+    return record
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -223,7 +265,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--breakdown", action="store_true", help="also time the phases of Ray's fixed cost")
     parser.add_argument("--out", help="JSON path [default: benchmarks/results/ray_overhead_<dataset>_<UTC>.json]")
     args = parser.parse_args(argv)
+    if args.no_instance and not args.cluster:
+        parser.error("--no-instance leaves only the local pool: add --cluster")
+    import ray
+
     load_before = os.getloadavg()
+    out = Path(args.out) if args.out else default_record_path(f"ray_overhead_{args.dataset}")
     work = Path(tempfile.mkdtemp(prefix="ray-overhead-"))
     kinds = ["local"] + ([] if args.no_instance else ["ray"]) + (["ray-cluster"] if args.cluster else [])
     walls: dict[str, list[float]] = {k: [] for k in kinds}
@@ -231,6 +278,12 @@ def main(argv: list[str] | None = None) -> int:
     phases: dict[str, dict] = {}
     cluster = None
     cluster_info: dict = {}
+
+    def save() -> Path:  # after every measurement: a run stopped midway keeps what it measured
+        return write_record(build_record(args, argv, walls, details, phases, cluster_info), out,
+                            device=torch.device("cpu"), load_before=load_before,
+                            extra_environment={"ray": ray.__version__})
+
     try:
         if args.cluster:
             cluster = LoopbackCluster(args.jobs)
@@ -241,42 +294,25 @@ def main(argv: list[str] | None = None) -> int:
                 phases["ray"] = breakdown(args, None)
                 print(f"breakdown, local instance: {json.dumps(phases['ray'])}", flush=True)
             if cluster is not None:
-                phases["ray-cluster"] = breakdown(args, cluster.address)
+                phases["ray-cluster"] = breakdown(args, cluster)
                 print(f"breakdown, pre-started cluster: {json.dumps(phases['ray-cluster'])}", flush=True)
         for r in range(args.rounds):
             for kind in (kinds if r % 2 == 0 else kinds[::-1]):
-                wall, info = one_bench(kind, args, work / f"{kind}-{r}", cluster.address if kind == "ray-cluster" else None)
+                wall, info = one_bench(kind, args, work / f"{kind}-{r}", cluster if kind == "ray-cluster" else None)
                 walls[kind].append(wall)
                 details[kind].append(info)
                 print(f"round {r} {kind}: {wall:.1f} s", flush=True)
+                save()
     finally:
         if cluster is not None:
             cluster_info["stop_s"] = cluster.stop()
         shutil.rmtree(work, ignore_errors=True)
-    same = all(d["summary"] == details["local"][0]["summary"] for k in details for d in details[k])
-    best = {k: min(v) for k, v in walls.items()}
-    record = {
-        "what": "wall time of `metarec bench` through the local process pool vs Ray (a local instance metarec "
-                "starts and stops; a cluster started before the benchmark), same --jobs",
-        "command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
-        "dataset": args.dataset, "methods": args.methods, "seeds": args.seeds, "jobs": args.jobs,
-        "runs_per_bench": details["local"][0]["runs"],
-        "wall_s": walls, "best_wall_s": best,
-        "ratio_to_local": {k: best[k] / best["local"] for k in best if k != "local"},
-        "overhead_percent": {k: 100.0 * (best[k] / best["local"] - 1.0) for k in best if k != "local"},
-        "summaries_identical": same,
-        "bench_wall_time_s": {k: [d["results_wall_time_s"] for d in v] for k, v in details.items()},
-        "phases_s": phases,
-        "ray_worker_niceness": 0,  # metarec's local instance and the pre-started cluster (Ray's default: 15)
-        "cluster": cluster_info,
-    }
-    if "ray" in best:  # the figure of the first version of this script
-        record["ray_over_local"] = best["ray"] / best["local"]
-    path = write_record(record, args.out, device=torch.device("cpu"), prefix=f"ray_overhead_{args.dataset}",
-                        load_before=load_before)
+    path = save()
+    record = build_record(args, argv, walls, details, phases, cluster_info)
+    best = record["best_wall_s"]
     ratios = ", ".join(f"{k} {best[k]:.1f} s ({best[k] / best['local']:.3f} x)" for k in best if k != "local")
-    print(f"local {best['local']:.1f} s; {ratios}; summaries identical: {same}; wrote {path}")
-    return 0 if same else 1
+    print(f"local {best['local']:.1f} s; {ratios}; summaries identical: {record['summaries_identical']}; wrote {path}")
+    return 0 if record["summaries_identical"] else 1
 
 
 if __name__ == "__main__":

@@ -256,3 +256,36 @@ def test_ray_missing_is_one_line(tmp_path):
     assert "Traceback" not in proc.stderr
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
     assert lines[-1].endswith("pip install 'metarec[ray]'"), proc.stderr
+
+
+def _raylets() -> set[int]:
+    pids = set()
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and b"raylet" in (entry / "cmdline").read_bytes().split(b"\0")[0]:
+                pids.add(int(entry.name))
+        except OSError:
+            pass
+    return pids
+
+
+def test_overhead_script_runs_the_local_instance_and_stops_it(tmp_path):
+    """`metarec bench --executor ray` with no address (the local instance metarec starts and
+    stops), through benchmarks/bench_ray_overhead.py as the merger runs it: the same summary as
+    the local pool, a record with its environment, and no Ray process left behind."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_ray_overhead", REPO / "benchmarks" / "bench_ray_overhead.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    before = _raylets()
+    out = tmp_path / "overhead.json"
+    rc = script.main(["--dataset", "synthetic", "--methods", "global-mean", "--seeds", "0-1", "--jobs", "1",
+                      "--out", str(out)])
+    assert rc == 0
+    record = json.loads(out.read_text())
+    assert record["summaries_identical"] and record["complete"]
+    assert {k: len(v) for k, v in record["wall_s"].items()} == {"local": 1, "ray": 1}
+    assert record["runs_per_bench"] == 2 and record["data_checksum"]
+    assert record["environment"]["ray"] == ray.__version__ and "overhead_percent" in record
+    assert _raylets() <= before  # the instance's raylet stopped with its benchmark
