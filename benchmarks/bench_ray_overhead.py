@@ -62,6 +62,12 @@ LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
 NICENESS_ENV = {"RAY_worker_niceness": "0"}
 
 
+def without_ray_address() -> dict[str, str]:
+    """This environment less ``RAY_ADDRESS``: with it, ``--executor ray`` without ``--ray-address``
+    would use that cluster, not the local instance this script measures."""
+    return {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+
+
 class LoopbackCluster:
     """``ray start --head --block`` on 127.0.0.1 with its own temp folder and free ports; stopped
     by signalling that process and then ending, by id, the processes that name its temp folder.
@@ -89,7 +95,7 @@ class LoopbackCluster:
                "--runtime-env-agent-port", str(free_port()), "--metrics-export-port", str(free_port())]
         t0 = time.perf_counter()
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                     env={**os.environ, **self.env, **NICENESS_ENV, "OMP_NUM_THREADS": "1"})
+                                     env={**without_ray_address(), **self.env, **NICENESS_ENV, "OMP_NUM_THREADS": "1"})
         self.log: list[str] = []
         for line in self.proc.stdout:  # "--block" prints this once every process is up
             self.log.append(line)
@@ -184,7 +190,7 @@ def breakdown(args: argparse.Namespace, cluster: LoopbackCluster | None) -> dict
         bench["data_dir"] = args.data_dir
     t0 = time.perf_counter()
     address = cluster.address if cluster is not None else None
-    env = {**os.environ, **(cluster.env if cluster is not None else LOOPBACK_ENV), "OMP_NUM_THREADS": "1"}
+    env = {**without_ray_address(), **(cluster.env if cluster is not None else LOOPBACK_ENV), "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, "-c", PHASES, address or "", str(args.jobs), json.dumps(bench)],
                           capture_output=True, text=True, env=env)
     wall = time.perf_counter() - t0
@@ -207,7 +213,7 @@ def one_bench(executor: str, args: argparse.Namespace, out: Path,
     if args.data_dir:
         cmd += ["--data-dir", args.data_dir]
     t0 = time.perf_counter()
-    env = {**os.environ, **(cluster.env if cluster is not None else {}), "OMP_NUM_THREADS": "1"}
+    env = {**without_ray_address(), **(cluster.env if cluster is not None else {}), "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     wall = time.perf_counter() - t0
     if proc.returncode != 0:

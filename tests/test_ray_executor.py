@@ -207,7 +207,7 @@ def test_ctrl_c_cancels_running_tasks_and_resume_completes(cluster, tmp_path):
 
 
 def test_resume_after_driver_killed(cluster, local_run, tmp_path):
-    c, _ = cluster
+    c, workers = cluster
     local_out, local_results = local_run
     out = tmp_path / "ray-driver"
     cmd = [
@@ -230,15 +230,19 @@ def test_resume_after_driver_killed(cluster, local_run, tmp_path):
         driver.wait(timeout=60)
     done_before = set(run_files(out))
     assert done_before and len(done_before) < len(METHODS) * len(SEEDS)
-    # the tasks the dead driver owned are cleaned up by Ray; resume runs what has no record
+    # the tasks the dead driver owned are cleaned up by Ray; resume runs what has no record --
+    # on the cluster named by $RAY_ADDRESS (Ray's convention) when --ray-address is not given
     resume = subprocess.run(
         [sys.executable, "-m", "metarec.cli", "bench", "--resume", "--out", str(out), "--executor", "ray",
-         "--ray-address", c.address, "--no-progress"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
+         "--no-progress"],
+        cwd=tmp_path, env={**env, "RAY_ADDRESS": c.address}, capture_output=True, text=True, timeout=600,
     )
     assert resume.returncode == 0, resume.stdout + resume.stderr
     results = json.loads((out / "results.json").read_text())
     assert all(r["status"] == "ok" for r in results["runs"]) and len(results["runs"]) == 6
+    worker_ids = {w.node_id for w in workers}
+    resumed = [r for r in results["runs"] if f"{r['method']}__seed{r['seed']}.json" not in done_before]
+    assert resumed and all(r["node"]["ray_node_id"] in worker_ids for r in resumed)
     assert (out / "predictions.csv").read_bytes() == (local_out / "predictions.csv").read_bytes()
     assert comparable(results) == comparable(local_results)
 
@@ -272,7 +276,9 @@ def _raylets() -> set[int]:
 def test_overhead_script_runs_the_local_instance_and_stops_it(tmp_path):
     """`metarec bench --executor ray` with no address (the local instance metarec starts and
     stops), through benchmarks/bench_ray_overhead.py as the merger runs it: the same summary as
-    the local pool, a record with its environment, and no Ray process left behind."""
+    the local pool, a record with its environment, and no Ray process left behind. Run with the
+    session's cluster up, it also checks that the instance is a new one, not the cluster that
+    ray.init() would join by default (the latest one started on this machine)."""
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("bench_ray_overhead", REPO / "benchmarks" / "bench_ray_overhead.py")

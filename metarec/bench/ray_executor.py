@@ -79,8 +79,15 @@ def import_ray(*, local: bool = False) -> Any:
     return ray
 
 
+def cluster_address(address: str | None) -> str | None:
+    """The cluster to use: ``address``, else ``$RAY_ADDRESS`` (Ray's own convention, set for a
+    driver that a Ray job submits, or by hand), else None -- a local instance of our own."""
+    return address or os.environ.get("RAY_ADDRESS") or None
+
+
 def is_local(address: str | None) -> bool:
     """A local instance (no address) or a cluster on this machine (a loopback ``HOST:PORT``)."""
+    address = cluster_address(address)
     if address is None:
         return True
     host = address.rsplit(":", 1)[0].strip("[]")
@@ -92,7 +99,9 @@ def connect(address: str | None, *, num_cpus: int | None = None, num_gpus: float
 
     Returns True when this call started Ray (and so must shut it down). A local instance binds
     to the loopback interface only and gets ``num_cpus`` CPUs (the benchmark's parallelism).
+    No ``address``: ``$RAY_ADDRESS`` when set (:func:`cluster_address`).
     """
+    address = cluster_address(address)
     ray = import_ray(local=is_local(address))
     if ray.is_initialized():
         return False
@@ -101,7 +110,9 @@ def connect(address: str | None, *, num_cpus: int | None = None, num_gpus: float
         # Ray starts its workers at niceness 15 by default (to keep its own services responsive);
         # here the workers *are* the benchmark, and the local pool's workers run at the driver's
         # priority: on a machine shared with other work, niceness 15 starves them
-        kwargs.update(num_cpus=num_cpus, num_gpus=num_gpus, _system_config={"worker_niceness": 0})
+        # "local": a new instance even when `ray start` left a cluster on this machine, which
+        # ray.init() would otherwise join (it reads /tmp/ray/ray_current_cluster)
+        kwargs.update(address="local", num_cpus=num_cpus, num_gpus=num_gpus, _system_config={"worker_niceness": 0})
     else:
         kwargs["address"] = address
     try:
@@ -160,7 +171,7 @@ class RayExecutor(RunExecutor):
         self.gpus_per_run = float(gpus_per_run)
         self.retries = int(retries)
         self.jobs = max(1, int(jobs))
-        self.address = address
+        self.address = cluster_address(address)
         self._pending: list[Any] = []
         self._running: dict[Any, Any] = {}
         self._splits: dict[tuple, Any] = {}
@@ -277,4 +288,4 @@ def wait_for_cluster(ray: Any, nodes: int, timeout_s: float = 60.0) -> None:
     raise RayUnavailableError(f"the Ray cluster did not reach {nodes} nodes within {timeout_s:.0f} s")
 
 
-__all__ = ["INSTALL_HINT", "RayExecutor", "RayUnavailableError", "connect", "import_ray", "is_local"]
+__all__ = ["INSTALL_HINT", "RayExecutor", "RayUnavailableError", "cluster_address", "connect", "import_ray", "is_local"]

@@ -25,7 +25,7 @@ def executor_options(unit: str, retry_note: str = "") -> Callable[[Callable[...,
                           "(inline), or Ray tasks (ray; pip install 'metarec[ray]'). [default: local]"),
         click.option("--ray-address", metavar="auto|HOST:PORT",
                      help="With --executor ray: the cluster to use (auto = the one started by `ray start`). "
-                          "[default: a local Ray instance on 127.0.0.1]"),
+                          "[default: $RAY_ADDRESS when set, else a local Ray instance on 127.0.0.1]"),
         click.option("--cpus-per-run", type=click.FloatRange(min=0, min_open=True),
                      help=f"With --executor ray: CPUs each {unit} declares. [default: --threads]"),
         click.option("--gpus-per-run", type=click.FloatRange(min=0),
