@@ -102,6 +102,8 @@ class LoopbackCluster:
             if "will now block forever" in line:
                 break
         else:
+            self.proc.wait(timeout=30)
+            shutil.rmtree(self.temp, ignore_errors=True)
             raise SystemExit("ray start failed:\n" + "".join(self.log[-30:]))
         self.start_s = time.perf_counter() - t0
 
