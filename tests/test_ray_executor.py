@@ -5,11 +5,16 @@ worker nodes of one CPU each, as separate raylet processes; the benchmark's driv
 it exactly as it would to a remote cluster. The checks: local and Ray executors give
 bit-identical predictions and metrics; runs are spread over both worker nodes (each run record
 names its node); removing a worker node mid-benchmark loses no finished run and the rest
-completes; a driver killed mid-benchmark leaves a folder that ``--resume`` completes.
+completes; a worker process killed with SIGKILL is retried, and recorded as failed with its cause
+once the retries are used up, while a method that raises is isolated as locally; Ctrl-C in the
+driver cancels the tasks still running and leaves a folder that ``--resume`` completes; a driver
+killed mid-benchmark leaves a folder that ``--resume`` completes.
 """
 
 from __future__ import annotations
 
+import _thread
+import contextlib
 import json
 import os
 import signal
@@ -24,13 +29,12 @@ from rich.console import Console
 
 from metarec.bench.config import resolve_config
 from metarec.bench.runner import run_bench
+from metarec.registry import register_learner, unregister_learner
 
 # A single-machine cluster: every Ray service on 127.0.0.1, never the host's outward address.
 # Ray reads this when it is first imported, so it is set before the import.
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 ray = pytest.importorskip("ray", reason="the Ray tests need Ray: pip install 'metarec[ray]'")
-from ray.cluster_utils import Cluster  # noqa: E402
-
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[1]
@@ -63,15 +67,9 @@ def comparable(results: dict) -> dict:
 
 
 @pytest.fixture(scope="module")
-def cluster():
-    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
-    workers = [c.add_node(num_cpus=1) for _ in range(2)]
-    ray.init(address=c.address, log_to_driver=False)
-    c.wait_for_nodes()
-    assert c.address.startswith("127.0.0.1:"), c.address
-    yield c, workers
-    ray.shutdown()
-    c.shutdown()
+def cluster(ray_cluster):
+    """The session's loopback cluster (tests/conftest.py): head + two one-CPU worker nodes."""
+    return ray_cluster
 
 
 @pytest.fixture(scope="module")
@@ -129,8 +127,87 @@ def test_node_removed_mid_benchmark_loses_nothing(cluster, local_run, tmp_path):
         c.wait_for_nodes()
 
 
+@contextlib.contextmanager
+def registered(*classes):
+    """Register test learners of tests/tuneplugins.py (importable on every node) for one test."""
+    for cls in classes:
+        register_learner(cls.name)(cls)
+    try:
+        yield
+    finally:
+        for cls in classes:
+            unregister_learner(cls.name)
+
+
+def test_dead_workers_are_retried_then_failed_and_a_raising_method_is_isolated(cluster, local_run, tmp_path):
+    import tuneplugins as tp
+
+    local_out, _ = local_run
+    out = tmp_path / "ray-faults"
+    methods = ["global-mean", tp.Raises.name, tp.SigkillsOnce.name, tp.SigkillsAlways.name]
+    with registered(tp.Raises, tp.SigkillsOnce, tp.SigkillsAlways):
+        results = run_bench(config(executor="ray", methods=methods, seeds=[0], retries=1), out=out, console=quiet())
+    runs = {r["method"]: r for r in results["runs"]}
+    # the healthy method is untouched by its neighbours
+    assert runs["global-mean"]["status"] == "ok"
+    assert runs["global-mean"]["metrics"] == run_files(local_out)["global-mean__seed0.json"]["metrics"]
+    # a method that raises: a failed run with its traceback, inside the task, as locally
+    raised = run_files(out)[f"{tp.Raises.name}__seed0.json"]
+    assert raised["status"] == "failed" and raised["failure"]["kind"] == "exception"
+    assert "this method always fails" in raised["error"] and "RuntimeError" in raised["traceback"]
+    # kill -9 of the worker on the first attempt: Ray retried it, and the retry trained normally
+    once = runs[tp.SigkillsOnce.name]
+    assert (Path(os.environ["METAREC_TEST_MARKERS"]) / "bench-sigkilled-once").exists()
+    assert once["status"] == "ok" and once["metrics"] == runs["global-mean"]["metrics"]
+    # kill -9 on every attempt: failed with its cause once the one retry is used up
+    always = run_files(out)[f"{tp.SigkillsAlways.name}__seed0.json"]
+    assert always["status"] == "failed"
+    assert always["failure"]["kind"] == "ray" and always["failure"]["retries"] == 1
+    assert always["error"].startswith("WorkerDied: the Ray task failed after 1 retry ("), always["error"]
+
+
+def test_ctrl_c_cancels_running_tasks_and_resume_completes(cluster, tmp_path):
+    import tuneplugins as tp
+
+    marks = Path(os.environ["METAREC_TEST_MARKERS"])
+    hold, holding = marks / "hold", marks / "holding"
+    hold.write_text("")
+    holding.unlink(missing_ok=True)
+    out = tmp_path / "ray-ctrl-c"
+    cfg = config(executor="ray", methods=["global-mean", tp.Holds.name], seeds=[0, 1])
+
+    def ctrl_c_while_a_run_holds_its_worker() -> None:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and not (holding.exists() and (out / "runs" / "global-mean__seed0.json").exists()):
+            time.sleep(0.05)
+        _thread.interrupt_main()  # what Ctrl-C does: KeyboardInterrupt in the driver's main thread
+
+    try:
+        with registered(tp.Holds):
+            interrupter = threading.Thread(target=ctrl_c_while_a_run_holds_its_worker, daemon=True)
+            interrupter.start()
+            with pytest.raises(KeyboardInterrupt):
+                run_bench(cfg, out=out, console=quiet())
+                interrupter.join(timeout=300)  # inside: the interrupt lands here if the bench was quicker
+            # the held run would never end on its own (its mark is still there): only a cancelled
+            # task gives the cluster its two CPUs back while this driver lives on
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline and ray.available_resources().get("CPU", 0) < 2:
+                time.sleep(0.2)
+            assert ray.available_resources().get("CPU", 0) == 2, ray.available_resources()
+            assert f"{tp.Holds.name}__seed0.json" not in run_files(out) and not (out / "results.json").exists()
+            hold.unlink()
+            results = run_bench(cfg, out=out, resume=True, console=quiet())
+    finally:
+        hold.unlink(missing_ok=True)
+    runs = {(r["method"], r["seed"]): r for r in results["runs"]}
+    assert len(runs) == 4 and all(r["status"] == "ok" for r in runs.values())
+    for seed in (0, 1):
+        assert runs[(tp.Holds.name, seed)]["metrics"] == runs[("global-mean", seed)]["metrics"]
+
+
 def test_resume_after_driver_killed(cluster, local_run, tmp_path):
-    c, _ = cluster
+    c, workers = cluster
     local_out, local_results = local_run
     out = tmp_path / "ray-driver"
     cmd = [
@@ -153,15 +230,19 @@ def test_resume_after_driver_killed(cluster, local_run, tmp_path):
         driver.wait(timeout=60)
     done_before = set(run_files(out))
     assert done_before and len(done_before) < len(METHODS) * len(SEEDS)
-    # the tasks the dead driver owned are cleaned up by Ray; resume runs what has no record
+    # the tasks the dead driver owned are cleaned up by Ray; resume runs what has no record --
+    # on the cluster named by $RAY_ADDRESS (Ray's convention) when --ray-address is not given
     resume = subprocess.run(
         [sys.executable, "-m", "metarec.cli", "bench", "--resume", "--out", str(out), "--executor", "ray",
-         "--ray-address", c.address, "--no-progress"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
+         "--no-progress"],
+        cwd=tmp_path, env={**env, "RAY_ADDRESS": c.address}, capture_output=True, text=True, timeout=600,
     )
     assert resume.returncode == 0, resume.stdout + resume.stderr
     results = json.loads((out / "results.json").read_text())
     assert all(r["status"] == "ok" for r in results["runs"]) and len(results["runs"]) == 6
+    worker_ids = {w.node_id for w in workers}
+    resumed = [r for r in results["runs"] if f"{r['method']}__seed{r['seed']}.json" not in done_before]
+    assert resumed and all(r["node"]["ray_node_id"] in worker_ids for r in resumed)
     assert (out / "predictions.csv").read_bytes() == (local_out / "predictions.csv").read_bytes()
     assert comparable(results) == comparable(local_results)
 
@@ -179,3 +260,38 @@ def test_ray_missing_is_one_line(tmp_path):
     assert "Traceback" not in proc.stderr
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
     assert lines[-1].endswith("pip install 'metarec[ray]'"), proc.stderr
+
+
+def _raylets() -> set[int]:
+    pids = set()
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and b"raylet" in (entry / "cmdline").read_bytes().split(b"\0")[0]:
+                pids.add(int(entry.name))
+        except OSError:
+            pass
+    return pids
+
+
+def test_overhead_script_runs_the_local_instance_and_stops_it(tmp_path):
+    """`metarec bench --executor ray` with no address (the local instance metarec starts and
+    stops), through benchmarks/bench_ray_overhead.py as the merger runs it: the same summary as
+    the local pool, a record with its environment, and no Ray process left behind. Run with the
+    session's cluster up, it also checks that the instance is a new one, not the cluster that
+    ray.init() would join by default (the latest one started on this machine)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_ray_overhead", REPO / "benchmarks" / "bench_ray_overhead.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    before = _raylets()
+    out = tmp_path / "overhead.json"
+    rc = script.main(["--dataset", "synthetic", "--methods", "global-mean", "--seeds", "0-1", "--jobs", "1",
+                      "--out", str(out)])
+    assert rc == 0
+    record = json.loads(out.read_text())
+    assert record["summaries_identical"] and record["complete"]
+    assert {k: len(v) for k, v in record["wall_s"].items()} == {"local": 1, "ray": 1}
+    assert record["runs_per_bench"] == 2 and record["data_checksum"]
+    assert record["environment"]["ray"] == ray.__version__ and "overhead_percent" in record
+    assert _raylets() <= before  # the instance's raylet stopped with its benchmark

@@ -264,6 +264,10 @@ def test_cli_tune_then_bench_tuned_records_the_source_and_never_tests_pool_users
         (["-m", "global-mean", "--set", "global-mean.clip_predictions=true"], "nothing to tune"),
         (["-m", "no-such-method"], "unknown learner 'no-such-method'"),
         (["--resume", "--out", "nowhere"], "holds no tune.json"),
+        # the executor options are bench's, validated by the same bench config
+        (["-m", "baseline-predictor", "--ray-address", "auto"], "ray_address only applies with executor"),
+        (["-m", "baseline-predictor", "--executor", "ray", "--gpus-per-run", "-1"], "-1"),
+        (["-m", "baseline-predictor", "--storage-port", "70000"], "70000"),
     ],
 )
 def test_cli_errors_are_one_line(args, match, tmp_path):
@@ -298,3 +302,24 @@ def test_pool_score_presets_scores_a_preset_exactly_as_a_trial(tmp_path, capsys)
     # a --set for a method that is not scored is a one-line error, not a silent no-op
     assert script.main([str(out), "baseline-predictor=koren", "--set", "melu.inner_lr=0.1"]) == 2
     assert "melu" in capsys.readouterr().err
+
+
+def test_a_trial_whose_local_worker_dies_is_interrupted_and_runs_again(tmp_path, monkeypatch):
+    """``--jobs 2``: trials in local worker processes; one kills its process (``os._exit``)."""
+    import tuneplugins  # tests/: importable by the forked workers too
+
+    monkeypatch.setenv("METAREC_TEST_MARKERS", str(tmp_path))
+    register_learner("test-ray-kills-once")(tuneplugins.KillsItsWorkerOnce)
+    try:
+        cfg = _cfg(("test-ray-kills-once",), trials=4)
+        cfg.bench.jobs = 2
+        (row,) = run_tune(cfg, out=tmp_path / "t", console=_quiet())
+    finally:
+        unregister_learner("test-ray-kills-once")
+    assert (tmp_path / "killed-once").exists()
+    trials = _trials(tmp_path / "t", "test-ray-kills-once")
+    (lost,) = [t for t in trials if t["interrupted"]]
+    assert lost["state"] == "FAIL" and "WorkerDied" in lost["error"] and "exited with code 9" in lost["error"]
+    (retry,) = [t for t in trials if t["retry_of"] == lost["number"]]
+    assert retry["params"] == lost["params"] and retry["state"] == "COMPLETE"
+    assert row["trials"] == 4 and row["interrupted"] == 1 and len(trials) == 5

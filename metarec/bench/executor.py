@@ -1,14 +1,20 @@
-"""Where runs execute: a small interface, and the local process-pool implementation.
+"""Where jobs execute: a small interface, and the local process-pool implementation.
 
-The driver (:func:`metarec.bench.runner.run_bench`) hands :class:`~metarec.bench.run.RunSpec`
-objects to an executor and reads back one :class:`RunOutcome` per run, whatever happened to
-it. An executor must
+A driver hands :class:`Job` objects to an executor and reads back one :class:`RunOutcome` per
+job, whatever happened to it. Two drivers use it: :func:`metarec.bench.runner.run_bench` (a job
+is one (method, seed) run, :class:`~metarec.bench.run.RunSpec`) and ``metarec tune``'s
+:func:`metarec.tuning.run.run_tune` (a job is one trial of a study,
+:class:`~metarec.tuning.trial.TrialJob`). A job is a picklable object that knows how to run
+itself (:meth:`Job.run`) and what to record when its process died (:meth:`Job.died`); the
+executor knows only where it runs. An executor must
 
-* run each spec through :func:`metarec.bench.run.execute_run` (which writes the run's files),
-* forward the run's progress events to the driver's sink,
-* turn a run whose process died (``os._exit``, a segfault, the out-of-memory killer's SIGKILL)
-  into a failed outcome naming the cause -- exit code or signal -- and a run record saying so,
-* replace a dead worker, so that every other run still executes.
+* run each job (:meth:`Job.run`, which writes or records its own results),
+* forward the job's progress events to the driver's sink,
+* turn a job whose process died (``os._exit``, a segfault, the out-of-memory killer's SIGKILL)
+  into a failed outcome naming the cause -- exit code or signal -- recorded by :meth:`Job.died`,
+* replace a dead worker, so that every other job still executes,
+* accept :meth:`~RunExecutor.submit` between the outcomes it yields (a tune asks for its next
+  trial when one finishes), and run what was submitted so.
 
 :class:`ProcessExecutor` does this with local worker processes (``--jobs`` of them, also one
 for ``--jobs 1``: a method that ends its process cannot end the benchmark). Workers are forked
@@ -32,22 +38,45 @@ import signal
 import traceback
 from dataclasses import dataclass
 from multiprocessing.connection import wait
-from typing import Any, Iterator
+from typing import Any, Iterator, Protocol, runtime_checkable
 
 from metarec.bench.progress import Sink
-from metarec.bench.results import RunDir, write_json
-from metarec.bench.run import RunSpec, execute_run, failure_record
+
+
+@runtime_checkable
+class Job(Protocol):
+    """One unit of work an executor runs: picklable (sent to worker processes and Ray tasks).
+
+    ``run`` executes in a worker (or the driver, inline) and returns a result dict with at least
+    ``status``; ``died`` executes in the driver when the job's process or node died, records
+    what the job leaves behind and returns the result dict that stands for it. The optional
+    Ray hooks (see :mod:`metarec.bench.ray_executor`) let a job read a split shared through the
+    object store and hand its files to the driver instead of writing them where it ran.
+    """
+
+    key: str
+    threads: int
+
+    def run(self, sink: Sink | None = None) -> dict[str, Any]:
+        """Execute the job where it was sent; report progress to ``sink``; never raise for its own failure."""
+        ...
+
+    def died(self, error: str, failure: dict[str, Any]) -> dict[str, Any]:
+        """In the driver: the job's process or node died (``error``, ``failure``); record that."""
+        ...
 
 
 @dataclass
 class RunOutcome:
-    """What became of one submitted run."""
+    """What became of one submitted job."""
 
-    spec: RunSpec
-    status: str  # "ok" or "failed"
+    spec: Any  # the Job
+    status: str  # "ok" or "failed" (a tune's trial: "ok" also when the trial itself failed or was pruned)
     error: str | None = None
-    #: Why a run failed: ``{"kind": "exception" | "sys.exit" | "exit-code" | "signal", ...}``.
+    #: Why a job failed: ``{"kind": "exception" | "sys.exit" | "exit-code" | "signal" | "ray", ...}``.
     failure: dict[str, Any] | None = None
+    #: The job's whole result dict (what :meth:`Job.run` returned, or :meth:`Job.died`).
+    result: dict[str, Any] | None = None
 
 
 def describe_exit(exitcode: int | None) -> tuple[str, dict[str, Any]]:
@@ -73,18 +102,18 @@ def describe_exit(exitcode: int | None) -> tuple[str, dict[str, Any]]:
 
 
 class RunExecutor(abc.ABC):
-    """Executes run specs; :meth:`outcomes` yields one :class:`RunOutcome` per submitted spec."""
+    """Executes jobs; :meth:`outcomes` yields one :class:`RunOutcome` per submitted job."""
 
     def __init__(self, sink: Sink) -> None:
         self.sink = sink
 
     @abc.abstractmethod
-    def submit(self, spec: RunSpec) -> None:
-        """Queue one run."""
+    def submit(self, spec: Job) -> None:
+        """Queue one job (also while :meth:`outcomes` is being iterated)."""
 
     @abc.abstractmethod
     def outcomes(self) -> Iterator[RunOutcome]:
-        """Yield outcomes as runs finish, until every submitted run has one."""
+        """Yield outcomes as jobs finish, until every submitted job has one."""
 
     def close(self) -> None:
         """Stop every worker (runs still executing are abandoned; their checkpoints stay)."""
@@ -95,13 +124,16 @@ class RunExecutor(abc.ABC):
     def __exit__(self, *exc: Any) -> None:
         self.close()
 
-    def record_death(self, spec: RunSpec, exitcode: int | None) -> RunOutcome:
-        """Write the run record of a run whose process died, report it, and return its outcome."""
+    def record_death(self, spec: Job, exitcode: int | None) -> RunOutcome:
+        """Record a job whose process died (:meth:`Job.died`), report it, and return its outcome."""
         message, failure = describe_exit(exitcode)
-        error = f"WorkerDied: {message}"
-        write_json(RunDir(spec.out_dir).run_json(spec.method, spec.seed), failure_record(spec, error, failure))
+        return self.job_died(spec, f"WorkerDied: {message}", failure)
+
+    def job_died(self, spec: Job, error: str, failure: dict[str, Any]) -> RunOutcome:
+        """The outcome of a job that could not finish: :meth:`Job.died` records it."""
+        result = spec.died(error, failure)
         self.sink(("done", spec.key, "failed", f"[red]{error}[/]"))
-        return RunOutcome(spec, "failed", error, failure)
+        return RunOutcome(spec, result.get("status", "failed"), result.get("error", error), failure, result)
 
 
 class InlineExecutor(RunExecutor):
@@ -109,16 +141,16 @@ class InlineExecutor(RunExecutor):
 
     def __init__(self, sink: Sink) -> None:
         super().__init__(sink)
-        self._queue: collections.deque[RunSpec] = collections.deque()
+        self._queue: collections.deque[Job] = collections.deque()
 
-    def submit(self, spec: RunSpec) -> None:
+    def submit(self, spec: Job) -> None:
         self._queue.append(spec)
 
     def outcomes(self) -> Iterator[RunOutcome]:
         while self._queue:
             spec = self._queue.popleft()
-            res = execute_run(spec, sink=self.sink)
-            yield RunOutcome(spec, res["status"], res.get("error"))
+            res = spec.run(self.sink)
+            yield RunOutcome(spec, res["status"], res.get("error"), res.get("failure"), res)
 
 
 def _die_with_parent() -> None:
@@ -133,7 +165,7 @@ def _die_with_parent() -> None:
 
 
 def _worker_main(conn: Any) -> None:
-    """A worker process: execute the specs the driver sends until it sends None."""
+    """A worker process: execute the jobs the driver sends until it sends None."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's to handle
     _die_with_parent()
 
@@ -156,8 +188,8 @@ def _worker_main(conn: Any) -> None:
         os.environ.update(environ)
         os.chdir(cwd)
         try:
-            res = execute_run(spec, sink=sink)
-        except BaseException:  # execute_run records its own failures; this is a harness bug
+            res = spec.run(sink)
+        except BaseException:  # a job records its own failures; this is a harness bug
             res = {"status": "failed", "error": traceback.format_exc()}
         conn.send(("result", res))
 
@@ -168,21 +200,21 @@ class _Worker:
         self.process = ctx.Process(target=_worker_main, args=(child,), daemon=True)
         self.process.start()
         child.close()
-        self.spec: RunSpec | None = None
+        self.spec: Job | None = None
 
 
 class ProcessExecutor(RunExecutor):
     """``jobs`` local worker processes; a dead one is replaced and its run recorded as failed."""
 
-    def __init__(self, sink: Sink, jobs: int) -> None:
+    def __init__(self, sink: Sink, jobs: int, preload: tuple[str, ...] = ()) -> None:
         super().__init__(sink)
         self.jobs = max(1, int(jobs))
-        self._ctx = worker_context()
-        self._pending: collections.deque[RunSpec] = collections.deque()
+        self._ctx = worker_context(preload)
+        self._pending: collections.deque[Job] = collections.deque()
         self._workers: list[_Worker] = []
         self.replaced = 0  # dead workers replaced (for the record)
 
-    def submit(self, spec: RunSpec) -> None:
+    def submit(self, spec: Job) -> None:
         self._pending.append(spec)
 
     def _dispatch(self) -> None:
@@ -207,7 +239,7 @@ class ProcessExecutor(RunExecutor):
             if kind == "event":
                 self.sink(payload)
             elif kind == "result" and w.spec is not None:
-                outcome = RunOutcome(w.spec, payload["status"], payload.get("error"))
+                outcome = RunOutcome(w.spec, payload["status"], payload.get("error"), payload.get("failure"), payload)
                 w.spec = None
         return outcome
 
@@ -253,31 +285,35 @@ class ProcessExecutor(RunExecutor):
         self._workers = []
 
 
-def worker_context() -> Any:
-    """``forkserver`` (preloading torch and the run module) where available, else ``spawn``."""
+def worker_context(preload: tuple[str, ...] = ()) -> Any:
+    """``forkserver`` (preloading torch, the run module and ``preload``) where available, else ``spawn``.
+
+    The forkserver is started once per driver process, with the preload list of its first use.
+    """
     try:
         ctx = mp.get_context("forkserver")
     except ValueError:  # pragma: no cover - Windows
         return mp.get_context("spawn")
-    ctx.set_forkserver_preload(["torch", "metarec.bench.run", "metarec.bench.executor"])
+    ctx.set_forkserver_preload(["torch", "metarec.bench.run", "metarec.bench.executor", *preload])
     return ctx
 
 
-def make_executor(kind: str, sink: Sink, jobs: int, **ray_options: Any) -> RunExecutor:
+def make_executor(kind: str, sink: Sink, jobs: int, preload: tuple[str, ...] = (), **ray_options: Any) -> RunExecutor:
     """The executor named by the bench setting ``executor`` (``local`` is ``process``).
 
     ``ray_options`` (``address``, ``cpus_per_run``, ``gpus_per_run``, ``retries``) configure
-    :class:`metarec.bench.ray_executor.RayExecutor`.
+    :class:`metarec.bench.ray_executor.RayExecutor`; other executors ignore them. ``preload``:
+    modules the local workers import before their first job (``metarec tune``: Optuna).
     """
     if kind == "inline":
         return InlineExecutor(sink)
     if kind in ("process", "local"):
-        return ProcessExecutor(sink, jobs)
+        return ProcessExecutor(sink, jobs, preload)
     if kind == "ray":
         from metarec.bench.ray_executor import RayExecutor
 
-        return RayExecutor(sink, jobs=jobs, **ray_options)
+        return RayExecutor(sink, jobs=jobs, preload=preload, **ray_options)
     raise ValueError(f"unknown executor {kind!r}; use 'process' (alias 'local'), 'inline' or 'ray'")
 
 
-__all__ = ["InlineExecutor", "ProcessExecutor", "RunExecutor", "RunOutcome", "describe_exit", "make_executor"]
+__all__ = ["InlineExecutor", "Job", "ProcessExecutor", "RunExecutor", "RunOutcome", "describe_exit", "make_executor"]

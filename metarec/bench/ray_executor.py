@@ -1,8 +1,9 @@
-"""Runs as Ray tasks: the same benchmark on a Ray cluster (or a local Ray instance).
+"""Jobs as Ray tasks: the same benchmark (or tune) on a Ray cluster (or a local Ray instance).
 
-:class:`RayExecutor` implements :class:`~metarec.bench.executor.RunExecutor`, so the driver
-(:func:`metarec.bench.runner.run_bench`) plans, resumes and aggregates exactly as with the local
-process pool; only where a run executes changes:
+:class:`RayExecutor` implements :class:`~metarec.bench.executor.RunExecutor`, so a driver
+(:func:`metarec.bench.runner.run_bench`, :func:`metarec.tuning.run.run_tune`) plans, resumes and
+aggregates exactly as with the local process pool; only where a job executes changes. For a
+benchmark's runs:
 
 * each (method, seed) run is one Ray task declaring its resources (``cpus_per_run``,
   ``gpus_per_run`` -- fractional GPUs let several small runs share a device);
@@ -21,6 +22,14 @@ Training checkpoints are written by the task where it executes (``<out>/checkpoi
 machine, or a cluster with a shared filesystem, a retried or resumed run continues from its
 last epoch; without a shared filesystem it restarts from scratch.
 
+A tune's trials (:class:`metarec.tuning.trial.TrialJob`) use the same shared split and reach
+their study through the driver's Optuna storage proxy; a dead one is re-queued in the study by
+the driver (``ray_retry = False``) rather than retried in place by Ray.
+
+Start-up: a local instance is started from the driver's main thread (Ray's processes die with
+the thread that started them) while the first split loads in another thread, and ``jobs``
+warm-up tasks import torch and metarec in the workers meanwhile (:meth:`RayExecutor.ensure_connected`).
+
 Ray is an optional dependency: ``pip install 'metarec[ray]'``.
 """
 
@@ -28,13 +37,11 @@ from __future__ import annotations
 
 import os
 import time
-from pathlib import Path
 from typing import Any, Iterator
 
 from metarec.bench.executor import RunExecutor, RunOutcome
 from metarec.bench.progress import Sink
-from metarec.bench.results import RunDir, write_json, write_text
-from metarec.bench.run import RunSpec, failure_record
+from metarec.bench.results import RunDir
 from metarec.errors import UserError
 
 #: What `metarec bench --executor ray` says when Ray is not installed.
@@ -58,6 +65,8 @@ def import_ray(*, local: bool = False) -> Any:
     """
     if local:
         os.environ.setdefault(_LOCAL_ONLY_ENV, "0")
+        # an instance on this machine reports nothing to Ray's usage-statistics server
+        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     try:
         import ray
     except ImportError:
@@ -70,18 +79,40 @@ def import_ray(*, local: bool = False) -> Any:
     return ray
 
 
+def cluster_address(address: str | None) -> str | None:
+    """The cluster to use: ``address``, else ``$RAY_ADDRESS`` (Ray's own convention, set for a
+    driver that a Ray job submits, or by hand), else None -- a local instance of our own."""
+    return address or os.environ.get("RAY_ADDRESS") or None
+
+
+def is_local(address: str | None) -> bool:
+    """A local instance (no address) or a cluster on this machine (a loopback ``HOST:PORT``)."""
+    address = cluster_address(address)
+    if address is None:
+        return True
+    host = address.rsplit(":", 1)[0].strip("[]")
+    return host in ("127.0.0.1", "localhost", "::1")
+
+
 def connect(address: str | None, *, num_cpus: int | None = None, num_gpus: float | None = None) -> bool:
     """Connect to the cluster at ``address`` (``auto``, ``HOST:PORT``), or start a local instance.
 
     Returns True when this call started Ray (and so must shut it down). A local instance binds
     to the loopback interface only and gets ``num_cpus`` CPUs (the benchmark's parallelism).
+    No ``address``: ``$RAY_ADDRESS`` when set (:func:`cluster_address`).
     """
-    ray = import_ray(local=address is None)
+    address = cluster_address(address)
+    ray = import_ray(local=is_local(address))
     if ray.is_initialized():
         return False
     kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": True, "configure_logging": False}
     if address is None:
-        kwargs.update(num_cpus=num_cpus, num_gpus=num_gpus)
+        # Ray starts its workers at niceness 15 by default (to keep its own services responsive);
+        # here the workers *are* the benchmark, and the local pool's workers run at the driver's
+        # priority: on a machine shared with other work, niceness 15 starves them
+        # "local": a new instance even when `ray start` left a cluster on this machine, which
+        # ray.init() would otherwise join (it reads /tmp/ray/ray_current_cluster)
+        kwargs.update(address="local", num_cpus=num_cpus, num_gpus=num_gpus, _system_config={"worker_niceness": 0})
     else:
         kwargs["address"] = address
     try:
@@ -93,28 +124,33 @@ def connect(address: str | None, *, num_cpus: int | None = None, num_gpus: float
     return True
 
 
-def _run_task(spec: RunSpec, split: Any) -> dict[str, Any]:
-    """Body of one Ray task: execute the run, hand its final files back to the driver."""
-    import torch
+def _run_task(job: Any, split: Any) -> dict[str, Any]:
+    """Body of one Ray task: the job runs where Ray placed it (:meth:`Job.run_remote`)."""
+    return job.run_remote(split)
 
-    from metarec.bench.config import BenchConfig
-    from metarec.bench.run import execute_run, prime_split_cache
 
-    torch.set_num_threads(spec.threads)
-    if split is not None:
-        prime_split_cache(BenchConfig.from_dict(spec.config), spec.seed, split)
-    root = Path(spec.out_dir)
-    files: list[tuple[str, str]] = []
+def _warm_task(modules: tuple[str, ...]) -> float:
+    """Body of a warm-up task: import what every job imports (torch, metarec's run module) in a
+    fresh worker process, so that the first real task on it starts at once. Returns seconds."""
+    import importlib
 
-    def collect(path: Path, text: str) -> None:
-        files.append((str(Path(path).relative_to(root)), text))
-
-    result = execute_run(spec, write=collect)
-    return {"result": result, "files": files}
+    t0 = time.perf_counter()
+    for name in ("torch", "metarec.bench.run", *modules):
+        try:
+            importlib.import_module(name)
+        except ImportError:  # an optional module this node lacks: the job that needs it will say so
+            pass
+    return time.perf_counter() - t0
 
 
 class RayExecutor(RunExecutor):
-    """Every submitted run as a Ray task; the driver writes what the tasks return."""
+    """Every submitted job as a Ray task; the driver writes (or records) what the tasks return.
+
+    A job may share a split through the object store (``split_source()``: built once in the
+    driver per split, put once) and says whether Ray may re-run it in place when its worker or
+    node died (``ray_retry``, default True: a benchmark run; a tune's trial is re-queued in the
+    study by the driver instead, as a new trial).
+    """
 
     def __init__(
         self,
@@ -125,89 +161,99 @@ class RayExecutor(RunExecutor):
         cpus_per_run: float | None = None,
         gpus_per_run: float = 0.0,
         retries: int = 2,
+        preload: tuple[str, ...] = (),
     ) -> None:
         super().__init__(sink)
-        self.ray = import_ray(local=address is None)
+        self.ray = import_ray(local=is_local(address))
+        self.preload = tuple(preload)
+        self._warming: list[Any] = []
         self.cpus_per_run = float(cpus_per_run) if cpus_per_run is not None else None
         self.gpus_per_run = float(gpus_per_run)
         self.retries = int(retries)
         self.jobs = max(1, int(jobs))
-        self.address = address
-        self._pending: list[RunSpec] = []
-        self._running: dict[Any, RunSpec] = {}
-        self._splits: dict[int, Any] = {}
+        self.address = cluster_address(address)
+        self._pending: list[Any] = []
+        self._running: dict[Any, Any] = {}
+        self._splits: dict[tuple, Any] = {}
         self._started = False
         self.nodes_used: set[str] = set()
 
     # ---------------------------------------------------------------- setup
-    def _ensure_connected(self, first: RunSpec) -> None:
-        if self.ray.is_initialized():  # already connected (a notebook, a test's cluster)
-            return
-        cpus = self.cpus_per_run if self.cpus_per_run is not None else first.threads
-        n_cpus = max(1, int(round(self.jobs * cpus)))
-        n_gpus = self.jobs * self.gpus_per_run if self.gpus_per_run else None
-        self._started = connect(self.address, num_cpus=n_cpus, num_gpus=n_gpus)
+    def ensure_connected(self, threads: int = 1, *, warm: bool = False) -> None:
+        """Connect (or start the local instance) now; a driver may call it early, from its main
+        thread, to overlap Ray's start with its own work. ``warm``: also start ``jobs`` warm-up
+        tasks (not waited for), so the workers' imports overlap with that work too."""
+        if not self.ray.is_initialized():  # else already connected (a notebook, a test's cluster, an earlier call)
+            cpus = self.cpus_per_run if self.cpus_per_run is not None else threads
+            n_cpus = max(1, int(round(self.jobs * cpus)))
+            n_gpus = self.jobs * self.gpus_per_run if self.gpus_per_run else None
+            self._started = connect(self.address, num_cpus=n_cpus, num_gpus=n_gpus)
+        if warm and not self._warming:
+            cpus = self.cpus_per_run if self.cpus_per_run is not None else float(threads)
+            task = self.ray.remote(_warm_task)
+            self._warming = [task.options(num_cpus=cpus, num_gpus=self.gpus_per_run, name="metarec:warm-up").remote(
+                self.preload) for _ in range(self.jobs)]
 
-    def _split_ref(self, spec: RunSpec) -> Any:
-        """The object-store reference of the spec's split, built (once per seed) in the driver."""
-        from metarec.bench.config import BenchConfig
-        from metarec.bench.run import load_bench_split
+    def _split_ref(self, job: Any) -> Any:
+        """The object-store reference of the job's split, built (once per split) in the driver."""
+        source = getattr(job, "split_source", None)
+        if source is None:
+            return None
+        from metarec.bench.run import load_bench_split, split_key
 
-        key = spec.seed  # one benchmark: every spec carries the same data and protocol settings
+        cfg, seed = source()
+        key = split_key(cfg, seed)
         if key not in self._splits:
-            split = load_bench_split(BenchConfig.from_dict(spec.config), spec.seed)
-            self._splits[key] = self.ray.put(split)
+            self._splits[key] = self.ray.put(load_bench_split(cfg, seed))
         return self._splits[key]
 
     # ---------------------------------------------------------------- interface
-    def submit(self, spec: RunSpec) -> None:
+    def submit(self, spec: Any) -> None:
         self._pending.append(spec)
 
-    def _launch(self, spec: RunSpec) -> None:
+    def _launch(self, job: Any) -> None:
         if not hasattr(self, "_task"):
             self._task = self.ray.remote(_run_task)
-        cpus = self.cpus_per_run if self.cpus_per_run is not None else float(spec.threads)
+        cpus = self.cpus_per_run if self.cpus_per_run is not None else float(job.threads)
         ref = self._task.options(
-            num_cpus=cpus, num_gpus=self.gpus_per_run, max_retries=self.retries, retry_exceptions=False,
-            name=f"metarec:{spec.key}",
-        ).remote(spec, self._split_ref(spec))
-        self._running[ref] = spec
-        self.sink(("phase", spec.key, "queued on ray"))
+            num_cpus=cpus, num_gpus=self.gpus_per_run, max_retries=self.retries if getattr(job, "ray_retry", True) else 0,
+            retry_exceptions=False, name=f"metarec:{job.key}",
+        ).remote(job, self._split_ref(job))
+        self._running[ref] = job
+        self.sink(("phase", job.key, "queued on ray"))
 
     def outcomes(self) -> Iterator[RunOutcome]:
-        if not self._pending:
-            return
-        self._ensure_connected(self._pending[0])
-        for spec in self._pending:
-            self._launch(spec)
-        self._pending.clear()
-        while self._running:
+        while self._pending or self._running:
+            if self._pending:
+                self.ensure_connected(self._pending[0].threads)
+                for job in self._pending:
+                    self._launch(job)
+                self._pending.clear()
             ready, _ = self.ray.wait(list(self._running), num_returns=1, timeout=0.5)
             for ref in ready:
-                spec = self._running.pop(ref)
-                yield self._collect(ref, spec)
+                job = self._running.pop(ref)
+                yield self._collect(ref, job)
 
-    def _collect(self, ref: Any, spec: RunSpec) -> RunOutcome:
-        rd = RunDir(spec.out_dir)
+    def _collect(self, ref: Any, job: Any) -> RunOutcome:
         try:
             payload = self.ray.get(ref)
-        except self.ray.exceptions.RayError as exc:  # the worker or its node died, retries used up
+        except self.ray.exceptions.RayTaskError as exc:  # the job's own code raised (a harness error)
+            cause = exc.cause if getattr(exc, "cause", None) is not None else exc
+            first = next((ln for ln in reversed(str(cause).splitlines()) if ln.strip()), type(cause).__name__)
+            error = f"{type(cause).__name__}: {first}" if not first.startswith(type(cause).__name__) else first
+            return self.job_died(job, error, {"kind": "exception", "type": type(cause).__name__})
+        except self.ray.exceptions.RayError as exc:  # the worker or its node died (retries used up)
             kind = type(exc).__name__
             first = next((ln for ln in str(exc).splitlines() if ln.strip()), kind)
-            error = f"WorkerDied: the Ray task failed after {self.retries} retr{'y' if self.retries == 1 else 'ies'} ({kind}: {first})"
-            failure = {"kind": "ray", "type": kind, "retries": self.retries}
-            write_json(rd.run_json(spec.method, spec.seed), failure_record(spec, error, failure))
-            self.sink(("done", spec.key, "failed", f"[red]{error}[/]"))
-            return RunOutcome(spec, "failed", error, failure)
-        # predictions first, the run record last: a record means a complete run
-        for rel, text in payload["files"]:
-            write_text(Path(spec.out_dir) / rel, text)
-        result = payload["result"]
-        node = _node_of(rd, spec)
+            retries = self.retries if getattr(job, "ray_retry", True) else 0
+            error = f"WorkerDied: the Ray task failed after {retries} retr{'y' if retries == 1 else 'ies'} ({kind}: {first})"
+            return self.job_died(job, error, {"kind": "ray", "type": kind, "retries": retries})
+        result = job.collect(payload)
+        node = result.get("ray_node_id") or (_node_of(job) if hasattr(job, "seed") else None)
         if node:
             self.nodes_used.add(node)
-        self.sink(("done", spec.key, result["status"], result.get("summary", "")))
-        return RunOutcome(spec, result["status"], result.get("error"))
+        self.sink(("done", job.key, result["status"], result.get("summary", "")))
+        return RunOutcome(job, result["status"], result.get("error"), result.get("failure"), result)
 
     def close(self) -> None:
         for ref in list(self._running):
@@ -217,16 +263,17 @@ class RayExecutor(RunExecutor):
                 pass
         self._running.clear()
         self._splits.clear()
+        self._warming.clear()
         if self._started and self.ray.is_initialized():
             self.ray.shutdown()
         self._started = False
 
 
-def _node_of(rd: RunDir, spec: RunSpec) -> str | None:
+def _node_of(spec: Any) -> str | None:
     from metarec.bench.results import read_json
 
     try:
-        return read_json(rd.run_json(spec.method, spec.seed)).get("node", {}).get("ray_node_id")
+        return read_json(RunDir(spec.out_dir).run_json(spec.method, spec.seed)).get("node", {}).get("ray_node_id")
     except (OSError, ValueError):
         return None
 
@@ -241,4 +288,4 @@ def wait_for_cluster(ray: Any, nodes: int, timeout_s: float = 60.0) -> None:
     raise RayUnavailableError(f"the Ray cluster did not reach {nodes} nodes within {timeout_s:.0f} s")
 
 
-__all__ = ["INSTALL_HINT", "RayExecutor", "RayUnavailableError", "connect", "import_ray"]
+__all__ = ["INSTALL_HINT", "RayExecutor", "RayUnavailableError", "cluster_address", "connect", "import_ray", "is_local"]

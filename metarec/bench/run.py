@@ -189,11 +189,17 @@ def load_checkpoint(directory: Path, notes: list[str] | None = None) -> tuple[di
 _SPLIT_CACHE: dict[tuple, Any] = {}
 
 
+def split_key(cfg: BenchConfig, seed: int) -> tuple:
+    """What decides a split: the data settings, the protocol and the seed (the cache's key)."""
+    protocol = protocol_config(cfg)
+    return (cfg.dataset, cfg.data_dir, cfg.dataset_config, repr(protocol), repr(sorted(cfg.synthetic.items())), seed,
+            cfg.use_cache, cfg.offline)
+
+
 def load_bench_split(cfg: BenchConfig, seed: int) -> Any:
     """The seed's :class:`~metarec.data.Split`, cached per process (read only: see :func:`private_split`)."""
     protocol = protocol_config(cfg)
-    key = (cfg.dataset, cfg.data_dir, cfg.dataset_config, repr(protocol), repr(sorted(cfg.synthetic.items())), seed,
-           cfg.use_cache, cfg.offline)
+    key = split_key(cfg, seed)
     if key in _SPLIT_CACHE:
         return _SPLIT_CACHE[key]
     if cfg.dataset == "synthetic" and cfg.dataset_config is None:
@@ -225,9 +231,7 @@ def prime_split_cache(cfg: BenchConfig, seed: int, split: Any) -> None:
     A distributed executor builds each seed's split once, in the driver, and ships it to the
     workers (Ray's object store) instead of having every task read and parse the data again.
     """
-    protocol = protocol_config(cfg)
-    key = (cfg.dataset, cfg.data_dir, cfg.dataset_config, repr(protocol), repr(sorted(cfg.synthetic.items())), seed,
-           cfg.use_cache, cfg.offline)
+    key = split_key(cfg, seed)
     if len(_SPLIT_CACHE) >= 4 and key not in _SPLIT_CACHE:
         _SPLIT_CACHE.pop(next(iter(_SPLIT_CACHE)))
     _SPLIT_CACHE[key] = split
@@ -365,6 +369,42 @@ class RunSpec:
     def key(self) -> str:
         """``<method>__seed<k>``."""
         return run_key(self.method, self.seed)
+
+    # -------------------------------------------------- the executor's Job interface
+    def run(self, sink: Sink | None = None) -> dict[str, Any]:
+        """Execute the run here, writing its files (:func:`execute_run`)."""
+        return execute_run(self, sink=sink)
+
+    def died(self, error: str, failure: dict[str, Any]) -> dict[str, Any]:
+        """The run's process or node died: write a failed run record naming the cause."""
+        write_json(RunDir(self.out_dir).run_json(self.method, self.seed), failure_record(self, error, failure))
+        return {"status": "failed", "error": error, "failure": failure}
+
+    def split_source(self) -> tuple[BenchConfig, int]:
+        """The settings and seed of the split this run reads (a Ray driver shares it once per seed)."""
+        return BenchConfig.from_dict(self.config), self.seed
+
+    def run_remote(self, split: Any) -> dict[str, Any]:
+        """Execute the run where it was sent (a Ray task) and return its files instead of writing them."""
+        import torch
+
+        torch.set_num_threads(self.threads)
+        if split is not None:
+            prime_split_cache(*self.split_source(), split)
+        root = Path(self.out_dir)
+        files: list[tuple[str, str]] = []
+
+        def collect(path: Path, text: str) -> None:
+            files.append((str(Path(path).relative_to(root)), text))
+
+        result = execute_run(self, write=collect)
+        return {"result": result, "files": files}
+
+    def collect(self, payload: dict[str, Any]) -> dict[str, Any]:
+        """In the driver: write what :meth:`run_remote` returned -- predictions first, the record last."""
+        for rel, text in payload["files"]:
+            write_text(Path(self.out_dir) / rel, text)
+        return payload["result"]
 
 
 def preset_label(cls: type, preset: str | None, config: Any) -> str:
@@ -665,5 +705,6 @@ __all__ = [
     "load_checkpoint",
     "node_info",
     "prime_split_cache",
+    "split_key",
     "private_split",
 ]

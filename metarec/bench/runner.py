@@ -183,16 +183,53 @@ def run_bench(
     except (RuntimeError, ValueError) as exc:
         raise BenchError(str(exc)) from None
     if cfg.executor == "ray":
-        from metarec.bench.ray_executor import import_ray
+        from metarec.bench.ray_executor import import_ray, is_local
 
-        import_ray(local=cfg.ray_address is None)  # not installed: one line now, before the output folder is claimed
+        import_ray(local=is_local(cfg.ray_address))  # not installed: one line now, before the output folder is claimed
     if resume:
         cfg, _ = prepare_out_dir(cfg, out, resume=True)  # settings refused before any data is read
     broken, entries = resolve_methods(cfg)
     targets = {m: _spec_target(m, e, cfg.executor) for m, e in entries.items()}
+    early = None
+    try:
+        if cfg.executor == "ray":  # Ray starts (and its workers import torch) while the data loads
+            early = make_executor("ray", lambda event: None, cfg.jobs, **ray_options(cfg))
+        return _run_planned(cfg, out, resume, drop_failed_runs, console, command, render, broken, entries, targets,
+                            t_bench, early)
+    finally:
+        if early is not None:
+            early.close()
+
+
+def ray_options(cfg: BenchConfig) -> dict[str, Any]:
+    """The bench settings that configure :class:`~metarec.bench.ray_executor.RayExecutor`."""
+    return {"address": cfg.ray_address, "cpus_per_run": cfg.cpus_per_run, "gpus_per_run": cfg.gpus_per_run,
+            "retries": cfg.retries}
+
+
+def load_first_split(cfg: BenchConfig, early: Any = None) -> Any:
+    """The first seed's split; with a Ray executor, loaded in a thread while Ray starts and warms
+    its workers in this (the main) thread -- Ray's processes must be started from the main thread."""
+    if early is None:
+        return load_bench_split(cfg, cfg.seeds[0])
+    import concurrent.futures as cf
+
+    with cf.ThreadPoolExecutor(1, thread_name_prefix="metarec-data") as pool:
+        loading = pool.submit(load_bench_split, cfg, cfg.seeds[0])
+        try:
+            early.ensure_connected(cfg.threads or max(1, (os.cpu_count() or 1) // max(1, cfg.jobs)), warm=True)
+        except BaseException:
+            loading.cancel()
+            raise
+        return loading.result()
+
+
+def _run_planned(cfg: BenchConfig, out: Path, resume: bool, drop_failed_runs: bool, console: Any,
+                 command: Sequence[str] | None, render: Callable[[dict, Path], None] | None, broken: dict,
+                 entries: dict, targets: dict, t_bench: float, early: Any) -> dict[str, Any]:
     # Load the first split here: a wrong data folder fails now, with one clear error, and
     # before the output folder is claimed.
-    first_split = load_bench_split(cfg, cfg.seeds[0])
+    first_split = load_first_split(cfg, early)
     data_info = dataset_info(first_split)
     rd = RunDir(out)
     with OutDirLock(out):
@@ -246,9 +283,10 @@ def run_bench(
         env["jobs"], env["threads_per_run"], env["executor"] = jobs, threads, cfg.executor
 
         with BenchProgress(len(specs), console=console, enabled=cfg.progress) as progress:
-            ray_options = {"address": cfg.ray_address, "cpus_per_run": cfg.cpus_per_run,
-                           "gpus_per_run": cfg.gpus_per_run, "retries": cfg.retries}
-            with make_executor(cfg.executor, progress.handle, jobs, **ray_options) as executor:
+            executor = early if early is not None else make_executor(cfg.executor, progress.handle, jobs,
+                                                                    **ray_options(cfg))
+            executor.sink = progress.handle
+            with executor:
                 for spec in specs:
                     executor.submit(spec)
                 for _ in executor.outcomes():

@@ -8,6 +8,7 @@ from typing import Any
 
 import click
 
+from metarec.commands.options import executor_layer, executor_options
 from metarec.runtime import DEVICE_CHOICES
 
 
@@ -140,18 +141,7 @@ def _check_dataset(cfg: Any, *, explicit: bool, err: Any) -> None:
               help="catalogue: also rank each test user's relevant query items among the whole catalogue "
                    "(Recall@10/20, NDCG@10/20 per scenario). [default: query]")
 @click.option("--progress/--no-progress", default=None, help="Live progress display. [default: on]")
-@click.option("--executor", type=click.Choice(["local", "process", "inline", "ray"]),
-              help="Where runs execute: local worker processes (local = process), the driver's own process "
-                   "(inline), or Ray tasks (ray; pip install 'metarec[ray]'). [default: local]")
-@click.option("--ray-address", metavar="auto|HOST:PORT",
-              help="With --executor ray: the cluster to use (auto = the one started by `ray start`). "
-                   "[default: a local Ray instance on 127.0.0.1]")
-@click.option("--cpus-per-run", type=click.FloatRange(min=0, min_open=True),
-              help="With --executor ray: CPUs each run declares. [default: --threads]")
-@click.option("--gpus-per-run", type=click.FloatRange(min=0),
-              help="With --executor ray: GPUs each run declares; fractions share a device (0.25 = four runs per GPU). [default: 0]")
-@click.option("--retries", type=click.IntRange(min=0),
-              help="With --executor ray: retries of a run whose worker or node died. [default: 2]")
+@executor_options("run", " (--executor ray; a local run whose worker died is recorded as failed at once)")
 def bench(
     methods: str | None,
     dataset: str | None,
@@ -229,11 +219,12 @@ def bench(
         for name, value in (
             ("dataset", dataset), ("data_dir", data_dir), ("dataset_config", dataset_config), ("device", device), ("out", out), ("jobs", jobs),
             ("threads", threads), ("offline", offline), ("epochs", epochs), ("clip_size", clip_size),
-            ("n_boot", n_boot), ("progress", progress), ("executor", executor), ("ray_address", ray_address),
-            ("cpus_per_run", cpus_per_run), ("gpus_per_run", gpus_per_run), ("retries", retries), ("ranking", ranking),
+            ("n_boot", n_boot), ("progress", progress), ("ranking", ranking),
         ):
             if value is not None:
                 cli[name] = value
+        cli.update(executor_layer({"executor": executor, "ray_address": ray_address, "cpus_per_run": cpus_per_run,
+                                   "gpus_per_run": gpus_per_run, "retries": retries}))
         if support_size is not None:
             cli["protocol"] = {"n_support": support_size}
         preset_layer = parse_presets(presets)

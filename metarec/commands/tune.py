@@ -8,6 +8,7 @@ from typing import Any
 
 import click
 
+from metarec.commands.options import executor_layer, executor_options
 from metarec.runtime import DEVICE_CHOICES
 
 
@@ -42,7 +43,7 @@ def _saved_layers(out: Path) -> tuple[dict[str, Any], dict[str, Any]]:
 @click.option("--trials-for", "trials_for", multiple=True, metavar="METHOD=N", help="Another budget for one method (repeatable).")
 @click.option("--metric", type=click.Choice(["mae", "ndcg"]), help="Score on the pool: overall MAE (minimised) or NDCG@k (maximised). [default: mae]")
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), help="Seconds per method after which no new trial starts.")
-@click.option("--jobs", "-j", type=click.IntRange(min=1), help="Worker processes per method, sharing its study. [default: 1]")
+@click.option("--jobs", "-j", type=click.IntRange(min=1), help="Trials run at once (worker processes; Ray tasks with --executor ray), sharing each method's study. [default: 1]")
 @click.option("--threads", type=click.IntRange(min=1), help="torch threads per trial. [default: cores / jobs]")
 @click.option("--seed", type=click.IntRange(min=0), help="Seed of the sampler and of every trial's initialisation. [default: 0]")
 @click.option("--split-seed", type=click.IntRange(min=0), help="Run seed whose training users the trials train on. [default: 0]")
@@ -61,12 +62,21 @@ def _saved_layers(out: Path) -> tuple[dict[str, Any], dict[str, Any]]:
 @click.option("--resume", is_flag=True, help="Continue a stopped tune in --out (trials that were running run again), or raise its budget.")
 @click.option("--offline/--online", default=None, help="Forbid / allow network access when loading data. [default: offline]")
 @click.option("--progress/--no-progress", default=None, help="Live progress display. [default: on]")
+@executor_options("trial", " (any executor: the trial is recorded as interrupted and its settings run again as a new trial)")
+@click.option("--storage-host", metavar="HOST",
+              help="With --executor ray: the address the driver serves the study on (Optuna's gRPC storage proxy), "
+                   "reachable from every node. [default: 127.0.0.1 for a cluster on this machine, else the driver's "
+                   "cluster address]")
+@click.option("--storage-port", type=click.IntRange(0, 65535), help="Port of that server (0: any free port). [default: 0]")
 def tune(
     methods: str | None, dataset: str | None, data_dir: str | None, dataset_config: str | None, trials: int | None,
     trials_for: tuple[str, ...], metric: str | None, timeout: float | None, jobs: int | None, threads: int | None,
     seed: int | None, split_seed: int | None, pruner: str | None, startup_trials: int | None, epochs: int | None,
     tuning_fraction: float | None, device: str | None, out: str | None, config_files: tuple[str, ...],
     sets: tuple[str, ...], presets: tuple[str, ...], resume: bool, offline: bool | None, progress: bool | None,
+    executor: str | None = None, ray_address: str | None = None, cpus_per_run: float | None = None,
+    gpus_per_run: float | None = None, retries: int | None = None, storage_host: str | None = None,
+    storage_port: int | None = None,
 ) -> None:
     """Tune methods with Optuna (TPE + pruning) on a tuning pool that is never a test user.
 
@@ -80,6 +90,7 @@ def tune(
     Examples:
       metarec tune --methods baseline-predictor,melu --trials 20 --dataset ml-1m --data-dir ../shared/data
       metarec tune -m mamo --trials 30 --jobs 2 --epochs 5 --out runs/tune-mamo
+      metarec tune -m melu --trials 40 --jobs 8 --executor ray --ray-address auto --out runs/tune-melu
       metarec tune --resume --out runs/tune-mamo
       metarec bench --tuned runs/tune-mamo --seeds 0-4
     """
@@ -109,6 +120,8 @@ def tune(
                             ("epochs", epochs), ("progress", progress)):
             if value is not None:
                 cli[name] = value
+        cli.update(executor_layer({"executor": executor, "ray_address": ray_address, "cpus_per_run": cpus_per_run,
+                                   "gpus_per_run": gpus_per_run, "retries": retries}))
         if tuning_fraction is not None:
             cli["protocol"] = {"tuning_fraction": tuning_fraction}
         preset_layer = parse_presets(presets)
@@ -119,7 +132,8 @@ def tune(
         bench_cfg = with_pool(resolve_config(*layers))
         bench_cfg.seeds = (0,)
         for name, value in (("trials", trials), ("metric", metric), ("timeout", timeout), ("seed", seed),
-                            ("split_seed", split_seed), ("pruner", pruner), ("startup_trials", startup_trials)):
+                            ("split_seed", split_seed), ("pruner", pruner), ("startup_trials", startup_trials),
+                            ("storage_host", storage_host), ("storage_port", storage_port)):
             if value is not None:
                 tune_fields[name] = value
         per_method = dict(tune_fields.get("trials_per_method") or {})

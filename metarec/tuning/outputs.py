@@ -100,6 +100,8 @@ def trial_records(study: Any, space: Mapping[str, Any]) -> list[dict[str, Any]]:
             "epochs_done": ua.get("epochs_done"),
             "trial_s": ua.get("trial_s"),
             "worker": ua.get("worker"),
+            #: where it ran: host, pid and, in a Ray task, the Ray node id
+            "node": ua.get("node") or {},
             "history": ua.get("history", []),
             "error": ua.get("error"),
             "interrupted": bool(ua.get("interrupted", False)),
@@ -115,11 +117,12 @@ def trials_csv(records: Sequence[Mapping[str, Any]], space: Mapping[str, Any]) -
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     keys = list(space)
-    w.writerow(["number", "state", "value", "epochs_done", "trial_s", "worker", *keys, "error"])
+    w.writerow(["number", "state", "value", "epochs_done", "trial_s", "worker", "node", *keys, "error"])
     for r in records:
         w.writerow([
             r["number"], r["state"], "" if r["value"] is None else repr(float(r["value"])), r.get("epochs_done") or "",
             "" if r.get("trial_s") is None else r["trial_s"], "" if r.get("worker") is None else r["worker"],
+            (r.get("node") or {}).get("ray_node_id") or (r.get("node") or {}).get("host", ""),
             *[json.dumps(r["params"][k]) if isinstance(r["params"].get(k), (list, tuple)) else r["params"].get(k, "")
               for k in keys],
             (r.get("error") or "").splitlines()[0] if r.get("error") else "",

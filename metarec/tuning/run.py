@@ -1,29 +1,28 @@
-"""Run a tune: check every method first, then run the studies (in-process or in spawned workers).
+"""Run a tune: check every method first, then run the studies' trials through a bench executor.
 
-The driver alone writes the folder's summary files; workers write only to the journal and to
-their own timing files. Workers are started with the ``spawn`` method, exactly like
-``metarec bench --jobs``: ``--jobs N`` runs N workers per method, all sharing the method's study.
+The driver asks every trial (so it alone counts the budget, and one seeded sampler per study
+draws every setting), hands it to the executor that ``metarec bench`` uses -- in its own process
+for ``--jobs 1``, local worker processes for ``--jobs N``, Ray tasks for ``--executor ray`` --
+and keeps ``--jobs`` trials in flight, moving on to the next method's study when a method's
+budget is all asked. Trials tell the study themselves (:mod:`metarec.tuning.trial`); the driver
+alone writes the folder's files (timings, summaries).
 """
 
 from __future__ import annotations
 
-import concurrent.futures as cf
 import dataclasses
-import multiprocessing as mp
 import os
 import time
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from metarec.bench.config import RESULT_FIELDS, BenchConfig, differences
+from metarec.bench.config import RESULT_FIELDS, differences
 from metarec.bench.results import read_json, write_json
 from metarec.tuning import outputs
 from metarec.tuning.study import (
     TUNE_FORMAT,
     TuneConfig,
     TuneError,
-    WorkerSpec,
-    _worker_entry,
     counted,
     create_study,
     effective_space,
@@ -32,8 +31,8 @@ from metarec.tuning.study import (
     open_storage,
     recover_interrupted,
     require_optuna,
-    run_worker,
 )
+from metarec.tuning.trial import StorageProxy, TrialJob, study_storage
 
 #: Tune settings a resumed tune must keep (the budget, timeout and jobs may change).
 TUNE_RESULT_FIELDS = ("metric", "seed", "split_seed", "pruner", "startup_trials")
@@ -159,6 +158,14 @@ def run_tune(cfg: TuneConfig, *, out: str | Path, resume: bool = False, console:
     if broken:
         first = {m: e.split("\n", 1)[0] for m, e in broken.items()}
         raise TuneError("cannot tune a learner that fails to import: " + "; ".join(f"{m}: {e}" for m, e in first.items()))
+    if cfg.bench.executor == "ray":  # not installed: one line now, before the output folder is claimed
+        from metarec.bench.ray_executor import import_ray, is_local
+
+        import_ray(local=is_local(cfg.bench.ray_address))
+        try:
+            import grpc  # noqa: F401  (Optuna's storage proxy)
+        except ImportError:
+            raise TuneError("tuning over Ray needs grpcio for Optuna's storage proxy: pip install 'metarec[ray]'") from None
     tune_json = out / "tune.json"
     if resume:
         if not tune_json.exists():
@@ -168,6 +175,7 @@ def run_tune(cfg: TuneConfig, *, out: str | Path, resume: bool = False, console:
     elif tune_json.exists() or (out / "optuna.log").exists():
         raise TuneError(f"{out} already holds a tune; pass --resume to continue it or choose another --out")
     spaces = {m: effective_space(get_learner(m), cfg, m) for m in cfg.bench.methods}
+    targets = learner_targets(cfg)
 
     split = load_tuning_split(cfg)  # a wrong data folder fails now, before the folder is claimed
     info = split.info
@@ -207,16 +215,8 @@ def run_tune(cfg: TuneConfig, *, out: str | Path, resume: bool = False, console:
         console.print(f"resuming {out}: {sum(min(done[m], budgets[m]) for m in budgets)} trial(s) kept, "
                       f"{sum(budgets[m] - done[m] for m in todo)} to run")
 
-    specs = []
-    for m in todo:
-        for w in range(min(jobs, budgets[m] - done[m])):
-            specs.append(WorkerSpec(m, str(out), cfg.to_dict(), w, threads))
     with TuneProgress(budgets, done, console=console, enabled=cfg.bench.progress) as progress:
-        if jobs == 1:
-            for spec in specs:
-                run_worker(spec, sink=progress.handle)
-        else:
-            _run_parallel(specs, jobs, progress, console)
+        _run_trials(cfg, out, todo, budgets, spaces, targets, jobs, threads, progress, console)
     for m in todo:  # every worker has stopped: a trial still marked running lost its worker
         lost = recover_interrupted(create_study(cfg, m, out, spaces[m]))
         if lost:
@@ -224,40 +224,145 @@ def run_tune(cfg: TuneConfig, *, out: str | Path, resume: bool = False, console:
                           f"metarec tune --resume --out {out} runs them again")
 
     invocations.append({"wall_time_s": round(time.perf_counter() - t_start, 1), "resumed": resume, "jobs": jobs,
-                        "threads_per_trial": threads, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+                        "threads_per_trial": threads, "executor": executor_kind(cfg), "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
     tune["invocations"] = invocations
     tune["wall_time_s"] = round(sum(i["wall_time_s"] for i in invocations), 1)
     write_json(tune_json, tune)
     return rebuild_outputs(out, console)
 
 
-def _run_parallel(specs: Sequence[WorkerSpec], jobs: int, progress: TuneProgress, console: Any) -> None:
-    import queue as queue_mod
+def executor_kind(cfg: TuneConfig) -> str:
+    """``inline`` for the local executor with one job (the trial runs in the driver, as always),
+    else the bench setting (``process`` = local worker processes, ``ray``)."""
+    kind = "process" if cfg.bench.executor == "local" else cfg.bench.executor
+    return "inline" if kind == "process" and cfg.bench.jobs <= 1 else kind
 
-    ctx = mp.get_context("spawn")
-    with ctx.Manager() as manager:
-        queue = manager.Queue()
-        with cf.ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
-            futures = {pool.submit(_worker_entry, spec, queue): spec for spec in specs}
-            pending = set(futures)
 
-            def drain() -> None:
-                while True:
-                    try:
-                        progress.handle(queue.get_nowait())
-                    except queue_mod.Empty:
+def _proxy_host(cfg: TuneConfig, ray: Any) -> str:
+    """Where the storage proxy listens: ``storage_host``, else loopback for a cluster on this
+    machine, else the driver's address in the cluster (what every node reaches it by)."""
+    if cfg.storage_host:
+        return cfg.storage_host
+    from metarec.bench.ray_executor import is_local
+
+    if is_local(cfg.bench.ray_address):
+        return "127.0.0.1"
+    try:
+        node = ray._private.worker.global_worker.node_ip_address  # the driver's node, as the cluster knows it
+    except Exception:  # pragma: no cover - a Ray version without it
+        node = None
+    if not node:
+        raise TuneError("cannot tell the driver's address in the Ray cluster: pass --storage-host HOST, "
+                        "an address of this machine that every node reaches")
+    return "127.0.0.1" if node == "localhost" else node
+
+
+def learner_targets(cfg: TuneConfig) -> dict[str, str | None]:
+    """The ``module:attr`` each worker imports per method (None inline: the driver's own registry);
+    a learner that a worker process cannot import is refused now, in one line."""
+    from metarec.bench.runner import BenchError, _spec_target
+    from metarec.registry import learner_entries
+
+    kind = executor_kind(cfg)
+    if kind == "inline":
+        return {m: None for m in cfg.bench.methods}
+    entries = learner_entries()
+    try:
+        return {m: _spec_target(m, entries[m], kind) for m in cfg.bench.methods}
+    except BenchError as exc:
+        raise TuneError(str(exc).replace("runs execute", "trials execute")) from None
+
+
+def _run_trials(cfg: TuneConfig, out: Path, todo: Sequence[str], budgets: Mapping[str, int],
+                spaces: Mapping[str, Any], targets: Mapping[str, str | None], jobs: int, threads: int,
+                progress: TuneProgress, console: Any) -> None:
+    """Ask, dispatch and record trials until every method in ``todo`` has its budget (or timeout)."""
+    from metarec.bench.executor import make_executor
+    from metarec.bench.results import write_json
+    from metarec.bench.runner import ray_options
+    from metarec.tuning.space import suggest
+    from metarec.tuning.study import make_pruner, make_sampler
+
+    optuna = require_optuna()
+    if not todo:
+        return
+    kind = executor_kind(cfg)
+    storage = study_storage(out)  # one journal instance: the driver's asks and the proxy's calls share it
+    studies = {m: optuna.load_study(study_name=m, storage=storage, sampler=make_sampler(cfg, m, 0),
+                                    pruner=make_pruner(cfg)) for m in todo}
+    closed: set[str] = set()
+    started: dict[str, float] = {}
+    free = list(range(jobs))
+    timing_logs: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    config = cfg.to_dict()
+    proxy: StorageProxy | None = None
+
+    def next_job(proxy_address: str | None) -> TrialJob | None:
+        for m in todo:
+            if m in closed:
+                continue
+            study = studies[m]
+            if counted(study.get_trials(deepcopy=False)) >= budgets[m]:
+                closed.add(m)
+                continue
+            now = time.perf_counter()
+            if cfg.timeout is not None and m in started and now - started[m] > cfg.timeout:
+                progress.handle(("note", m, f"timeout of {cfg.timeout:g} s reached"))
+                closed.add(m)
+                continue
+            started.setdefault(m, now)
+            t0 = time.perf_counter()
+            trial = study.ask()
+            t1 = time.perf_counter()
+            suggest(trial, spaces[m])  # the study's one sampler draws the settings, here
+            t2 = time.perf_counter()
+            return TrialJob(m, str(out), config, trial._trial_id, trial.number, free.pop(0), threads,
+                            proxy=proxy_address, attempt=int(trial.user_attrs.get("attempt", 0)),
+                            retries=cfg.bench.retries, ask_s=t1 - t0, suggest_s=t2 - t1, learner_target=targets[m])
+        return None
+
+    with make_executor(kind, progress.handle, jobs, preload=("optuna", "metarec.tuning.trial"),
+                       **ray_options(cfg.bench)) as executor:
+        try:
+            if kind == "ray":
+                executor.ensure_connected(threads, warm=True)
+                proxy = StorageProxy(out, _proxy_host(cfg, executor.ray), cfg.storage_port)
+                console.print(f"trials reach the study through Optuna's storage proxy on {proxy.address}")
+
+            def fill() -> None:
+                while free:
+                    job = next_job(proxy.address if proxy else None)
+                    if job is None:
                         return
+                    progress.handle(("start", job.method, job.number))
+                    executor.submit(job)
 
-            while pending:
-                finished, pending = cf.wait(pending, timeout=0.2)
-                drain()
-                for fut in finished:
-                    spec = futures[fut]
-                    try:
-                        fut.result()
-                    except Exception as exc:  # the worker itself died; its running trial is recovered on --resume
-                        console.print(f"[red]worker {spec.worker} of {spec.method} stopped[/]: {type(exc).__name__}: {exc}")
-            drain()
+            fill()
+            for outcome in executor.outcomes():
+                job, res = outcome.spec, outcome.result or {}
+                free.append(job.slot)
+                free.sort()
+                if res.get("timing"):
+                    path = out / job.method / f"timing-worker{job.slot}.json"
+                    if (job.method, job.slot) not in timing_logs:  # a resumed tune keeps the earlier timings
+                        timing_logs[(job.method, job.slot)] = read_json(path).get("trials", []) if path.exists() else []
+                    log = timing_logs[(job.method, job.slot)]
+                    log.append(res["timing"])
+                    write_json(path, {"method": job.method, "worker": job.slot, "trials": log})
+                if res.get("interrupted"):
+                    console.print(f"[red]{job.method} #{job.number} lost its worker[/]: {res.get('error')}; "
+                                  "its settings run again")
+                try:
+                    best = studies[job.method].best_trial
+                    best_txt = (best.number, best.value)
+                except ValueError:
+                    best_txt = None
+                progress.handle(("trial", job.method, job.number, res.get("state", "FAIL"), res.get("value"), best_txt,
+                                 float(res.get("trial_s") or 0.0), res.get("error")))
+                fill()
+        finally:
+            if proxy is not None:
+                proxy.close()
 
 
 __all__ = ["TuneProgress", "rebuild_outputs", "run_tune"]

@@ -6,29 +6,28 @@ training users of the split at ``split_seed`` -- the pool's users are never amon
 scores it on the pool's query ratings (overall MAE by default, as ``metarec bench`` computes it).
 After every epoch the same score is reported to the pruner, which stops trials that fall behind.
 
-Storage is Optuna's journal file (``<out>/optuna.log``), appended to by every worker process, so
-a tune killed at any moment (even ``kill -9``) keeps every finished trial; ``--resume`` marks the
+Storage is Optuna's journal file (``<out>/optuna.log``), appended to by the driver and every
+trial (directly, or through the driver's gRPC storage proxy on a Ray cluster:
+:mod:`metarec.tuning.trial`), so a tune killed at any moment (even ``kill -9``) keeps every
+finished trial; ``--resume`` marks the
 trials that were running as failed (``interrupted``), queues their settings again and runs until
 the budget is met. The budget counts finished trials (complete, pruned, failed) and running ones;
 interrupted trials do not count. A trial that raises, diverges (NaN loss) or runs out of memory
 is recorded as failed with its error, and the study goes on.
 
-:func:`run_worker` (a picklable :class:`WorkerSpec` in, a summary dict out) is the unit of
-parallel work: ``--jobs N`` starts N of them per method in spawned processes, all sharing the
-study through the journal, and any executor that can call a function can run them.
+The unit of parallel work is one trial, a :class:`~metarec.tuning.trial.TrialJob` run by the
+same executors as ``metarec bench``'s runs (inline, local worker processes, Ray tasks); the
+driver alone asks for trials and so counts the budget (:mod:`metarec.tuning.run`).
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import math
-import os
 import time
-import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Literal, Mapping
+from typing import Any, Callable, Literal, Mapping
 
 import numpy as np
 
@@ -89,6 +88,11 @@ class TuneConfig:
     pruner: Literal["median", "halving", "none"] = "median"
     #: Trials drawn at random before TPE models the results, and before the pruner prunes.
     startup_trials: int = 5
+    #: ``executor = "ray"``: the address the driver's Optuna storage proxy (gRPC) listens on, which
+    #: every worker node must reach (None: 127.0.0.1 for a cluster on this machine, else the
+    #: driver's address in the cluster), and its port (0: any free port).
+    storage_host: str | None = None
+    storage_port: int = 0
 
     def __post_init__(self) -> None:
         if self.trials < 1:
@@ -104,6 +108,10 @@ class TuneConfig:
             raise ValueError("seed and split_seed must be non-negative")
         if self.startup_trials < 0:
             raise ValueError(f"startup_trials must be >= 0, got {self.startup_trials}")
+        if not 0 <= self.storage_port <= 65535:
+            raise ValueError(f"storage_port must be 0 (any free port) or 1..65535, got {self.storage_port}")
+        if self.storage_host is not None and not self.storage_host.strip():
+            raise ValueError("storage_host is empty: give an address the workers can reach, e.g. 10.0.0.5")
 
     def budget(self, method: str) -> int:
         """The number of trials ``method`` gets."""
@@ -305,31 +313,6 @@ def recover_interrupted(study: Any) -> list[int]:
     return numbers
 
 
-@contextlib.contextmanager
-def _ask_lock(path: Path) -> Iterator[None]:
-    """An exclusive lock between a study's workers around "count the budget, then ask"."""
-    import fcntl
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
-@dataclass
-class WorkerSpec:
-    """Everything a (possibly separate) process needs to run trials of one method's study."""
-
-    method: str
-    out_dir: str
-    config: dict[str, Any]
-    worker: int
-    threads: int
-
-
 def _run_trial(trial: Any, cls: type, method: str, cfg: TuneConfig, space: Mapping[str, Any], split: Any,
                device: Any, timings: dict[str, float]) -> float:
     """Train and score one trial and return its value; fills ``timings`` (also when it raises
@@ -358,91 +341,6 @@ def _run_trial(trial: Any, cls: type, method: str, cfg: TuneConfig, space: Mappi
     return float(value)
 
 
-def run_worker(spec: WorkerSpec, sink: Sink | None = None) -> dict[str, Any]:
-    """Run trials of ``spec.method``'s study until its budget (or the timeout) is reached.
-
-    Never raises for a failing trial (it is recorded as failed); returns counts and timings.
-    """
-    import torch
-
-    optuna = require_optuna()
-    from optuna.trial import TrialState
-
-    from metarec.bench.results import write_json
-    from metarec.registry import get_learner
-    from metarec.runtime import resolve_device
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    sink = sink or (lambda event: None)
-    torch.set_num_threads(spec.threads)
-    cfg = TuneConfig.from_dict(spec.config)
-    method, out = spec.method, Path(spec.out_dir)
-    cls = get_learner(method)
-    space = effective_space(cls, cfg, method)
-    device = resolve_device(cfg.bench.device)
-    sink(("phase", method, "loading data"))
-    split = load_tuning_split(cfg)
-    study = optuna.load_study(study_name=method, storage=open_storage(out),
-                              sampler=make_sampler(cfg, method, spec.worker), pruner=make_pruner(cfg))
-    budget = cfg.budget(method)
-    lock = out / method / ".ask.lock"
-    timing_path = out / method / f"timing-worker{spec.worker}.json"
-    timing_log: list[dict[str, Any]] = []
-    t_start = time.perf_counter()
-    ran = 0
-    while True:
-        with _ask_lock(lock):
-            trials = study.get_trials(deepcopy=False)
-            if counted(trials) >= budget:
-                break
-            if cfg.timeout is not None and time.perf_counter() - t_start > cfg.timeout:
-                sink(("note", method, f"timeout of {cfg.timeout:g} s reached"))
-                break
-            t0 = time.perf_counter()
-            trial = study.ask()
-            ask_s = time.perf_counter() - t0
-        sink(("start", method, trial.number))
-        t_trial = time.perf_counter()
-        timings: dict[str, float] = {}
-        value: float | None = None
-        try:
-            value = _run_trial(trial, cls, method, cfg, space, split, device, timings)
-            state, error = TrialState.COMPLETE, None
-        except optuna.TrialPruned as exc:
-            state, error = TrialState.PRUNED, str(exc)
-        except Exception as exc:  # one trial's failure (error, NaN, out of memory) must not stop the study
-            state, error = TrialState.FAIL, f"{type(exc).__name__}: {exc}"
-            trial.set_user_attr("error", error)
-            trial.set_user_attr("traceback", traceback.format_exc()[-4000:])
-        trial_s = time.perf_counter() - t_trial
-        trial.set_user_attr("trial_s", round(trial_s, 4))
-        trial.set_user_attr("worker", spec.worker)
-        t0 = time.perf_counter()
-        if state == TrialState.COMPLETE:
-            study.tell(trial, value)
-        else:
-            study.tell(trial, state=state)
-        tell_s = time.perf_counter() - t0
-        ran += 1
-        timing_log.append({
-            "trial": trial.number, "state": state.name, "trial_s": trial_s, "ask_s": ask_s, "tell_s": tell_s,
-            **timings,
-        })
-        write_json(timing_path, {"method": method, "worker": spec.worker, "trials": timing_log})
-        try:
-            best = study.best_trial
-            best_txt = (best.number, best.value)
-        except ValueError:
-            best_txt = None
-        sink(("trial", method, trial.number, state.name, value, best_txt, trial_s, error))
-    return {"method": method, "worker": spec.worker, "trials_run": ran, "seconds": time.perf_counter() - t_start}
-
-
-def _worker_entry(spec: WorkerSpec, queue: Any) -> dict[str, Any]:
-    """Entry point of a spawned worker process: events go through the manager queue."""
-    return run_worker(spec, sink=queue.put)
-
-
 __all__ = [
     "DEFAULT_TUNING_FRACTION",
     "METRICS",
@@ -450,7 +348,6 @@ __all__ = [
     "PoolReport",
     "TuneConfig",
     "TuneError",
-    "WorkerSpec",
     "counted",
     "create_study",
     "effective_space",
@@ -458,6 +355,5 @@ __all__ = [
     "open_storage",
     "pool_score",
     "recover_interrupted",
-    "run_worker",
     "with_pool",
 ]
