@@ -441,3 +441,14 @@ def per_user_relu_mlp_mse_grads(
             if layer > 0:
                 d = torch.bmm(d, params[2 * layer]) * (pre[layer - 1] > 0)
     return loss, grads
+
+
+def fm_interaction(fields: Tensor) -> Tensor:
+    """Factorization-machine second-order term of field embeddings ``[..., F, d]`` -> ``[...]``.
+
+    ``0.5 * sum_d ((sum_f v_f)^2 - sum_f v_f^2)``: every pairwise inner product of the fields
+    (Rendle 2010), in O(F d). FM, DeepFM and the item warm-up backbones use it
+    (:mod:`metarec.warmup.backbone`).
+    """
+    total = fields.sum(-2)
+    return 0.5 * (total.pow(2) - fields.pow(2).sum(-2)).sum(-1)
