@@ -26,6 +26,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from metarec.config import setting
@@ -84,16 +85,30 @@ class CVAR(ItemWarmupLearner):
         """``dec(mu_prior(side))``: the generated ID embedding."""
         return self.decoder(self.prior_mu(self.side(items)))
 
-    def cvar_loss(self, batch: Interactions) -> Tensor:
+    def cvar_loss(self, batch: Interactions, cached: tuple | None = None) -> Tensor:
+        """BCE (prior path) + reconstruction + regulariser; ``cached``: the batch's frozen backbone parts,
+        its ID embeddings and feature fields (computed once per batch, reused over the ``iters`` steps)."""
         c = self.config
-        e = self.backbone.item_id(batch.item).detach()
+        if cached is None:
+            cached = self.frozen_parts(batch)
+        parts, e, fields = cached
+        side = torch.cat([fields, self.prior_table(batch.item)], -1) if self.prior_table is not None else fields
         mu, logv = self.enc_mu(e), self.enc_logv(e)
-        mu_p, logv_p = self.prior_mu(self.side(batch.item)), self.prior_logv(self.side(batch.item))
+        mu_p, logv_p = self.prior_mu(side), self.prior_logv(side)
         z = mu + c.noise_scale * torch.exp(0.5 * logv) * torch.randn_like(mu)
         z_p = mu_p + c.noise_scale * torch.exp(0.5 * logv_p) * torch.randn_like(mu_p)
         recon = (self.decoder(z) - e).pow(2).sum(-1).mean()
         w2 = ((mu - mu_p).pow(2) + (torch.exp(0.5 * logv) - torch.exp(0.5 * logv_p)).pow(2)).sum()
-        return self.bce(batch, self.decoder(z_p)) + c.recon_weight * recon + c.reg_weight * w2
+        before, after, first = parts
+        bce = F.binary_cross_entropy_with_logits(self.backbone.head(before, self.decoder(z_p), after, first), batch.label)
+        return bce + c.recon_weight * recon + c.reg_weight * w2
+
+    @torch.no_grad()
+    def frozen_parts(self, batch: Interactions) -> tuple:
+        """What the frozen backbone contributes to a batch: its parts, ID embeddings, item-feature fields."""
+        u, i = self.cols(batch)
+        return (self.backbone.parts(batch.user, batch.item, u, i), self.backbone.item_id(batch.item),
+                self.item_fields(batch.item))
 
     def cvar_train(self, rows: Interactions, epochs: int, tag: str) -> float:
         """``epochs`` passes over ``rows``, ``iters`` steps per batch, a fresh Adam (CVAR)."""
@@ -105,8 +120,9 @@ class CVAR(ItemWarmupLearner):
         for epoch in range(epochs):
             for batch in rows.batches(c.batch_size, generator=self.generator(tag, epoch)):
                 batch = batch.to(self.device)
+                cached = self.frozen_parts(batch)
                 for _ in range(c.iters):
-                    loss = self.cvar_loss(batch)
+                    loss = self.cvar_loss(batch, cached)
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
                     opt.step()

@@ -83,7 +83,7 @@ class _HistoryScorer(ItemWarmupLearner):
             sel = rows.label == cls
             idx = torch.stack([rows.user[sel], rows.item[sel]])
             m = torch.sparse_coo_tensor(idx, torch.ones(int(sel.sum()), device=self.device),
-                                        (self.n_users, self.n_items)).coalesce()
+                                        (self.n_users, self.n_items), check_invariants=False).coalesce()
             m = m if getattr(self, name, None) is None else (getattr(self, name) + m).coalesce()
             setattr(self, name, m)
             setattr(self, "n" + name[1], torch.sparse.sum(m, 1).to_dense() if m._nnz() else torch.zeros(self.n_users, device=self.device))
@@ -92,7 +92,7 @@ class _HistoryScorer(ItemWarmupLearner):
         """(R0, R1) of ``user`` ``[B, d]``; leaves out the row ``(user, item, label)`` when given."""
         out = []
         for cls, m, counts in ((0, self.h0, self.n0), (1, self.h1, self.n1)):
-            s = torch.sparse.mm(m, fv)[user]
+            s = torch.sparse.mm(m.index_select(0, user), fv)  # only the batch's users' rows
             n = counts[user]
             if item is not None:
                 own = (label == cls).to(fv.dtype)

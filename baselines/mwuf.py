@@ -16,7 +16,9 @@ Deviations: the users-per-item map is built the right way round (CVAR swaps user
 warm.py:244); a new item has no interacting user before its first warm-up batch, so at the cold
 stage its shift input is the mean embedding of all users (an uninformative prior), not the
 current row's user (CVAR's fallback); the scale network reads item features only -- not the
-cold item's untrained ID embedding nor the whole-log ``count`` (a test-period leak).
+cold item's untrained ID embedding nor the whole-log ``count`` (a test-period leak); CVAR writes
+the warm embedding once (cold stage) and then fine-tunes the backbone rows directly, here every
+stage goes through the meta networks as in the paper.
 """
 
 from __future__ import annotations
@@ -69,6 +71,16 @@ class MWUF(ItemWarmupLearner):
         n = len(self.users)
         return self.backbone.user_side.fields(cols, n, self.device).mean(1).detach()
 
+    def add_users(self, rows) -> None:
+        """Add the users of ``rows`` to their items' user averages."""
+        rows = rows.to(self.device)
+        uv = self.user_vectors()
+        self.user_sum.index_add_(0, rows.item, uv[rows.user])
+        self.user_count.index_add_(0, rows.item, torch.ones(len(rows), device=self.device))
+        # items without a user yet (every new item before its first batch) get the mean user: no information
+        self.user_avg = torch.where(self.user_count.unsqueeze(-1) > 0,
+                                    self.user_sum / self.user_count.clamp_min(1).unsqueeze(-1), uv.mean(0))
+
     def warm_embedding(self, cold: Tensor, items: Tensor, user_avg: Tensor) -> Tensor:
         """``cold * scale(features) + shift(user average)``."""
         return cold * self.meta_scale(self.item_fields(items)) + self.meta_shift(user_avg)
@@ -79,12 +91,9 @@ class MWUF(ItemWarmupLearner):
         table = self.backbone.item_id.weight.detach()
         self.mean_old = table[self.old_items].mean(0)
         self.cold_emb = nn.Parameter(self.mean_old.expand(self.n_items, d).clone())
-        uv = self.user_vectors()
-        base = train.base.to(self.device)
-        total = torch.zeros(self.n_items, d, device=self.device).index_add(0, base.item, uv[base.user])
-        count = torch.zeros(self.n_items, device=self.device).index_add(0, base.item, torch.ones(len(base), device=self.device))
-        # items with no old-period users (every new item) get the mean user: no information yet
-        self.user_avg = torch.where(count.unsqueeze(-1) > 0, total / count.clamp_min(1).unsqueeze(-1), uv.mean(0))
+        self.user_sum = torch.zeros(self.n_items, d, device=self.device)
+        self.user_count = torch.zeros(self.n_items, device=self.device)
+        self.add_users(train.base)
         self.backbone.requires_grad_(False)
         opt_cold = torch.optim.Adam([self.cold_emb], lr=c.meta_lr, weight_decay=c.weight_decay)
         opt_meta = torch.optim.Adam([*self.meta_scale.parameters(), *self.meta_shift.parameters()], lr=c.meta_lr,
@@ -107,7 +116,24 @@ class MWUF(ItemWarmupLearner):
         self.info.update(cold_loss_last=cold_loss, warm_loss_last=warm_loss)
 
     def init_new_items(self, new_items: Tensor) -> None:
-        items = new_items.to(self.device)
+        self.new_items = new_items.to(self.device)
         with torch.no_grad():
-            warm = self.warm_embedding(self.mean_old.expand(len(items), -1), items, self.user_avg[items])
+            self.cold_emb[self.new_items] = self.mean_old
+        self.serve_warm()
+
+    def serve_warm(self) -> None:
+        """Write the new items' warm embeddings into the backbone (what predictions use)."""
+        items = self.new_items
+        with torch.no_grad():
+            warm = self.warm_embedding(self.cold_emb[items], items, self.user_avg[items])
         self.write_item_embeddings(items, warm)
+
+    def warm_up(self, rows, stage: str) -> None:
+        """Cold loss on the stage's rows (new items' cold embeddings only), new users, warm rewrite."""
+        c = self.config
+        self.backbone.requires_grad_(False)
+        self.train_rows(rows, [self.cold_emb], lambda b: self.bce(b, self.cold_emb[b.item]), epochs=c.warm_epochs,
+                        lr=c.warm_lr, tag=f"mwuf-warm-{stage}")
+        self.backbone.requires_grad_(True)
+        self.add_users(rows)
+        self.serve_warm()

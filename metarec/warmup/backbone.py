@@ -102,6 +102,31 @@ class CTRBackbone(nn.Module):
         b = next(iter(item_cols.values())).shape[0] if item_cols else 0
         return self.item_side.fields(item_cols, b, self.bias.device)
 
+    def parts(self, user: Tensor, item: Tensor, user_cols: Mapping[str, Tensor],
+              item_cols: Mapping[str, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
+        """Everything but the item-ID field: (fields before it, fields after it, first-order term).
+
+        A method that tries many item-ID embeddings on one batch (CVAR's inner iterations)
+        computes these once and calls :meth:`head` per try.
+        """
+        b, dev = user.shape[0], user.device
+        before = [self.user_id(user).unsqueeze(1)] if self.use_user_id else []
+        before.append(self.user_side.fields(user_cols, b, dev))
+        after = self.item_side.fields(item_cols, b, dev)
+        first = self.bias + self.user_side.first_order(user_cols, b, dev) + self.item_side.first_order(item_cols, b, dev)
+        return torch.cat(before, dim=1), after, first
+
+    def head(self, before: Tensor, item_emb: Tensor | None, after: Tensor, first: Tensor) -> Tensor:
+        """Logits from :meth:`parts` and the item-ID embedding ``[B, dim]`` (None without an ID field)."""
+        slot = [item_emb.unsqueeze(1)] if self.use_item_id else []
+        fields = torch.cat([before, *slot, after], dim=1)
+        out = first
+        if self.kind in ("fm", "deepfm"):
+            out = out + fm_interaction(fields)
+        if self.mlp is not None:
+            out = out + self.mlp(fields.flatten(1)).squeeze(-1)
+        return out
+
     def forward(
         self,
         user: Tensor,
@@ -111,21 +136,10 @@ class CTRBackbone(nn.Module):
         item_emb: Tensor | None = None,
     ) -> Tensor:
         """Logits ``[B]``; ``item_emb`` ``[B, dim]`` replaces the item-ID field's lookup."""
-        b, dev = user.shape[0], user.device
-        parts = []
-        if self.use_user_id:
-            parts.append(self.user_id(user).unsqueeze(1))
-        parts.append(self.user_side.fields(user_cols, b, dev))
-        if self.use_item_id:
-            parts.append((self.item_id(item) if item_emb is None else item_emb).unsqueeze(1))
-        parts.append(self.item_side.fields(item_cols, b, dev))
-        fields = torch.cat(parts, dim=1)
-        out = self.bias + self.user_side.first_order(user_cols, b, dev) + self.item_side.first_order(item_cols, b, dev)
-        if self.kind in ("fm", "deepfm"):
-            out = out + fm_interaction(fields)
-        if self.mlp is not None:
-            out = out + self.mlp(fields.flatten(1)).squeeze(-1)
-        return out
+        before, after, first = self.parts(user, item, user_cols, item_cols)
+        if self.use_item_id and item_emb is None:
+            item_emb = self.item_id(item)
+        return self.head(before, item_emb, after, first)
 
 
 def item_feature_input_dim(schema: FeatureSchema, dim: int) -> int:
