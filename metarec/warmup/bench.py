@@ -11,7 +11,8 @@ scored after every stage. Outputs in ``--out``:
   ``benchmarks/recompute_metrics.py`` reproduces them exactly);
 * ``results.json`` (``protocol: item-warmup``): per method and stage, mean +- std over seeds and
   a bootstrap interval of that mean (items resampled within each seed, replicates averaged);
-* ``summary.md``: the AUC / F1 / log-loss tables (``metarec report`` re-renders it).
+* ``summary.md``: the AUC / F1 / log-loss tables, and ``plot.png`` / ``plot.svg``: the metrics
+  against the stage (``metarec report`` re-renders both; the plot needs ``metarec[plot]``).
 
 Runs execute in this process, one after another (each is minutes at most on ML-1M); there is no
 resume: a rerun starts over.
@@ -34,6 +35,7 @@ import torch
 
 from metarec.errors import UserError
 from metarec.runtime import derive_seed
+from metarec.registry import learner_protocol
 from metarec.warmup.learner import WarmupTrainData
 from metarec.warmup.metrics import METRICS, bootstrap_replicates, percentile_interval, stage_metrics
 from metarec.warmup.protocol import PROTOCOL_NAME, WarmupSplit, build_warmup_split, warmup_config_for
@@ -46,11 +48,6 @@ METRIC_LABELS = {"auc": "AUC", "f1": "F1 (0.5)", "f1_mean": "F1 (test-mean thres
 
 class WarmupBenchError(UserError):
     """A mistake in an item warm-up benchmark invocation (one line)."""
-
-
-def learner_protocol(cls: type) -> str:
-    """The protocol a learner class follows (``user-cold`` unless it says otherwise)."""
-    return getattr(cls, "protocol", "user-cold")
 
 
 def resolve_warmup_methods(methods: Sequence[str]) -> dict[str, type]:
@@ -73,10 +70,9 @@ def resolve_warmup_methods(methods: Sequence[str]) -> dict[str, type]:
 
 def item_warmup_learners() -> list[str]:
     """Names of the registered learners that follow the item warm-up protocol."""
-    from metarec.registry import available_learners
+    from metarec.registry import learners_for_protocol
 
-    ok, _ = available_learners()
-    return [n for n, e in ok.items() if learner_protocol(e.load()) == PROTOCOL_NAME]
+    return learners_for_protocol(PROTOCOL_NAME)
 
 
 def load_data(cfg: Any) -> Any:
@@ -322,9 +318,13 @@ def run_warmup_bench(cfg: Any, *, out: Path, protocol_overrides: dict[str, Any],
     }
     results["wall_time_s"] = time.perf_counter() - t_bench
     write_json(out / "results.json", results)
-    (out / "summary.md").write_text(markdown_summary(json.loads((out / "results.json").read_text())))
+    saved = json.loads((out / "results.json").read_text())
+    (out / "summary.md").write_text(markdown_summary(saved))
+    from metarec.warmup.plot import plot_warmup
+
+    plot_warmup(saved, out / "plot")
     return results
 
 
-__all__ = ["RESULTS_FORMAT", "WarmupBenchError", "item_warmup_learners", "learner_protocol", "markdown_summary",
+__all__ = ["RESULTS_FORMAT", "WarmupBenchError", "item_warmup_learners", "markdown_summary",
            "resolve_warmup_methods", "run_stream", "run_warmup_bench"]
