@@ -107,6 +107,23 @@ def test_item_bootstrap_resamples_items_with_all_their_rows():
     assert reps["logloss"][0] == pytest.approx(log_loss(y[rows], p[rows]), abs=1e-9)
 
 
+def test_item_level_bootstrap_equals_the_row_level_definition():
+    """The fast replicates (per-item statistics) are the metrics of the resampled rows, exactly:
+    ties, items with only positives or only negatives, F1 at each replicate's own mean."""
+    from metarec.warmup.metrics import _weighted
+
+    rng = np.random.default_rng(4)
+    item = np.r_[rng.integers(0, 30, 400), [30] * 4, [31] * 4]
+    y = np.r_[rng.integers(0, 2, 400), [1] * 4, [0] * 4].astype(float)
+    p = np.round(rng.random(408) * 0.6 + 0.3 * y, 2)  # rounded: many ties
+    reps = bootstrap_replicates(p, y, item, n_boot=50, seed=7)
+    draws = np.random.default_rng(7).integers(0, 32, size=(50, 32))
+    w = np.stack([np.bincount(d, minlength=32) for d in draws]).astype(float)[:, item]
+    rows = _weighted(p, y, w)
+    for k in rows:
+        assert np.allclose(reps[k], rows[k], atol=1e-12, equal_nan=True), k
+
+
 # ------------------------------------------------------------------ backbones
 def test_fm_interaction_is_the_sum_of_pairwise_products():
     v = torch.randn(3, 5, 4)
@@ -265,3 +282,90 @@ def test_methods_lists_the_protocol_of_each_learner():
     assert res.exit_code == 0, res.output
     line = next(x for x in res.output.splitlines() if x.strip("│ ").startswith("cvar "))
     assert "item-warmup" in line
+
+
+# ------------------------------------------------------------------ the user-task interface is unchanged
+TUTORIAL = REPO / "docs" / "tutorial" / "toy_learner"
+
+
+def test_the_tutorials_user_task_learner_is_untouched_by_the_second_protocol(tmp_path):
+    """The tutorial's Reptile, written against the user-task interface, declares no protocol and
+    needs none: it resolves to user-cold, and the item warm-up bench refuses it in one line (its
+    user-task contract check, unchanged, is tests/test_contract.py)."""
+    from metarec.registry import learner_protocol, learners_for_protocol, register_learner, unregister_learner
+
+    src = (TUTORIAL / "toy_learner" / "reptile.py").read_text()
+    assert "protocol" not in src and "warmup" not in src
+    sys.path.insert(0, str(TUTORIAL))
+    try:
+        from toy_learner.reptile import Reptile
+    finally:
+        sys.path.remove(str(TUTORIAL))
+        for mod in [m for m in sys.modules if m == "toy_learner" or m.startswith("toy_learner.")]:
+            del sys.modules[mod]
+    assert learner_protocol(Reptile) == "user-cold"
+    register_learner("toy-reptile-src")(Reptile)
+    try:
+        assert "toy-reptile-src" in learners_for_protocol("user-cold")
+        assert "toy-reptile-src" not in learners_for_protocol("item-warmup")
+        res = CliRunner().invoke(main, ["bench", "--protocol", "item-warmup", "-d", "synthetic", "-m",
+                                        "toy-reptile-src", "--out", str(tmp_path / "warm")])
+    finally:
+        unregister_learner("toy-reptile-src")
+    assert res.exit_code == 2 and "'toy-reptile-src' follows the user-cold protocol, not item-warmup" in res.output
+    assert not (tmp_path / "warm").exists()
+
+
+def test_bench_draws_the_stage_plot(bench_dir):
+    pytest.importorskip("matplotlib")
+    assert (bench_dir / "plot.png").stat().st_size > 0 and (bench_dir / "plot.svg").stat().st_size > 0
+
+
+def test_results_page_renders_an_item_warmup_folder(bench_dir, tmp_path):
+    import shutil
+
+    spec = importlib.util.spec_from_file_location("gen_results_w", REPO / "docs" / "gen_results.py")
+    gen = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gen)
+    shutil.copytree(bench_dir, tmp_path / "results" / "warm-run")
+    page = gen.render(tmp_path / "results", reference_path=None)
+    assert "## Item warm-up protocol" in page and "`warm-run`" in page
+    cell = json.loads((bench_dir / "results.json").read_text())["methods"]["metaemb"]["stages"]["b"]["auc"]
+    assert f"| metaemb | " in page and f"{cell['mean']:.4f}" in page
+
+
+def test_speed_script_times_each_phase_of_the_stream(tmp_path):
+    spec = importlib.util.spec_from_file_location("bench_warmup_speed", REPO / "benchmarks" / "bench_warmup_speed.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    out = tmp_path / "speed.json"
+    assert mod.main(["--data", "synthetic", "--methods", "deepfm,feature-only", "--threads", "1", "--out", str(out)]) == 0
+    rec = json.loads(out.read_text())
+    assert [r["method"] for r in rec["rows"]] == ["deepfm", "feature-only"]
+    for r in rec["rows"]:
+        assert r["total_s"] >= r["fit_s"] + r["cold_s"] + r["warm_abc_s"] - 1e-6 and r["warm_abc_s"] > 0
+    assert rec["rows"][0]["total_vs_reference"] == 1.0 and rec["environment"]["load_average_before_after"]
+
+
+def test_a_run_stopped_after_a_seed_keeps_complete_files_for_it(tmp_path, monkeypatch, capsys):
+    import metarec.warmup.bench as wb
+
+    real = wb.run_stream
+
+    def stop_at_seed_1(*args, **kwargs):
+        if kwargs["seed"] == 1:
+            raise KeyboardInterrupt  # what a time limit (SIGINT) does mid-run
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(wb, "run_stream", stop_at_seed_1)
+    out = tmp_path / "stopped"
+    CliRunner().invoke(main, [
+        "bench", "--protocol", "item-warmup", "-d", "synthetic", "-m", "deepfm,feature-only",
+        "--set", "synthetic.ratings_per_user=40", "--set", "protocol.old_min_count=60", "--set", "protocol.stage_size=6",
+        "--seeds", "0,1", "--threads", "1", "--n-boot", "20", "--out", str(out),
+    ])
+    results = json.loads((out / "results.json").read_text())
+    assert results["seeds"] == [0] and results["seeds_planned"] == [0, 1] and results["complete"] is False
+    assert {r["seed"] for r in results["runs"]} == {0}
+    assert "planned: the run stopped early" in (out / "summary.md").read_text()
+    assert _recompute().main([str(out)]) == 0

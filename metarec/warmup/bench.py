@@ -14,8 +14,10 @@ scored after every stage. Outputs in ``--out``:
 * ``summary.md``: the AUC / F1 / log-loss tables, and ``plot.png`` / ``plot.svg``: the metrics
   against the stage (``metarec report`` re-renders both; the plot needs ``metarec[plot]``).
 
-Runs execute in this process, one after another (each is minutes at most on ML-1M); there is no
-resume: a rerun starts over.
+Runs execute in this process, one after another, seed by seed (each is minutes at most on
+ML-1M). The folder's files are rewritten after every seed, so a run stopped early holds complete
+files for the seeds it finished (``seeds``, ``seeds_planned``, ``complete`` in ``results.json``);
+there is no resume: a rerun starts over.
 """
 
 from __future__ import annotations
@@ -92,34 +94,39 @@ def _seed_phase(seed: int, method: str, phase: str) -> None:
 def run_stream(cls: type, split: WarmupSplit, *, method: str, seed: int, preset: str | None,
                overrides: dict[str, Any], device: str = "cpu") -> dict[str, Any]:
     """One (method, seed) run of the whole stream: predictions per stage and timings."""
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
+    timings: dict[str, float] = {}
+    cpu: dict[str, float] = {}  # process CPU time per phase: comparable across loads on a shared machine
+
+    def phase(key: str, t: float, c: float) -> None:
+        timings[key], cpu[key] = time.perf_counter() - t, time.process_time() - c
+
     with torch.random.fork_rng(devices=[]):
         learner = cls.from_settings(split.schema, n_users=len(split.users), n_items=len(split.items), preset=preset,
                                     overrides=overrides, device=device, seed=seed)
-        timings: dict[str, float] = {}
         _seed_phase(seed, method, "fit")
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         learner.fit(WarmupTrainData(split.users, split.items, split.base, split.old_items))
-        timings["fit_s"] = time.perf_counter() - t
+        phase("fit_s", t, c)
         hidden = split.test.without_labels()
         preds: dict[str, np.ndarray] = {}
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         _seed_phase(seed, method, "cold")
         learner.init_new_items(split.new_items)
         preds["cold"] = learner.predict(hidden).numpy()
-        timings["cold_s"] = time.perf_counter() - t
+        phase("cold_s", t, c)
         for stage, rows in zip(split.stage_names[1:], split.stages):
-            t = time.perf_counter()
+            t, c = time.perf_counter(), time.process_time()
             _seed_phase(seed, method, stage)
             learner.warm_up(rows, stage)
             preds[stage] = learner.predict(hidden).numpy()
-            timings[f"warm_{stage}_s"] = time.perf_counter() - t
-    timings["total_s"] = time.perf_counter() - t0
+            phase(f"warm_{stage}_s", t, c)
+    phase("total_s", t0, c0)
     for stage, p in preds.items():
         if p.shape != (len(split.test),) or not np.isfinite(p).all():
             raise RuntimeError(f"{method}: stage {stage}: predictions must be {len(split.test)} finite probabilities")
         preds[stage] = np.round(p.astype(np.float64), DECIMALS)
-    return {"predictions": preds, "timings": timings, "learner_info": learner.run_info(),
+    return {"predictions": preds, "timings": timings, "cpu_timings": cpu, "learner_info": learner.run_info(),
             "config": dataclasses.asdict(learner.config)}
 
 
@@ -186,7 +193,9 @@ def markdown_summary(results: dict[str, Any]) -> str:
         f"Protocol: item warm-up ({d.get('label_rule')}; old items > {p.get('old_min_count')} ratings, "
         f"{d.get('old_items')} old / {d.get('new_items')} new items; {p.get('n_stages')} warm-up batches of "
         f"{p.get('stage_size')} ratings per new item, {d.get('order_rule')} order; {d.get('rows_test')} test rows). "
-        f"Seeds: {', '.join(map(str, results['seeds']))}. Cells: mean ± std over seeds "
+        f"Seeds: {', '.join(map(str, results['seeds']))}"
+        + ("" if results.get("complete", True) else f" (of {', '.join(map(str, results['seeds_planned']))} planned: "
+           "the run stopped early)") + ". Cells: mean ± std over seeds "
         f"[{results['ci_level']:.0%} item-bootstrap interval of the mean].", ""]
     for k in METRICS:
         lines += [f"## {METRIC_LABELS[k]}", "", "| method | " + " | ".join(stages) + " |",
@@ -197,13 +206,15 @@ def markdown_summary(results: dict[str, Any]) -> str:
     failed = [r for r in results["runs"] if r["status"] != "ok"]
     if failed:
         lines += ["## Failed runs", ""] + [f"- {r['method']} seed {r['seed']}: {r.get('error')}" for r in failed] + [""]
-    lines += ["## Time per run (s, mean over seeds)", "", "| method | fit | cold | warm-up a+b+c | total |", "|---|---|---|---|---|"]
+    lines += ["## Time per run (s, mean over seeds; CPU = process CPU time)", "",
+              "| method | fit | cold | warm-up a+b+c | total | total CPU |", "|---|---|---|---|---|---|"]
     for m in results["methods"]:
         rs = [r for r in results["runs"] if r["method"] == m and r["status"] == "ok"]
         if rs:
-            mean = lambda key: np.mean([r["timings"].get(key, 0.0) for r in rs])  # noqa: E731
+            mean = lambda key, table="timings": np.mean([r.get(table, {}).get(key, np.nan) for r in rs])  # noqa: E731
             warm = np.mean([sum(v for k, v in r["timings"].items() if k.startswith("warm_")) for r in rs])
-            lines.append(f"| {m} | {mean('fit_s'):.1f} | {mean('cold_s'):.1f} | {warm:.1f} | {mean('total_s'):.1f} |")
+            lines.append(f"| {m} | {mean('fit_s'):.1f} | {mean('cold_s'):.1f} | {warm:.1f} | {mean('total_s'):.1f} | "
+                         f"{mean('total_s', 'cpu_timings'):.1f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -229,8 +240,6 @@ def write_predictions(path: Path, blocks: list[tuple[int, WarmupSplit, dict[str,
 def run_warmup_bench(cfg: Any, *, out: Path, protocol_overrides: dict[str, Any], console: Any,
                      command: Sequence[str] | None = None) -> dict[str, Any]:
     """Run every (method, seed) of the item warm-up protocol and write the results folder."""
-    from metarec.bench.environment import environment_info
-
     t_bench = time.perf_counter()
     classes = resolve_warmup_methods(cfg.methods)
     pcfg = warmup_config_for(cfg.dataset, protocol_overrides)
@@ -287,7 +296,8 @@ def run_warmup_bench(cfg: Any, *, out: Path, protocol_overrides: dict[str, Any],
                                             seed=derive_seed(seed, "item-bootstrap", st) % (2**32))
                 replicates[(name, seed, st)] = reps
                 ci[st] = {k: percentile_interval(v, cfg.ci_level) for k, v in reps.items()}
-            record.update(status="ok", metrics=metrics, ci=ci, timings=res["timings"], config=res["config"],
+            record.update(status="ok", metrics=metrics, ci=ci, timings=res["timings"], cpu_timings=res["cpu_timings"],
+                          threads=torch.get_num_threads(), config=res["config"],
                           learner_info=res["learner_info"])
             seed_preds[name] = res["predictions"]
             runs.append(record)
@@ -295,7 +305,22 @@ def run_warmup_bench(cfg: Any, *, out: Path, protocol_overrides: dict[str, Any],
             console.print(f"{name} seed {seed}: AUC " + " / ".join(f"{metrics[s]['auc']:.4f}" for s in split.stage_names)
                           + f" (cold/a/b/c) · {res['timings']['total_s']:.1f} s", markup=False)
         blocks.append((seed, split, seed_preds))
+        # after every seed: a run stopped later (a time limit) keeps complete, consistent files for the seeds done
+        results = _write_outputs(out, cfg, pcfg, classes, blocks, runs, replicates, dataset_info, device, command,
+                                 t_bench)
+    return results
+
+
+def _write_outputs(out: Path, cfg: Any, pcfg: Any, classes: dict[str, type], blocks: list, runs: list[dict[str, Any]],
+                   replicates: dict, dataset_info: dict[str, Any], device: str, command: Sequence[str] | None,
+                   t_bench: float) -> dict[str, Any]:
+    """predictions.csv.gz, results.json, summary.md and the plot for the seeds finished so far."""
+    from metarec.bench.environment import environment_info
+    from metarec.warmup.plot import plot_warmup
+
     stages = list(blocks[0][1].stage_names)
+    done = [seed for seed, _, _ in blocks]
+    runs_done = [r for r in runs if r["seed"] in done]
     write_predictions(out / "predictions.csv.gz", blocks, list(classes))
     results = {
         "format": RESULTS_FORMAT,
@@ -305,7 +330,9 @@ def run_warmup_bench(cfg: Any, *, out: Path, protocol_overrides: dict[str, Any],
         "warmup_protocol": dataclasses.asdict(pcfg),
         "dataset": dataset_info,
         "environment": environment_info(device),
-        "seeds": list(cfg.seeds),
+        "seeds": done,
+        "seeds_planned": list(cfg.seeds),
+        "complete": done == list(cfg.seeds),
         "stages": stages,
         "metrics": list(METRICS),
         "ci_level": cfg.ci_level,
@@ -313,15 +340,13 @@ def run_warmup_bench(cfg: Any, *, out: Path, protocol_overrides: dict[str, Any],
         "bootstrap_unit": "new items (all test rows of a drawn item), within each seed; the mean's interval averages "
                           "the seeds' replicates",
         "prediction_decimals": DECIMALS,
-        "methods": aggregate(runs, replicates, list(classes), stages, cfg.ci_level),
-        "runs": runs,
+        "methods": aggregate(runs_done, replicates, list(classes), stages, cfg.ci_level),
+        "runs": runs_done,
     }
     results["wall_time_s"] = time.perf_counter() - t_bench
     write_json(out / "results.json", results)
     saved = json.loads((out / "results.json").read_text())
     (out / "summary.md").write_text(markdown_summary(saved))
-    from metarec.warmup.plot import plot_warmup
-
     plot_warmup(saved, out / "plot")
     return results
 
