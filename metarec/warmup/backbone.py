@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from metarec.nn import FeatureEmbedder, fm_interaction, make_activation
 from metarec.schema import FeatureSchema
 
-BackboneKind = Literal["fm", "deepfm", "wide-deep"]
+BackboneKind = Literal["deepfm", "fm", "wide-deep"]
 
 
 def dropout_mlp(sizes: list[int], dropout: float) -> nn.Sequential:
