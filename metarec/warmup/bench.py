@@ -258,6 +258,9 @@ def run_warmup_bench(cfg: Any, *, out: Path, protocol_overrides: dict[str, Any],
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = "cpu" if cfg.device == "auto" and not torch.cuda.is_available() else ("cuda" if cfg.device == "auto" else cfg.device)
+    from metarec.bench.environment import environment_info
+
+    environment = environment_info(device)  # at the start: the code (git commit) that runs, not the one at the end
     data = load_data(cfg)
     out = Path(out)
     (out / "runs").mkdir(parents=True, exist_ok=True)
@@ -306,16 +309,15 @@ def run_warmup_bench(cfg: Any, *, out: Path, protocol_overrides: dict[str, Any],
                           + f" (cold/a/b/c) · {res['timings']['total_s']:.1f} s", markup=False)
         blocks.append((seed, split, seed_preds))
         # after every seed: a run stopped later (a time limit) keeps complete, consistent files for the seeds done
-        results = _write_outputs(out, cfg, pcfg, classes, blocks, runs, replicates, dataset_info, device, command,
+        results = _write_outputs(out, cfg, pcfg, classes, blocks, runs, replicates, dataset_info, environment, command,
                                  t_bench)
     return results
 
 
 def _write_outputs(out: Path, cfg: Any, pcfg: Any, classes: dict[str, type], blocks: list, runs: list[dict[str, Any]],
-                   replicates: dict, dataset_info: dict[str, Any], device: str, command: Sequence[str] | None,
-                   t_bench: float) -> dict[str, Any]:
+                   replicates: dict, dataset_info: dict[str, Any], environment: dict[str, Any],
+                   command: Sequence[str] | None, t_bench: float) -> dict[str, Any]:
     """predictions.csv.gz, results.json, summary.md and the plot for the seeds finished so far."""
-    from metarec.bench.environment import environment_info
     from metarec.warmup.plot import plot_warmup
 
     stages = list(blocks[0][1].stage_names)
@@ -329,7 +331,7 @@ def _write_outputs(out: Path, cfg: Any, pcfg: Any, classes: dict[str, type], blo
         "config": cfg.to_dict(),
         "warmup_protocol": dataclasses.asdict(pcfg),
         "dataset": dataset_info,
-        "environment": environment_info(device),
+        "environment": environment,
         "seeds": done,
         "seeds_planned": list(cfg.seeds),
         "complete": done == list(cfg.seeds),
