@@ -148,6 +148,7 @@ class LWA(_HistoryScorer):
     description = "LWA: linear weight adaptation from a user's item history, features only (item-warmup)"
 
     def build_head(self, d: int) -> None:
+        """``W0``, ``W1`` (``[d, d]``, N(0, 1/d)) and the bias ``b``."""
         self.head_module = nn.ParameterDict({
             "w0": nn.Parameter(torch.randn(d, d) / d ** 0.5),
             "w1": nn.Parameter(torch.randn(d, d) / d ** 0.5),
@@ -155,6 +156,7 @@ class LWA(_HistoryScorer):
         }).to(self.device)
 
     def head(self, f: Tensor, r0: Tensor, r1: Tensor) -> Tensor:
+        """Logits ``F(t) . (W0 R0 + W1 R1) + b``: the user's weights are linear in their representatives."""
         h = self.head_module
         w = r0 @ h["w0"].T + r1 @ h["w1"].T
         return (f * w).sum(-1) + h["b"]
@@ -167,6 +169,7 @@ class NLBA(_HistoryScorer):
     description = "NLBA: non-linear bias adaptation from a user's item history, features only (item-warmup)"
 
     def build_head(self, d: int) -> None:
+        """The shared layers ``W_h``, ``w`` and the bias maps ``V0``, ``V1`` (hidden) and ``v0``, ``v1`` (output)."""
         k = self.config.nlba_hidden
         self.head_module = nn.ModuleDict({
             "wh": nn.Linear(d, k), "v0": nn.Linear(d, k, bias=False), "v1": nn.Linear(d, k, bias=False),
@@ -174,6 +177,7 @@ class NLBA(_HistoryScorer):
         }).to(self.device)
 
     def head(self, f: Tensor, r0: Tensor, r1: Tensor) -> Tensor:
+        """Logits of a shared two-layer network whose biases are linear in ``R0``, ``R1``."""
         m = self.head_module
         hidden = torch.relu(m["wh"](f) + m["v0"](r0) + m["v1"](r1))
         return (m["wo"](hidden) + m["u0"](r0) + m["u1"](r1)).squeeze(-1)
