@@ -33,6 +33,12 @@ out here from their statements, not from metarec's code:
   the closed form (mean relevance per rank; for AP the pair term r(r-1)/(g(g-1))).
 * counts n, n_users, n_users_ranked (>= 2 ratings), n_users_relevant.
 * the aggregate of a method: mean over its seeds and sample standard deviation (n - 1).
+* item warm-up results (``protocol: item-warmup``; :func:`recompute_item_warmup`): per run
+  and stage, AUC over all test rows = P(score of a positive > score of a negative), ties
+  counted 1/2; F1 of ``prediction > 0.5`` (``f1``) and of ``prediction > mean of the stage's
+  predictions`` (``f1_mean``, CVAR's rule), F1 = 0 without true positives; log-loss = mean of
+  -(y log q + (1 - y) log(1 - q)), q clipped to [1e-7, 1 - 1e-7]; the row count n; and per
+  method and stage the mean over seeds and sample standard deviation.
 * Holm: every ``*_holm`` p-value of each family (``paired_tests``, ``baseline_tests``) is
   recomputed from the family's raw p-values. (Bootstrap intervals and the raw p-values are
   random or need scipy; they are not recomputed.)
@@ -210,12 +216,118 @@ def read_rows(path: Path) -> "OrderedDict[tuple[str, int], list[dict]]":
     return groups
 
 
+def auc_of(preds: list[float], labels: list[int]) -> float | None:
+    """P(positive scored above negative), ties 1/2: sort once, walk the tie groups."""
+    order = sorted(range(len(preds)), key=lambda i: preds[i])
+    n_pos = sum(labels)
+    n_neg = len(labels) - n_pos
+    if n_pos == 0 or n_neg == 0:
+        return None
+    below = 0.0  # negatives strictly below the current group
+    total = 0.0
+    for _, grp in itertools.groupby(order, key=lambda i: preds[i]):
+        grp = list(grp)
+        pos = sum(labels[i] for i in grp)
+        neg = len(grp) - pos
+        total += pos * (below + 0.5 * neg)
+        below += neg
+    return total / (n_pos * n_neg)
+
+
+def f1_of(preds: list[float], labels: list[int], threshold: float) -> float:
+    tp = sum(1 for p, y in zip(preds, labels) if p > threshold and y == 1)
+    fp = sum(1 for p, y in zip(preds, labels) if p > threshold and y == 0)
+    fn = sum(1 for p, y in zip(preds, labels) if p <= threshold and y == 1)
+    return 2 * tp / (2 * tp + fp + fn) if tp else 0.0
+
+
+def logloss_of(preds: list[float], labels: list[int]) -> float:
+    eps = 1e-7
+    total = 0.0
+    for p, y in zip(preds, labels):
+        q = min(max(p, eps), 1 - eps)
+        total -= math.log(q) if y == 1 else math.log(1 - q)
+    return total / len(preds)
+
+
+def recompute_item_warmup(run_dir: Path, results: dict, tol: float) -> int:
+    """Check an item warm-up results.json against its predictions.csv.gz (see the module docstring)."""
+    pred_path = run_dir / "predictions.csv.gz"
+    opener = gzip.open if pred_path.exists() else open
+    if not pred_path.exists():
+        pred_path = run_dir / "predictions.csv"
+    cols: dict[tuple[int, str, str], list[float]] = {}
+    labels: dict[int, list[int]] = {}
+    with opener(pred_path, "rt", newline="", encoding="utf-8") as fh:
+        reader = csv.reader(fh)
+        header = next(reader)
+        if header[:4] != ["seed", "item", "user", "label"]:
+            sys.exit(f"{pred_path}: header starts {header[:4]}, expected seed,item,user,label")
+        keys = [tuple(h.split("|")) for h in header[4:]]
+        for line, row in enumerate(reader, start=2):
+            seed = int(row[0])
+            labels.setdefault(seed, []).append(int(row[3]))
+            for (method, stage), v in zip(keys, row[4:]):
+                if v != "":
+                    cols.setdefault((seed, method, stage), []).append(float(v))
+    problems: list[str] = []
+    checked, worst = 0, 0.0
+
+    def compare(what: str, ours, theirs) -> None:
+        nonlocal checked, worst
+        checked += 1
+        if ours is None or theirs is None:
+            if not (ours is None and theirs is None):
+                problems.append(f"{what}: recomputed {ours}, reported {theirs}")
+            return
+        diff = abs(ours - theirs)
+        worst = max(worst, diff)
+        if not diff <= tol:
+            problems.append(f"{what}: recomputed {ours!r}, reported {theirs!r} (diff {diff:.3g})")
+
+    mine: dict[tuple[str, int, str], dict] = {}
+    ok_runs = [r for r in results["runs"] if r["status"] == "ok"]
+    for run in ok_runs:
+        m, seed = run["method"], int(run["seed"])
+        for stage in results["stages"]:
+            p = cols.get((seed, m, stage))
+            if p is None:
+                problems.append(f"{m} seed {seed} stage {stage}: no predictions")
+                continue
+            y = labels[seed]
+            mean = sum(p) / len(p)
+            vals = {"auc": auc_of(p, y), "f1": f1_of(p, y, 0.5), "f1_mean": f1_of(p, y, mean),
+                    "logloss": logloss_of(p, y), "n": len(p)}
+            mine[(m, seed, stage)] = vals
+            for k, v in vals.items():
+                compare(f"{m} seed {seed} {stage} {k}", v, run["metrics"][stage].get(k))
+    for method, entry in results["methods"].items():
+        for stage, cell in entry["stages"].items():
+            for k, rep in cell.items():
+                vals = [mine[(method, s, stage)][k] for s in entry["seeds"] if (method, s, stage) in mine]
+                if vals:
+                    mean, std = mean_std(vals)
+                    compare(f"{method} aggregate {stage} {k} mean", mean, rep["mean"])
+                    compare(f"{method} aggregate {stage} {k} std", std, rep["std"])
+    if problems:
+        print(f"DISAGREE: {len(problems)} of {checked} values differ (tolerance {tol:g}):")
+        for p in problems[:50]:
+            print("  " + p)
+        return 1
+    rows = sum(len(v) for v in labels.values())
+    print(f"OK: {checked} values of {len(ok_runs)} item warm-up runs recomputed from {rows} test rows agree with "
+          f"results.json (largest difference {worst:.2g}, tolerance {tol:g})")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("run_dir", type=Path)
     ap.add_argument("--tol", type=float, default=1e-9, help="largest accepted absolute difference")
     args = ap.parse_args(argv)
     results = json.loads((args.run_dir / "results.json").read_text("utf-8"))
+    if results.get("protocol") == "item-warmup":
+        return recompute_item_warmup(args.run_dir, results, args.tol)
     if results.get("format") != "metarec-bench-results-2":
         print(f"{args.run_dir}: results format {results.get('format')!r} is not metarec-bench-results-2; "
               f"rebuild it first: metarec report --rebuild {args.run_dir}")

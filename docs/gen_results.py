@@ -7,6 +7,9 @@ Inputs (all under ``benchmarks/results/`` unless noted):
   per-seed values, ``n`` and the bootstrap interval;
 * the paper's Table 1 as a reference file (format ``metarec-bench-reference-1``): the first
   one found under ``benchmarks/`` or, failing that, ``docs/data/paper-table1.json``;
+* every item warm-up ``results.json`` (``protocol: item-warmup``, written by ``metarec bench
+  --protocol item-warmup``, see :mod:`metarec.warmup.bench`): per method and stage, AUC, F1 and
+  log-loss as mean, std over seeds and the item-bootstrap interval -- its own section;
 * speed files: any JSON whose name contains ``speed`` (``benchmarks/bench_l2l_speed.py``
   writes ``l2l_speed_<device>_<time>.json``) or whose ``format`` starts with ``metarec-speed``.
 
@@ -306,6 +309,8 @@ def render(results_dir: Path, reference_path: Path | None = None) -> str:
     covered: dict[str, set[str]] = {}
     # the fullest comparison first (a folder of one method's presets after the Table 1 run)
     loaded = sorted(((path, _read(path)) for path in results), key=lambda pd: (-len(pd[1].get("methods", {})), str(pd[0])))
+    warmup = [(path, data) for path, data in loaded if data.get("protocol") == WARMUP_PROTOCOL]
+    loaded = [(path, data) for path, data in loaded if data.get("protocol") != WARMUP_PROTOCOL]
     for path, data in loaded:
         if data.get("format") != RESULTS_FORMAT:
             raise ValueError(f"{path}: expected format {RESULTS_FORMAT!r}, got {data.get('format')!r}; "
@@ -339,6 +344,14 @@ def render(results_dir: Path, reference_path: Path | None = None) -> str:
         out.append("")
         out.extend(gaps)
         out.append("")
+    if warmup:
+        out.append("## Item warm-up protocol")
+        out.append("")
+        out.append("New items, cold stage and warm-up batches a, b, c ([the protocol](item-warmup.md)); cells: mean ± std over "
+                   "seeds, below it the 95 % item-bootstrap interval of the mean.")
+        out.append("")
+    for path, data in warmup:
+        out.extend(warmup_section(path, data))
     out.append("## Speed")
     out.append("")
     if not speed:
@@ -350,6 +363,55 @@ def render(results_dir: Path, reference_path: Path | None = None) -> str:
         out.append(speed_table(path))
         out.append("")
     return "\n".join(out)
+
+
+WARMUP_PROTOCOL = "item-warmup"
+WARMUP_METRICS = (("auc", "AUC"), ("f1", "F1 (threshold 0.5)"), ("f1_mean", "F1 (test-mean threshold, CVAR's rule)"),
+                  ("logloss", "log-loss"))
+
+
+def _warmup_cell(cell: Mapping[str, Any] | None) -> str:
+    if not cell:
+        return "n/a"
+    text = _f(cell.get("mean")) + ("" if cell.get("std") is None else f" ± {_f(cell['std'])}")
+    lo, hi = (cell.get("ci") or [None, None])[:2]
+    return text + ("" if lo is None or hi is None else f"<br><small>[{_f(lo)}, {_f(hi)}]</small>")
+
+
+def warmup_section(path: Path, data: Mapping[str, Any]) -> list[str]:
+    """One item warm-up results folder: its provenance, notes and one methods x stages table per metric."""
+    ds = data.get("dataset", {})
+    name = ds.get("name", "?")
+    out = [f"### {DATASET_NAMES.get(name, name)} — `{path.parent.name}`", ""]
+    env = data.get("environment", {})
+    git = env.get("git") or {}
+    items = [
+        f"source: `{_rel(path)}`",
+        f"command: `{' '.join(data['command'])}`" if data.get("command") else None,
+        f"seeds: {', '.join(map(str, data.get('seeds', [])))}",
+        f"dataset checksum: `{ds.get('checksum')}`",
+        f"split: {ds.get('label_rule')}; {ds.get('old_items')} old items ({ds.get('rows_base')} rows), "
+        f"{ds.get('new_items')} new items, warm-up batches {ds.get('rows_per_stage')}, {ds.get('rows_test')} test rows, "
+        f"{ds.get('order_rule')} order",
+        f"environment: metarec {env.get('metarec', '?')}, torch {env.get('torch', '?')}, {env.get('cpu_model', '?')} "
+        f"({env.get('cpu_count', '?')} cores)" + (f", git {str(git.get('commit'))[:10]}" if git.get("commit") else ""),
+    ]
+    failed = [r for r in data.get("runs", []) if r.get("status") != "ok"]
+    items += [f"**failed: {r.get('method')} seed {r.get('seed')}**: {r.get('error')}" for r in failed]
+    out += [f"- {i}" for i in items if i] + [""]
+    notes = path.parent / "NOTES.md"
+    if notes.exists():
+        out.append(f'???+ note "Notes: how these results were produced and what they show (`{_rel(notes)}`)"')
+        out.extend(("    " + line).rstrip() for line in _demote(notes.read_text()).splitlines())
+        out.append("")
+    stages = list(data.get("stages", []))
+    for key, title in WARMUP_METRICS:
+        out += [f"**{title}**", "", "| method | " + " | ".join(stages) + " |", "|---|" + "---:|" * len(stages)]
+        for method, entry in data.get("methods", {}).items():
+            cells = entry.get("stages", {})
+            out.append(f"| {method} | " + " | ".join(_warmup_cell(cells.get(s, {}).get(key)) for s in stages) + " |")
+        out.append("")
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:

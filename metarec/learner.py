@@ -84,6 +84,10 @@ class Learner(abc.ABC):
 
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
+    #: The evaluation protocol this learner follows: ``user-cold`` (tasks are users, MAMO's four
+    #: cells). Item warm-up learners (:mod:`metarec.warmup`) say ``item-warmup``; ``metarec bench``
+    #: refuses a learner whose protocol is not the one asked for.
+    protocol: ClassVar[str] = "user-cold"
     Config: ClassVar[type] = LearnerConfig
     presets: ClassVar[dict[str, dict[str, Any]]] = {}
     #: Whether building or fitting draws random numbers from the run seed. A closed-form learner

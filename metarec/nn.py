@@ -464,3 +464,14 @@ def per_user_relu_mlp_mse_grads(
             return loss, grads
         em = eval_mask.to(pred.dtype)
         return loss, grads, (diff * diff * em).sum(-1) / em.sum(-1).clamp_min(1.0)
+
+
+def fm_interaction(fields: Tensor) -> Tensor:
+    """Factorization-machine second-order term of field embeddings ``[..., F, d]`` -> ``[...]``.
+
+    ``0.5 * sum_d ((sum_f v_f)^2 - sum_f v_f^2)``: every pairwise inner product of the fields
+    (Rendle 2010), in O(F d). FM, DeepFM and the item warm-up backbones use it
+    (:mod:`metarec.warmup.backbone`).
+    """
+    total = fields.sum(-2)
+    return 0.5 * (total.pow(2) - fields.pow(2).sum(-2)).sum(-1)

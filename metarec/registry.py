@@ -46,6 +46,11 @@ BUILTIN_LEARNERS: dict[str, str] = {
     "baseline-predictor": "metarec.methods.simple:BaselinePredictor",
     "profile-mlp": "metarec.methods.simple:ProfileMLP",
     "profile-mlp-finetune": "metarec.methods.simple:ProfileMLPFineTune",
+    # item warm-up protocol (metarec.warmup): the backbone floors and the feature-only baseline
+    "fm": "metarec.warmup.learner:FMFloor",
+    "deepfm": "metarec.warmup.learner:DeepFMFloor",
+    "wide-deep": "metarec.warmup.learner:WideDeepFloor",
+    "feature-only": "metarec.warmup.learner:FeatureOnly",
 }
 
 # Learners registered at run time with @register_learner (scripts, notebooks, tests).
@@ -286,6 +291,17 @@ def available_learners() -> tuple[dict[str, LearnerEntry], list[PluginFailure]]:
             continue
         ok[name] = entry
     return ok, failed
+
+
+def learner_protocol(cls: type) -> str:
+    """The protocol a learner class follows: its ``protocol`` attribute, ``user-cold`` by default."""
+    return getattr(cls, "protocol", "user-cold")
+
+
+def learners_for_protocol(protocol: str = "user-cold") -> list[str]:
+    """Names of the registered learners (that import) which follow ``protocol``."""
+    ok, _ = available_learners()
+    return [n for n, e in ok.items() if learner_protocol(e.load()) == protocol]
 
 
 def get_learner(name: str) -> type["Learner"]:

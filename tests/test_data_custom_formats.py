@@ -272,11 +272,11 @@ def test_help_of_dataset_names_custom_and_yelp():
 
 def test_every_registered_method_runs_without_user_features(tmp_path, monkeypatch):
     """The contract: a dataset with no user features (no [users] table) is benchmarkable by every method."""
-    from metarec.registry import learner_entries
+    from metarec.registry import learners_for_protocol
 
     monkeypatch.setenv("METAREC_CACHE_DIR", str(tmp_path / "cache"))
     schema = write_no_user_features(tmp_path / "shop", n_users=30, n_items=25)
-    methods = sorted(learner_entries())
+    methods = sorted(learners_for_protocol("user-cold"))
     r = CliRunner().invoke(main, [
         "bench", "-d", "custom", "--dataset-config", str(schema), "-m", ",".join(methods), "--seeds", "0",
         "--epochs", "1", "--threads", "1", "--no-progress", "--n-boot", "20", "--out", str(tmp_path / "run"),

@@ -24,7 +24,7 @@ import metarec
 from metarec.bench.config import resolve_config
 from metarec.bench.results import RunDir, read_json, read_predictions
 from metarec.bench.runner import load_bench_split, run_bench
-from metarec.registry import available_learners, get_learner
+from metarec.registry import get_learner, learners_for_protocol
 from metarec.serving import ModelFolderError, RatingRangeError, RecommendError, UnknownItemError, load_model
 from metarec.serving.catalogue import decode_user
 from metarec.serving.fit import fit_model
@@ -35,7 +35,7 @@ SYNTH = {"n_users": 70, "n_items": 50, "seed": 0}
 # row; a served new user has no row (its draws are keyed by a hash of its id, docs/serving.md), so
 # the bench-vs-serve equality is checked with the deterministic threshold rule.
 SHORTER = {"s2meta": {"max_steps": 6, "min_steps": 2, "eval_stop_rule": "threshold"}}
-LEARNERS = sorted(available_learners()[0])
+LEARNERS = sorted(learners_for_protocol("user-cold"))  # serving is the user-task protocol's
 
 
 def tiny_config(methods):

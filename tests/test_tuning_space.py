@@ -14,7 +14,7 @@ optuna = pytest.importorskip("optuna")
 from metarec.config import build_config  # noqa: E402
 from metarec.learner import EpisodicLearner  # noqa: E402
 from metarec.methods.simple import ProfileMLPConfig  # noqa: E402
-from metarec.registry import available_learners  # noqa: E402
+from metarec.registry import available_learners, learner_protocol  # noqa: E402
 from metarec.tuning.space import SearchSpaceError, check_space, decode_params, suggest  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -33,7 +33,9 @@ def _reptile() -> type:
 def _learners() -> list[tuple[str, type]]:
     ok, failed = available_learners()
     assert not failed, failed
-    return [(name, entry.load()) for name, entry in ok.items()] + [("toy-reptile", _reptile())]
+    # metarec tune searches the user-cold protocol's learners (item warm-up methods run with their presets)
+    return [(name, entry.load()) for name, entry in ok.items() if learner_protocol(entry.load()) == "user-cold"] + [
+        ("toy-reptile", _reptile())]
 
 
 @pytest.mark.parametrize("name,cls", _learners(), ids=lambda x: x if isinstance(x, str) else "")

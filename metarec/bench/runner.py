@@ -96,6 +96,9 @@ def resolve_methods(cfg: BenchConfig) -> tuple[dict[str, str], dict[str, Any]]:
             cause = exc.__cause__ or exc
             broken[name] = f"{exc}\n\n" + "".join(traceback.format_exception(cause))
             continue
+        if getattr(cls, "protocol", "user-cold") != "user-cold":
+            raise BenchError(f"learner {name!r} follows the {cls.protocol} protocol, not user-cold; "
+                             f"run it with metarec bench --protocol {cls.protocol}")
         entries[name] = entry
         settings = cfg.settings_for(name)
         if settings.preset is not None and settings.preset not in getattr(cls, "presets", {}):

@@ -108,6 +108,10 @@ def _check_dataset(cfg: Any, *, explicit: bool, err: Any) -> None:
 
 
 @click.command("bench")
+@click.option("--protocol", "protocol_name", type=click.Choice(["user-cold", "item-warmup"]), default="user-cold",
+              show_default=True,
+              help="user-cold: tasks are users, MAMO's four cells (MAE, NDCG). item-warmup: new items' ID embeddings, "
+                   "cold stage + warm-up batches a, b, c (AUC, F1, log-loss); see docs/item-warmup.md.")
 @click.option("--methods", "-m", help="Comma-separated learner names (see `metarec methods`). [default: global-mean,baseline-predictor]")
 @click.option("--dataset", "-d", help="ml-1m, yelp, book-crossing, synthetic, or custom (your own data, with "
               "--dataset-config SCHEMA.toml; see docs/custom-data.md). [default: ml-1m]")
@@ -171,6 +175,7 @@ def bench(
     gpus_per_run: float | None,
     retries: int | None,
     ranking: str | None = None,
+    protocol_name: str = "user-cold",
 ) -> None:
     """Benchmark methods on the cold-start protocol: MAE and NDCG@3 per scenario, over seeds.
 
@@ -234,6 +239,9 @@ def bench(
             layers.append(_backend_layer(selected, backend))
         set_layer = layer_from_overrides(sets)
         layers.append(set_layer)
+        if protocol_name == "item-warmup":
+            _item_warmup(layers, set_layer, preset_layer, methods is not None, resume, err)
+            return
         cfg = resolve_config(*layers)
         _check_selected(cfg.methods, {**set_layer["methods"], **preset_layer}, resume)
         _check_dataset(cfg, explicit=any("dataset" in (layer.get("bench") or {}) for layer in layers), err=err)
@@ -268,4 +276,40 @@ def bench(
         for r in failed:
             err.print(f"[red]failed[/]: {r['method']} seed {r['seed']}: {r.get('error')}")
         err.print("tracebacks are in results.json (runs[].traceback)")
+        sys.exit(1)
+
+
+#: What ``--protocol item-warmup`` runs when ``--methods`` is not given.
+WARMUP_DEFAULT_METHODS = ("deepfm", "feature-only", "dropoutnet", "metaemb", "mwuf", "cvar", "lwa", "nlba")
+
+
+def _item_warmup(layers: list[dict[str, Any]], set_layer: dict[str, Any], preset_layer: dict[str, Any],
+                 methods_given: bool, resume: bool, err: Any) -> None:
+    """``metarec bench --protocol item-warmup``: the item warm-up harness (:mod:`metarec.warmup.bench`)."""
+    from metarec.bench.config import resolve_config
+    from metarec.bench.runner import BenchError, default_out_dir
+    from metarec.warmup.bench import run_warmup_bench
+
+    if resume:
+        raise BenchError("--resume is not available with --protocol item-warmup (its runs take minutes): start again")
+    warmup: dict[str, Any] = {}
+    for layer in layers:  # protocol.X keys are the item warm-up protocol's (WarmupConfig), not ProtocolConfig's
+        warmup.update((layer.get("bench") or {}).pop("protocol", None) or {})
+    if not methods_given:
+        layers.append({"bench": {"methods": list(WARMUP_DEFAULT_METHODS)}, "methods": {}})
+    cfg = resolve_config(*layers)
+    if cfg.executor == "ray":
+        raise BenchError("--executor ray is not available with --protocol item-warmup (runs execute in this process)")
+    _check_selected(cfg.methods, {**set_layer["methods"], **preset_layer}, resume)
+    _check_dataset(cfg, explicit=any("dataset" in (layer.get("bench") or {}) for layer in layers), err=err)
+    out_dir = Path(cfg.out) if cfg.out else default_out_dir()
+    cfg.out = str(out_dir)
+    results = run_warmup_bench(cfg, out=out_dir, protocol_overrides=warmup, console=err,
+                               command=["metarec", *sys.argv[1:]])
+    click.echo((out_dir / "summary.md").read_text())
+    failed = [r for r in results["runs"] if r.get("status") != "ok"]
+    err.print(f"results: {out_dir / 'results.json'} · predictions: {out_dir / 'predictions.csv.gz'} · "
+              f"summary: {out_dir / 'summary.md'} · wall time {results['wall_time_s']:.1f} s")
+    if failed:
+        err.print("tracebacks are in runs/<method>__seed<k>.json")
         sys.exit(1)

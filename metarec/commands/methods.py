@@ -25,11 +25,12 @@ def methods(verbose: bool) -> None:
     table.add_column("source package")
     table.add_column("distribution")
     table.add_column("presets")
+    table.add_column("protocol")
     for name, entry in ok.items():
         cls = entry.load()
         presets = ", ".join(getattr(cls, "presets", {}) or {}) or "-"
         dist = f"{entry.distribution} {entry.version or ''}".strip() if entry.distribution else "-"
-        table.add_row(name, entry.description, entry.source, dist, presets)
+        table.add_row(name, entry.description, entry.source, dist, presets, getattr(cls, "protocol", "user-cold"))
     console.print(table)
     from metarec.cli import COMMAND_CHOICE_ENV, command_entries
 

@@ -75,6 +75,15 @@ def report(paths: tuple[str, ...], reference: str | None, out: str | None, label
         labels = tuple(labels[i] for i in keep) if labels else labels
         if not paths:
             return
+    warmup_dirs = [p for p in paths if _is_item_warmup(Path(p))]
+    if warmup_dirs:
+        if len(warmup_dirs) != len(paths) or rebuild or reference or out or labels:
+            raise click.ClickException(
+                "item warm-up folders are re-rendered on their own (metarec report DIR ...): --rebuild, --reference, "
+                "--out, --label and user-cold folders do not mix with them")
+        for p in warmup_dirs:
+            _item_warmup_report(Path(p), console)
+        return
     if against is not None and not rebuild:
         raise click.ClickException("--against needs --rebuild (the tests are recomputed from the predictions)")
     if rebuild:
@@ -125,6 +134,36 @@ def report(paths: tuple[str, ...], reference: str | None, out: str | None, label
         written = []
     for w in written:
         console.print(f"wrote {w}")
+
+
+def _is_item_warmup(path: Path) -> bool:
+    """Whether ``path`` is an item warm-up run folder (its results.json says ``protocol: item-warmup``)."""
+    import json
+
+    f = path / "results.json" if path.is_dir() else path
+    if f.name != "results.json" or not f.is_file():
+        return False
+    try:
+        return json.loads(f.read_text("utf-8")).get("protocol") == "item-warmup"
+    except (ValueError, OSError):
+        return False
+
+
+def _item_warmup_report(path: Path, console: object) -> None:
+    """Re-render an item warm-up folder's summary.md and plot from its results.json and print the summary."""
+    import json
+
+    from metarec.checkpoint import atomic_write_text
+    from metarec.warmup.bench import markdown_summary
+    from metarec.warmup.plot import plot_warmup
+
+    run_dir = path if path.is_dir() else path.parent
+    results = json.loads((run_dir / "results.json").read_text("utf-8"))
+    text = markdown_summary(results)
+    atomic_write_text(run_dir / "summary.md", text)
+    click.echo(text)
+    for w in [run_dir / "summary.md", *plot_warmup(results, run_dir / "plot")]:
+        click.echo(f"wrote {w}")
 
 
 def _tuning_report(path: Path, console: object) -> None:
