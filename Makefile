@@ -55,11 +55,20 @@ $(L2L_VENV)/.metarec-installed: pyproject.toml
 	$(L2L_VENV)/bin/python -m pip install -q -e .
 	@touch $@
 
+# The suite runs in TEST_JOBS pytest-xdist workers (one per core on CI's 2 cores; TEST_JOBS=0 runs
+# it in one process). The Ray tests run after it in one plain process: they share one local Ray
+# cluster, and the Ctrl-C test interrupts the test process's main thread, which an xdist worker
+# does not hand to its tests.
+TEST_JOBS   ?= 2
+RAY_TESTS   := tests/test_ray_executor.py tests/test_ray_tune.py
+XDIST_ARGS  := $(if $(filter 0,$(TEST_JOBS)),,-n $(TEST_JOBS))
+
 test: venv l2l
-	METAREC_L2L_PYTHON=$(abspath $(L2L_VENV))/bin/python $(BIN)/python -m pytest -q
+	METAREC_L2L_PYTHON=$(abspath $(L2L_VENV))/bin/python $(BIN)/python -m pytest -q $(XDIST_ARGS) $(addprefix --ignore=,$(RAY_TESTS))
+	$(BIN)/python -m pytest -q $(RAY_TESTS)
 
 test-fast: venv
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q $(XDIST_ARGS) -m "not slow"
 
 docs: venv
 	$(BIN)/mkdocs build --strict
