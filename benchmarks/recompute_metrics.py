@@ -250,6 +250,26 @@ def logloss_of(preds: list[float], labels: list[int]) -> float:
     return total / len(preds)
 
 
+class Comparison:
+    """Counts the recomputed values checked against results.json and collects every disagreement
+    (a missing value on one side only counts as one)."""
+
+    def __init__(self, tol: float) -> None:
+        self.tol, self.checked, self.worst = tol, 0, 0.0
+        self.problems: list[str] = []
+
+    def __call__(self, what: str, ours: float | None, theirs: float | None) -> None:
+        self.checked += 1
+        if ours is None or theirs is None:
+            if not (ours is None and theirs is None):
+                self.problems.append(f"{what}: recomputed {ours}, reported {theirs}")
+            return
+        diff = abs(ours - theirs)
+        self.worst = max(self.worst, diff)
+        if not diff <= self.tol:
+            self.problems.append(f"{what}: recomputed {ours!r}, reported {theirs!r} (diff {diff:.3g})")
+
+
 def recompute_item_warmup(run_dir: Path, results: dict, tol: float) -> int:
     """Check an item warm-up results.json against its predictions.csv.gz (see the module docstring)."""
     pred_path = run_dir / "predictions.csv.gz"
@@ -270,20 +290,8 @@ def recompute_item_warmup(run_dir: Path, results: dict, tol: float) -> int:
             for (method, stage), v in zip(keys, row[4:]):
                 if v != "":
                     cols.setdefault((seed, method, stage), []).append(float(v))
-    problems: list[str] = []
-    checked, worst = 0, 0.0
-
-    def compare(what: str, ours, theirs) -> None:
-        nonlocal checked, worst
-        checked += 1
-        if ours is None or theirs is None:
-            if not (ours is None and theirs is None):
-                problems.append(f"{what}: recomputed {ours}, reported {theirs}")
-            return
-        diff = abs(ours - theirs)
-        worst = max(worst, diff)
-        if not diff <= tol:
-            problems.append(f"{what}: recomputed {ours!r}, reported {theirs!r} (diff {diff:.3g})")
+    compare = Comparison(tol)
+    problems = compare.problems
 
     mine: dict[tuple[str, int, str], dict] = {}
     ok_runs = [r for r in results["runs"] if r["status"] == "ok"]
@@ -310,13 +318,13 @@ def recompute_item_warmup(run_dir: Path, results: dict, tol: float) -> int:
                     compare(f"{method} aggregate {stage} {k} mean", mean, rep["mean"])
                     compare(f"{method} aggregate {stage} {k} std", std, rep["std"])
     if problems:
-        print(f"DISAGREE: {len(problems)} of {checked} values differ (tolerance {tol:g}):")
+        print(f"DISAGREE: {len(problems)} of {compare.checked} values differ (tolerance {tol:g}):")
         for p in problems[:50]:
             print("  " + p)
         return 1
     rows = sum(len(v) for v in labels.values())
-    print(f"OK: {checked} values of {len(ok_runs)} item warm-up runs recomputed from {rows} test rows agree with "
-          f"results.json (largest difference {worst:.2g}, tolerance {tol:g})")
+    print(f"OK: {compare.checked} values of {len(ok_runs)} item warm-up runs recomputed from {rows} test rows agree with "
+          f"results.json (largest difference {compare.worst:.2g}, tolerance {tol:g})")
     return 0
 
 
@@ -347,20 +355,8 @@ def main(argv: list[str] | None = None) -> int:
         pred_path = pred_path.with_suffix(".csv.gz")
     groups = read_rows(pred_path)
 
-    problems: list[str] = []
-    checked, worst = 0, 0.0
-
-    def compare(what: str, ours: float | None, theirs: float | None) -> None:
-        nonlocal checked, worst
-        checked += 1
-        if ours is None or theirs is None:
-            if not (ours is None and theirs is None):
-                problems.append(f"{what}: recomputed {ours}, reported {theirs}")
-            return
-        diff = abs(ours - theirs)
-        worst = max(worst, diff)
-        if not diff <= args.tol:
-            problems.append(f"{what}: recomputed {ours!r}, reported {theirs!r} (diff {diff:.3g})")
+    compare = Comparison(args.tol)
+    problems = compare.problems
 
     ok_runs = [r for r in results["runs"] if r["status"] == "ok"]
     recomputed: dict[tuple[str, int], dict] = {}
@@ -405,13 +401,13 @@ def main(argv: list[str] | None = None) -> int:
 
     rows = sum(len(g) for g in groups.values())
     if problems:
-        print(f"DISAGREE: {len(problems)} of {checked} values differ (tolerance {args.tol:g}):")
+        print(f"DISAGREE: {len(problems)} of {compare.checked} values differ (tolerance {args.tol:g}):")
         for p in problems[:50]:
             print("  " + p)
         return 1
     print(
-        f"OK: {checked} values of {len(ok_runs)} runs recomputed from {rows} predictions agree with "
-        f"results.json (largest difference {worst:.2g}, tolerance {args.tol:g})"
+        f"OK: {compare.checked} values of {len(ok_runs)} runs recomputed from {rows} predictions agree with "
+        f"results.json (largest difference {compare.worst:.2g}, tolerance {args.tol:g})"
     )
     return 0
 

@@ -7,8 +7,6 @@ they break named.
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 from typing import ClassVar
 
 import pytest
@@ -18,8 +16,8 @@ from metarec.learner import LearnerContractError
 from metarec.methods.simple import GlobalMean
 from metarec.registry import learner_entries, learner_protocol
 from metarec.testing import RULES, check_learner, tiny_split
+from tutorial_source import tutorial_reptile
 
-TUTORIAL = Path(__file__).resolve().parents[1] / "docs" / "tutorial" / "toy_learner"
 
 #: Small model sizes per learner so that the whole contract runs in seconds (training is 2 epochs).
 TINY: dict[str, dict] = {
@@ -38,16 +36,6 @@ TINY: dict[str, dict] = {
 }
 
 
-def _tutorial_learner():
-    sys.path.insert(0, str(TUTORIAL))
-    try:
-        from toy_learner.reptile import Reptile
-    finally:
-        sys.path.remove(str(TUTORIAL))
-        # the docs' plugin tests import the installed copy: leave no source copy cached for them
-        for mod in [m for m in sys.modules if m == "toy_learner" or m.startswith("toy_learner.")]:
-            del sys.modules[mod]
-    return Reptile
 
 
 def _registered() -> list:
@@ -65,7 +53,7 @@ def split():
 
 @pytest.mark.parametrize("name", _registered())
 def test_every_registered_learner_keeps_the_contract(name, split):
-    target = _tutorial_learner() if name == "toy-reptile" and name not in learner_entries() else name
+    target = tutorial_reptile() if name == "toy-reptile" and name not in learner_entries() else name
     report = check_learner(target, overrides=TINY.get(name, {}), split=split)
     assert set(report.passed) | set(report.skipped) == set(RULES)
     if name not in ("global-mean", "baseline-predictor"):

@@ -294,15 +294,11 @@ def test_the_tutorials_user_task_learner_is_untouched_by_the_second_protocol(tmp
     user-task contract check, unchanged, is tests/test_contract.py)."""
     from metarec.registry import learner_protocol, learners_for_protocol, register_learner, unregister_learner
 
+    from tutorial_source import tutorial_reptile
+
     src = (TUTORIAL / "toy_learner" / "reptile.py").read_text()
     assert "protocol" not in src and "warmup" not in src
-    sys.path.insert(0, str(TUTORIAL))
-    try:
-        from toy_learner.reptile import Reptile
-    finally:
-        sys.path.remove(str(TUTORIAL))
-        for mod in [m for m in sys.modules if m == "toy_learner" or m.startswith("toy_learner.")]:
-            del sys.modules[mod]
+    Reptile = tutorial_reptile()
     assert learner_protocol(Reptile) == "user-cold"
     register_learner("toy-reptile-src")(Reptile)
     try:

@@ -46,21 +46,20 @@ inline Vectorized<T> vtanh(Vectorized<T> v) {
   return one - Vectorized<T>(T(2)) / ((v + v).exp_u20() + one);
 }
 
-template <typename T>
-inline void sigmoid_inplace(T* x, int n) {
+// f applied in place to n values, a vector at a time (the tail as a partial vector)
+template <typename T, typename F>
+inline void map_inplace(T* x, int n, F f) {
   using V = Vectorized<T>;
   int j = 0;
-  for (; j + V::size() <= n; j += V::size()) vsig(V::loadu(x + j)).store(x + j);
-  if (j < n) vsig(V::loadu(x + j, n - j)).store(x + j, n - j);
+  for (; j + V::size() <= n; j += V::size()) f(V::loadu(x + j)).store(x + j);
+  if (j < n) f(V::loadu(x + j, n - j)).store(x + j, n - j);
 }
 
 template <typename T>
-inline void tanh_inplace(T* x, int n) {
-  using V = Vectorized<T>;
-  int j = 0;
-  for (; j + V::size() <= n; j += V::size()) vtanh(V::loadu(x + j)).store(x + j);
-  if (j < n) vtanh(V::loadu(x + j, n - j)).store(x + j, n - j);
-}
+inline void sigmoid_inplace(T* x, int n) { map_inplace(x, n, [](Vectorized<T> v) { return vsig(v); }); }
+
+template <typename T>
+inline void tanh_inplace(T* x, int n) { map_inplace(x, n, [](Vectorized<T> v) { return vtanh(v); }); }
 
 // Andrychowicz et al.'s pre-processing of n values: (log|x|/p, sign x) if |x| >= e^-p, else (-1, e^p x).
 template <typename T>
