@@ -57,8 +57,8 @@ $(L2L_VENV)/.metarec-installed: pyproject.toml
 
 # The suite runs in TEST_JOBS pytest-xdist workers (one per core on CI's 2 cores; TEST_JOBS=0 runs
 # it in one process). The Ray tests run after it in one plain process: they share one local Ray
-# cluster, and the Ctrl-C test interrupts the test process's main thread, which an xdist worker
-# does not hand to its tests.
+# cluster (one per xdist worker otherwise) and their fault checks (kill -9, Ctrl-C, a node
+# removed) wait on that cluster, not on the other tests.
 TEST_JOBS   ?= 2
 RAY_TESTS   := tests/test_ray_executor.py tests/test_ray_tune.py
 XDIST_ARGS  := $(if $(filter 0,$(TEST_JOBS)),,-n $(TEST_JOBS))

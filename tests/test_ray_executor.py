@@ -182,6 +182,10 @@ def test_ctrl_c_cancels_running_tasks_and_resume_completes(cluster, tmp_path):
             time.sleep(0.05)
         _thread.interrupt_main()  # what Ctrl-C does: KeyboardInterrupt in the driver's main thread
 
+    # interrupt_main() simulates SIGINT, which does nothing where SIGINT is ignored -- as it is for
+    # any process a non-interactive shell starts in the background (`make test &`): give this
+    # test Python's own handler, as an interactive driver has
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         with registered(tp.Holds):
             interrupter = threading.Thread(target=ctrl_c_while_a_run_holds_its_worker, daemon=True)
@@ -199,6 +203,7 @@ def test_ctrl_c_cancels_running_tasks_and_resume_completes(cluster, tmp_path):
             hold.unlink()
             results = run_bench(cfg, out=out, resume=True, console=quiet())
     finally:
+        signal.signal(signal.SIGINT, previous)
         hold.unlink(missing_ok=True)
     runs = {(r["method"], r["seed"]): r for r in results["runs"]}
     assert len(runs) == 4 and all(r["status"] == "ok" for r in runs.values())
