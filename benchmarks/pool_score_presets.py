@@ -23,13 +23,12 @@ from metarec.bench.config import BenchConfig, MethodSettings, layer_from_overrid
 from metarec.bench.environment import environment_info
 from metarec.bench.results import read_json, write_json
 from metarec.registry import get_learner
-from metarec.tuning.study import TuneConfig, load_tuning_split, pool_score
+from metarec.tuning.study import TuneConfig, fixed_values, load_tuning_split, pool_score
 
 
-def _tune_config(tune_dir: Path, presets: list[str], sets: list[str], data_dir: str | None) -> TuneConfig:
-    """The tune's own config (data, protocol, pool, split and trial seeds, metric), with the
-    methods and settings replaced by the presets to score."""
-    saved = read_json(tune_dir / "tune.json")["config"]
+def _tune_config(saved: dict, presets: list[str], sets: list[str], data_dir: str | None) -> TuneConfig:
+    """The tune's own config (``tune.json``'s: data, protocol, pool, split and trial seeds,
+    metric), with the methods and settings replaced by the presets to score."""
     bench = BenchConfig.from_dict(saved["bench"])
     chosen = parse_presets(presets)
     overrides = layer_from_overrides(sets)["methods"]
@@ -59,7 +58,8 @@ def main(argv: list[str]) -> int:
         return 2
     # one config per argument, so that two presets of one method can be compared; the split and
     # the pool depend only on the data and protocol, which every one of them shares
-    configs = [_tune_config(args.tune_dir, [p], [s for s in args.sets if s.split(".")[0] == p.split("=")[0]],
+    saved = read_json(args.tune_dir / "tune.json")["config"]
+    configs = [_tune_config(saved, [p], [s for s in args.sets if s.split(".")[0] == p.split("=")[0]],
                             args.data_dir) for p in args.presets]
     split = load_tuning_split(configs[0])
     summary = read_json(args.tune_dir / "summary.json") if (args.tune_dir / "summary.json").exists() else {}
@@ -70,9 +70,8 @@ def main(argv: list[str]) -> int:
         cls = get_learner(method)
         settings = cfg.bench.settings_for(method)
         # as a trial builds it: the preset, then the tune's fixed values (a bench-wide --epochs) and --set
-        fields = [f.name for f in dataclasses.fields(cls.Config)]
         learner = cls.from_settings(split.train.schema, preset=settings.preset,
-                                    overrides=cfg.bench.learner_overrides(method, fields), device="cpu", seed=cfg.seed)
+                                    overrides=fixed_values(cfg, method, cls), device="cpu", seed=cfg.seed)
         t0 = time.perf_counter()
         learner.meta_fit(split.train)
         value = pool_score(learner, split.tuning, cfg.metric, cfg.bench.k)
