@@ -118,13 +118,14 @@ def resolve_methods(cfg: BenchConfig) -> tuple[dict[str, str], dict[str, Any]]:
     return broken, entries
 
 
-def _spec_target(name: str, entry: Any, executor: str) -> str:
-    """The ``module:attr`` a worker imports for ``name`` (refused when a worker cannot import it)."""
+def _spec_target(name: str, entry: Any, executor: str, *, work: str = "runs") -> str:
+    """The ``module:attr`` a worker imports for ``name`` (refused when a worker cannot import it);
+    ``work`` names what executes in the workers (bench runs, tune trials)."""
     module, _, attr = entry.target.partition(":")
     if executor != "inline" and (module in ("__main__", "__mp_main__") or "<locals>" in attr):
         raise BenchError(
             f"learner {name!r} is defined in {'__main__' if module.endswith('main__') else 'a function'} "
-            f"({entry.target}); runs execute in worker processes, which cannot import it: define it at module "
+            f"({entry.target}); {work} execute in worker processes, which cannot import it: define it at module "
             "level of an importable module, or set executor = \"inline\" (--set executor=inline)"
         )
     return entry.target

@@ -268,9 +268,9 @@ def learner_targets(cfg: TuneConfig) -> dict[str, str | None]:
         return {m: None for m in cfg.bench.methods}
     entries = learner_entries()
     try:
-        return {m: _spec_target(m, entries[m], kind) for m in cfg.bench.methods}
+        return {m: _spec_target(m, entries[m], kind, work="trials") for m in cfg.bench.methods}
     except BenchError as exc:
-        raise TuneError(str(exc).replace("runs execute", "trials execute")) from None
+        raise TuneError(str(exc)) from None
 
 
 def _run_trials(cfg: TuneConfig, out: Path, todo: Sequence[str], budgets: Mapping[str, int],
