@@ -27,7 +27,6 @@ import dataclasses
 import gzip
 import io
 import json
-import math
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -35,6 +34,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from metarec.bench.results import write_json
 from metarec.errors import UserError
 from metarec.runtime import derive_seed
 from metarec.registry import learner_protocol
@@ -128,26 +128,6 @@ def run_stream(cls: type, split: WarmupSplit, *, method: str, seed: int, preset:
         preds[stage] = np.round(p.astype(np.float64), DECIMALS)
     return {"predictions": preds, "timings": timings, "cpu_timings": cpu, "learner_info": learner.run_info(),
             "config": dataclasses.asdict(learner.config)}
-
-
-def _jsonable(x: Any) -> Any:
-    if isinstance(x, dict):
-        return {str(k): _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
-    if isinstance(x, (np.floating, float)):
-        return None if not math.isfinite(float(x)) else float(x)
-    if isinstance(x, np.integer):
-        return int(x)
-    return x
-
-
-def write_json(path: Path, data: Any) -> None:
-    """Atomic JSON write."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(_jsonable(data), indent=2, allow_nan=False) + "\n")
-    tmp.replace(path)
 
 
 def aggregate(runs: list[dict[str, Any]], replicates: dict[tuple[str, int, str], dict[str, np.ndarray]],
