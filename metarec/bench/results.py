@@ -24,7 +24,8 @@ Numbers, and the choices behind them:
 * paired tests (when several methods ran) compare two methods cell by cell on the same seeds:
   ``per_seed`` on the per-seed cell values (t-test), ``per_user`` one Wilcoxon test per seed
   on per-user values, combined over seeds (Stouffer), so that a user who is a test user in
-  several seeds is not several independent units. ``paired_tests`` (all pairs) and
+  several seeds is not several independent units, and ``per_unique_user`` one Wilcoxon test
+  over the unique users of each user's mean difference across seeds. ``paired_tests`` (all pairs) and
   ``baseline_tests`` (every method against the best simple baseline) are two families, each
   Holm-adjusted on its own (``*_holm``).
 * older folders (``metarec-bench-results-1``: NDCG ties kept list order) are recomputed from
@@ -481,9 +482,13 @@ def _per_user_values(pr: Mapping[str, np.ndarray], cell: str, metric: str, spec:
     return keys, per_user_scores(pr["prediction"][m], pr["rating"][m], uid, name, spec)
 
 
+#: The (block, p-value key) of each kind of paired test; each is Holm-adjusted on its own.
+TEST_BLOCKS: tuple[tuple[str, str], ...] = (("per_seed", "ttest_p"), ("per_user", "p"), ("per_unique_user", "p"))
+
+
 def _add_holm(tests: list[dict[str, Any]]) -> None:
     """Holm-adjust, in place, each kind of p-value over the whole family ``tests`` (one table)."""
-    for block, key in (("per_seed", "ttest_p"), ("per_user", "p")):
+    for block, key in TEST_BLOCKS:
         raw = [t.get(block, {}).get(key) for t in tests]
         adj = M.holm([np.nan if p is None else p for p in raw])
         for t, a in zip(tests, adj):
@@ -511,6 +516,10 @@ def paired_tests(
       combined over seeds by Stouffer's method (:func:`metarec.metrics.paired_test_by_stratum`),
       so a user who is a test user in several seeds is not counted as several independent
       users. The clip NDCG has no per-user units.
+    * ``per_unique_user``: each user's differences averaged over the seeds where the user is a
+      test user, then one Wilcoxon signed-rank test (``p``) and one t-test (``ttest_p``) over
+      the unique users (:func:`metarec.metrics.paired_test_by_unit`): no user is more than one
+      independent unit, whatever the seeds' splits share. The test the fair comparison reads.
     """
     if spec is None:
         spec = MetricSpec(k=3 if k is None else k)
@@ -537,7 +546,7 @@ def paired_tests(
                     continue
                 entry: dict[str, Any] = {"a": a, "b": b, "cell": cell, "metric": metric, "seeds": common}
                 if scores_only and metric in ERROR_METRICS:
-                    entry["per_seed"] = entry["per_user"] = {"skipped": SCORE_OUTPUT_NOTE}
+                    entry["per_seed"] = entry["per_user"] = entry["per_unique_user"] = {"skipped": SCORE_OUTPUT_NOTE}
                     out.append(entry)
                     continue
                 xa = [_nan(ra[s]["metrics"][cell].get(metric)) for s in common]
@@ -550,6 +559,7 @@ def paired_tests(
                 if metric != spec.clip:
                     sa: list[np.ndarray] = []
                     sb: list[np.ndarray] = []
+                    keys: list[list[str]] = []
                     for s in common:
                         ka, va = units(a, s, cell, metric)
                         kb, vb = units(b, s, cell, metric)
@@ -561,10 +571,15 @@ def paired_tests(
                         both = np.isfinite(va) & np.isfinite(vb)
                         sa.append(va[both])
                         sb.append(vb[both])
+                        keys.append([k for k, ok in zip(ka, both) if ok])
                     if any(x.size >= 2 for x in sa):
                         entry["per_user"] = M.paired_test_by_stratum(sa, sb)
                     else:
                         entry["per_user"] = {"skipped": "needs a seed with >= 2 users that have values"}
+                    if len({k for ks in keys for k in ks}) >= 2:
+                        entry["per_unique_user"] = M.paired_test_by_unit(keys, sa, sb)
+                    else:
+                        entry["per_unique_user"] = {"skipped": "needs >= 2 users that have values"}
                 out.append(entry)
     _add_holm(out)
     return out
@@ -574,22 +589,52 @@ def paired_tests(
 SIMPLE_BASELINE_MODULE = "metarec.methods.simple"
 
 
-def best_simple_baseline(summary: Mapping[str, Any], runs: Sequence[Mapping[str, Any]]) -> str | None:
-    """The simple baseline (learner class in :mod:`metarec.methods.simple`) with the lowest
-    overall MAE (mean over seeds) among the methods that ran, or None without one.
+def _pool_score(source: Mapping[str, Any] | None) -> tuple[str, float, tuple[Any, ...]] | None:
+    """(metric, best pool value, pool identity) of a tuned method's settings source, else None."""
+    if not source or source.get("kind") != "tuned" or source.get("best_value") is None:
+        return None
+    pool = tuple(source.get(k) for k in ("dataset", "tuning_fraction", "tuning_seed", "split_seed", "metric"))
+    return str(source.get("metric", "")), float(source["best_value"]), pool
 
-    Chosen on the reported test numbers: it picks which comparison to show, never a setting.
+
+def choose_simple_baseline(summary: Mapping[str, Any], runs: Sequence[Mapping[str, Any]]) -> tuple[str | None, str]:
+    """The comparator of ``baseline_tests`` among the simple baselines that ran, and the rule used.
+
+    When the simple baselines' settings come from ``metarec tune`` studies scored on one
+    tuning pool (same dataset, pool, split and metric in their provenance), the one with the
+    best pool score is chosen: a choice that never looks at a test user. Simple baselines
+    without a study (nothing to tune, e.g. the global mean) are then not candidates, and the
+    rule says so. Otherwise the one with the lowest overall test MAE (mean over seeds) is
+    chosen, and the rule says that it was chosen on this table's test numbers (it picks which
+    comparison to show, never a setting).
     """
-    simple = {r["method"] for r in runs
-              if r.get("status") == "ok" and str(r.get("learner_class", "")).startswith(SIMPLE_BASELINE_MODULE + ":")}
+    simple = [m for m in summary if m in {r["method"] for r in runs if r.get("status") == "ok" and str(
+        r.get("learner_class", "")).startswith(SIMPLE_BASELINE_MODULE + ":")} and summary[m].get("cells")]
+    if not simple:
+        return None, ""
+    scored = {m: _pool_score(summary[m].get("settings_source")) for m in simple}
+    pooled = {m: v for m, v in scored.items() if v is not None}
+    if pooled and len({v[2] for v in pooled.values()}) == 1:
+        metric = next(iter(pooled.values()))[0]
+        higher = "ndcg" in metric or "precision" in metric or "map" in metric
+        best = (max if higher else min)(pooled, key=lambda m: pooled[m][1])
+        left = [m for m in simple if m not in pooled]
+        values = ", ".join(f"{m} {v[1]:.4f}" for m, v in pooled.items())
+        rule = (f"the simple baseline with the best tuning-pool score ({metric}: {values}), chosen without "
+                "looking at a test user" + (f"; not candidates, having no study: {', '.join(left)}" if left else ""))
+        return best, rule
     best, best_mae = None, math.inf
-    for m, e in summary.items():
-        if m not in simple or not e.get("cells"):
-            continue
-        v = _nan(e["cells"]["overall"]["mae"]["mean"])
+    for m in simple:
+        v = _nan(summary[m]["cells"]["overall"]["mae"]["mean"])
         if math.isfinite(v) and v < best_mae:
             best, best_mae = m, v
-    return best
+    return best, ("the simple baseline (metarec.methods.simple) with the lowest overall MAE, chosen on this "
+                  "table's test numbers (no tuning-pool scores to choose by)")
+
+
+def best_simple_baseline(summary: Mapping[str, Any], runs: Sequence[Mapping[str, Any]]) -> str | None:
+    """The comparator :func:`choose_simple_baseline` picks (None without a simple baseline)."""
+    return choose_simple_baseline(summary, runs)[0]
 
 
 def baseline_tests(
@@ -684,6 +729,8 @@ def metrics_info(spec: MetricSpec, *, n_boot: int, level: float) -> dict[str, An
         "paired_tests": "a - b on common seeds; per_seed: paired t-test on the per-seed cell values "
         "(ttest_p); per_user: per seed a one-sided Wilcoxon signed-rank test on per-user values (MAE, "
         "squared error for rmse, within-user NDCG), seeds combined by Stouffer's z (p, two-sided); "
+        "per_unique_user: each user's a - b averaged over the seeds where the user is a test user, then "
+        "one two-sided Wilcoxon signed-rank test (p) and t-test (ttest_p) over the unique users; "
         "*_holm: Holm-adjusted within the family (paired_tests: all pairs; baseline_tests: every method "
         "vs the best simple baseline)",
     }
@@ -757,11 +804,11 @@ def assemble_results(
     runs = [dict(found[(m, s)]) for m in methods for s in seeds if (m, s) in found]
     several = sum(1 for r in method_runs.values() if r) > 1
     tests = paired_tests(method_runs, method_preds, spec=spec) if several else []
-    base = baseline if baseline is not None else best_simple_baseline(summary, runs)
+    base, rule = (baseline, "the method named with --against") if baseline is not None else \
+        choose_simple_baseline(summary, runs)
     vs_base = baseline_tests(method_runs, method_preds, base, spec=spec) if several and base else None
     if vs_base is not None:
-        vs_base["rule"] = ("the method named with --against" if baseline is not None else
-                           "the simple baseline (metarec.methods.simple) with the lowest overall MAE")
+        vs_base["rule"] = rule
     return {
         "format": RESULTS_FORMAT,
         "label": label,
@@ -989,6 +1036,7 @@ __all__ = [
     "assemble_results",
     "baseline_tests",
     "best_simple_baseline",
+    "choose_simple_baseline",
     "MetricSpec",
     "paired_tests",
     "rebuild_results",
