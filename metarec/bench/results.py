@@ -935,7 +935,7 @@ class ResultsView:
 
     def __init__(self, label: str, dataset: str, methods: Mapping[str, Any], *, k: int = 3,
                  published: bool = False, source: Mapping[str, Any] | None = None,
-                 aliases: Sequence[str] = ()) -> None:
+                 aliases: Sequence[str] = (), baseline_tests: Mapping[str, Any] | None = None) -> None:
         self.label = label
         self.dataset = dataset
         #: Every name the dataset goes by (loader name, command-line name), to match references.
@@ -944,6 +944,8 @@ class ResultsView:
         self.k = k
         self.published = published
         self.source = dict(source or {})
+        #: The run's ``baseline_tests`` family (every method against the best simple baseline), if any.
+        self.baseline_tests = dict(baseline_tests) if baseline_tests else None
 
     @property
     def ndcg_key(self) -> str:
@@ -1008,6 +1010,7 @@ def load_views(path: str | Path, label: str | None = None) -> list[ResultsView]:
                 {m: e for m, e in data.get("methods", {}).items() if e.get("cells")},
                 k=k,
                 aliases=[a for a in (data.get("config", {}).get("dataset"),) if a],
+                baseline_tests=data.get("baseline_tests"),
             )
         ]
     if fmt == "metarec-bench-reference-1":
