@@ -137,6 +137,13 @@ def test_paired_tests(bench_run):
     assert t["per_user"]["mean_diff"] > 0 and t["per_user"]["p"] < 0.05
     # per user: one test per seed, combined -- not the seeds' users pooled as independent
     assert t["per_user"]["n_strata"] == 2 and len(t["per_user"]["per_stratum"]) == 2
+    # unique users: a user who is a test user in both seeds is one unit (differences averaged)
+    preds = read_predictions(bench_run[0] / "predictions.csv")
+    gm = preds["method"] == "global-mean"
+    users = set(preds["user_id"][gm])
+    u = t["per_unique_user"]
+    assert u["n"] == len(users) < u["n_pairs"] == t["per_user"]["n"]
+    assert u["mean_diff"] > 0 and u["p"] < 0.05 and u["p_holm"] >= u["p"]
     # Holm within the family: adjusted >= raw, and the smallest raw p is multiplied by the family size
     raw = [x["per_user"]["p"] for x in tests if "p" in x.get("per_user", {})]
     for x in tests:
