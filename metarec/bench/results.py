@@ -869,6 +869,69 @@ def _aggregated_predictions(root: Path) -> Path | None:
     return None
 
 
+def _prediction_loader(rd: RunDir, runs: Mapping[tuple[str, int], Mapping[str, Any]],
+                       ) -> Callable[[str, int], dict[str, np.ndarray]]:
+    """``load(method, seed)`` of a finished folder's predictions: the per-run files when every
+    successful run has one, else the aggregated ``predictions.csv(.gz)``."""
+    if (rd.root / "runs").is_dir() and all(rd.run_predictions(m, s).exists()
+                                           for (m, s), r in runs.items() if r["status"] == "ok"):
+        def load(m: str, s: int) -> dict[str, np.ndarray]:
+            return load_run_predictions(rd, m, s)
+        return load
+    path = _aggregated_predictions(rd.root)
+    if path is None:
+        raise FileNotFoundError(f"{rd.root}: no predictions (runs/*.predictions.csv, predictions.csv or "
+                                "predictions.csv.gz) to rebuild from")
+    cols = read_predictions(path)
+    keys = np.char.add(np.char.add(cols["method"].astype(str), "|"), cols["seed"].astype(str))
+
+    def load_aggregated(m: str, s: int) -> dict[str, np.ndarray]:
+        sel = keys == f"{m}|{s}"
+        if not sel.any():
+            raise ValueError(f"{path}: no predictions of {m} seed {s}, a successful run in results.json")
+        return {c: v[sel] for c, v in cols.items()}
+    return load_aggregated
+
+
+def retest_results(root: str | Path, *, baseline: str | None = None) -> dict[str, Any]:
+    """Recompute only the paired tests of a finished folder (format 2) from its predictions, in place.
+
+    The metrics, intervals and runs are kept as they are (no rescoring, no bootstrap); the two
+    families ``paired_tests`` and ``baseline_tests`` are rebuilt with this metarec's tests (e.g.
+    adding the unique-user test), the comparator chosen as :func:`assemble_results` does, and
+    ``retested`` records the version that did it. Cheap where ``--rebuild`` is not.
+    """
+    rd = RunDir(root)
+    if not rd.results.exists():
+        raise FileNotFoundError(f"{rd.results}: no results.json to retest")
+    results = read_json(rd.results)
+    if results.get("format") != RESULTS_FORMAT:
+        raise ValueError(f"{rd.results}: results format {results.get('format')!r}; rebuild it first with "
+                         f"`metarec report --rebuild {rd.root}`")
+    config = results["config"]
+    spec = MetricSpec.from_config(config)
+    ok = [r for r in results.get("runs", []) if r.get("status") == "ok"]
+    load = _prediction_loader(rd, {(r["method"], int(r["seed"])): r for r in ok})
+    method_runs = {m: [r for r in ok if r["method"] == m] for m in config["methods"]}
+    method_preds = {m: {int(r["seed"]): load(m, int(r["seed"])) for r in rs} for m, rs in method_runs.items()}
+    several = sum(1 for rs in method_runs.values() if rs) > 1
+    results["paired_tests"] = paired_tests(method_runs, method_preds, spec=spec) if several else []
+    base, rule = (baseline, "the method named with --against") if baseline is not None else \
+        choose_simple_baseline(results["methods"], results.get("runs", []))
+    vs_base = baseline_tests(method_runs, method_preds, base, spec=spec) if several and base else None
+    if vs_base is not None:
+        vs_base["rule"] = rule
+    results["baseline_tests"] = vs_base
+    info = metrics_info(spec, n_boot=int(config["n_boot"]), level=float(config["ci_level"]))
+    results.setdefault("metrics_info", {})["paired_tests"] = info["paired_tests"]
+    from metarec import __version__
+
+    results["retested"] = {"metarec": __version__,
+                           "how": "metarec report --retest: the paired tests recomputed from the predictions"}
+    write_json(rd.results, results)
+    return clean_json(results)
+
+
 def rebuild_results(root: str | Path, *, baseline: str | None = None) -> dict[str, Any]:
     """Recompute every number of a finished benchmark folder from its predictions, in place.
 
@@ -891,23 +954,7 @@ def rebuild_results(root: str | Path, *, baseline: str | None = None) -> dict[st
     spec = MetricSpec.from_config(config)
     n_boot, level = int(config["n_boot"]), float(config["ci_level"])
     runs = {(r["method"], int(r["seed"])): r for r in old.get("runs", [])}
-    if (rd.root / "runs").is_dir() and all(rd.run_predictions(m, s).exists()
-                                           for (m, s), r in runs.items() if r["status"] == "ok"):
-        def load(m: str, s: int) -> dict[str, np.ndarray]:
-            return load_run_predictions(rd, m, s)
-    else:
-        path = _aggregated_predictions(rd.root)
-        if path is None:
-            raise FileNotFoundError(f"{rd.root}: no predictions (runs/*.predictions.csv, predictions.csv or "
-                                    "predictions.csv.gz) to rebuild from")
-        cols = read_predictions(path)
-        keys = np.char.add(np.char.add(cols["method"].astype(str), "|"), cols["seed"].astype(str))
-
-        def load(m: str, s: int) -> dict[str, np.ndarray]:
-            sel = keys == f"{m}|{s}"
-            if not sel.any():
-                raise ValueError(f"{path}: no predictions of {m} seed {s}, a successful run in results.json")
-            return {c: v[sel] for c, v in cols.items()}
+    load = _prediction_loader(rd, runs)
     found = {key: (rescore_run(r, load(*key), spec=spec, n_boot=n_boot, level=level) if r["status"] == "ok"
                    else {**r, "format": RUN_FORMAT})
              for key, r in runs.items()}
@@ -1043,6 +1090,7 @@ __all__ = [
     "MetricSpec",
     "paired_tests",
     "rebuild_results",
+    "retest_results",
     "rescore_run",
     "clean_json",
     "load_views",

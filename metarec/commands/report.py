@@ -34,8 +34,11 @@ def _reference_path(value: str) -> Path:
 @click.option("--rebuild", is_flag=True,
               help="First recompute every number of each run folder from its predictions with this metarec's "
                    "metrics (rewrites its results.json; needed for folders of an older metarec).")
+@click.option("--retest", is_flag=True,
+              help="First recompute only the paired tests of each run folder from its predictions (keeps every "
+                   "metric and interval; adds the tests of this metarec, e.g. the unique-user test).")
 @click.option("--against", metavar="METHOD", default=None,
-              help="With --rebuild: compare every method with METHOD in the baseline tests "
+              help="With --rebuild or --retest: compare every method with METHOD in the baseline tests "
                    "[default: the best simple baseline].")
 @click.option("--side-by-side", "side_by_side", is_flag=True,
               help="With --out: also write side-by-side.md, one table per dataset with every PATH (and "
@@ -48,7 +51,7 @@ def _reference_path(value: str) -> Path:
               help="The metric --ranks ranks by: mae, rmse, ndcg@3, clip_ndcg@3.")
 def report(paths: tuple[str, ...], reference: str | None, out: str | None, labels: tuple[str, ...],
            rebuild: bool, against: str | None, side_by_side: bool = False, ranks: str | None = None,
-           rank_metric: str = "mae") -> None:
+           rank_metric: str = "mae", retest: bool = False) -> None:
     """Show saved results (run folders, results.json or reference files) as one table.
 
     With one run folder and no --out, its summary.md, summary.tex and plot are rewritten
@@ -64,6 +67,7 @@ def report(paths: tuple[str, ...], reference: str | None, out: str | None, label
       metarec report runs/a --reference
       metarec report --rebuild runs/old-run
       metarec report --rebuild --against baseline-predictor runs/a
+      metarec report --retest runs/a
       metarec report runs/tune-ml1m
       metarec report ml1m-hand ml1m-tuned --label hand --label tuned --reference --out cmp --side-by-side
       metarec report fair-ml1m fair-yelp --out cmp --ranks
@@ -98,8 +102,21 @@ def report(paths: tuple[str, ...], reference: str | None, out: str | None, label
         return
     if (side_by_side or ranks is not None) and out is None:
         raise click.ClickException("--side-by-side and --ranks write files: give the folder with --out")
-    if against is not None and not rebuild:
-        raise click.ClickException("--against needs --rebuild (the tests are recomputed from the predictions)")
+    if against is not None and not (rebuild or retest):
+        raise click.ClickException("--against needs --rebuild or --retest (the tests are recomputed from the predictions)")
+    if rebuild and retest:
+        raise click.ClickException("--rebuild already recomputes the tests: give --rebuild or --retest, not both")
+    if retest:
+        from metarec.bench.results import retest_results
+
+        for p in paths:
+            if not Path(p).is_dir():
+                raise click.ClickException(f"--retest: {p} is not a run folder (a folder with results.json)")
+            try:
+                retest_results(p, baseline=against)
+            except (ValueError, FileNotFoundError) as exc:
+                raise click.ClickException(str(exc)) from None
+            console.print(f"retested {Path(p) / 'results.json'} from its predictions")
     if rebuild:
         from metarec.bench.results import rebuild_results
 
