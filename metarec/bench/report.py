@@ -311,7 +311,8 @@ def _tests_table(tests: Sequence[Mapping[str, Any]], k: int) -> list[str]:
         "Stouffer's z, so a user who recurs across seeds is not counted as independent users (clip NDCG "
         "has no per-user units)."
         + (" Unique users: each user's a − b averaged over the seeds where the user is a test user, then one "
-           "two-sided Wilcoxon signed-rank test over the unique users (n = unique users)." if unique else "")
+           "two-sided Wilcoxon signed-rank test over the unique users (users = unique users). Mean diff: of the "
+           "cell's values, mean over seeds." if unique else "")
         + " Holm: adjusted within this table, per kind of test.",
         "",
     ]
