@@ -239,6 +239,22 @@ def test_report_writes_ranks_and_side_by_side_of_committed_runs(tmp_path):
     assert "8 blocks" in ranks and "left out: s2meta" in ranks  # Yelp has no s2Meta run
     side = (out / "side-by-side.md").read_text()
     assert "### ml-1m" in side and "### yelp" in side and "MAE paper" in side
+    # the report's one command: hand and tuned runs labelled, ranks of the tuned ones only
+    tuned = REPO / "benchmarks" / "results" / "tune-ml1m-20trials-2026-12-02" / "bench-tuned"
+    if (tuned / "results.json").exists():
+        out2 = tmp_path / "report"
+        res = CliRunner().invoke(main, ["report", str(ml), str(tuned), str(yelp), "--label", "hand", "--label", "tuned",
+                                        "--label", "tuned", "--reference", "--side-by-side", "--ranks", "tuned",
+                                        "--out", str(out2)])
+        assert res.exit_code == 0, res.output
+        side = (out2 / "side-by-side.md").read_text()
+        assert "| MAE paper | MAE hand | MAE tuned |" in side and "Δ MAE (tuned − hand)" in side
+        import json
+
+        ranked = json.loads((out2 / "ranks.json").read_text())
+        assert {b.split()[0] for b in ranked["blocks"]} == {"ml-1m", "yelp"} and len(ranked["blocks"]) == 8
+        assert set(ranked["methods"]) <= {"baseline-predictor", "profile-mlp", "profile-mlp-finetune", "melu", "mamo",
+                                          "global-mean"}
     res = CliRunner().invoke(main, ["report", str(ml), "--ranks"])
     assert res.exit_code != 0 and "give the folder with --out" in res.output
     res = CliRunner().invoke(main, ["report", str(ml), str(yelp), "--out", str(out), "--ranks", "nope"])

@@ -14,7 +14,7 @@ import math
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from metarec.bench.results import CELLS, ResultsView
+from metarec.bench.results import CELLS, ResultsView, reported_holm_p
 
 
 def plot_views(views: Sequence[ResultsView], stem: str | Path, formats: Sequence[str] = ("png", "svg")) -> list[Path]:
@@ -107,15 +107,6 @@ def _plot(views: Sequence[ResultsView], stem: str | Path, formats: Sequence[str]
 FOREST_ALPHA = 0.05
 
 
-def _baseline_p(test: Mapping[str, Any]) -> tuple[float | None, str]:
-    """The Holm-adjusted p a forest plot marks, and its test: unique users, else per user (Stouffer)."""
-    for block, name in (("per_unique_user", "unique-user Wilcoxon"), ("per_user", "per-user Wilcoxon, Stouffer")):
-        p = (test.get(block) or {}).get("p_holm")
-        if p is not None:
-            return float(p), name
-    return None, ""
-
-
 def forest_plot(view: ResultsView, baseline_tests: Mapping[str, Any] | None, stem: str | Path,
                 metric: str = "mae", formats: Sequence[str] = ("png", "svg")) -> list[Path]:
     """Per cell, each method's ``metric`` (mean over seeds) with its 95 % interval, against the
@@ -141,7 +132,7 @@ def forest_plot(view: ResultsView, baseline_tests: Mapping[str, Any] | None, ste
     if not methods or not cells:
         return []
     marks = {(t["a"], t["cell"]): t for t in baseline_tests.get("tests", []) if t.get("metric") == metric}
-    test_names = {_baseline_p(t)[1] for t in marks.values() if _baseline_p(t)[0] is not None}
+    test_names = {reported_holm_p(t)[1] for t in marks.values() if reported_holm_p(t)[0] is not None}
     with matplotlib.rc_context({"svg.hashsalt": "metarec-forest"}):
         fig, axes = plt.subplots(1, len(cells), figsize=(2.6 * len(cells) + 2.2, 0.38 * len(methods) + 1.8),
                                  sharey=True, squeeze=False)
@@ -162,7 +153,7 @@ def forest_plot(view: ResultsView, baseline_tests: Mapping[str, Any] | None, ste
                 err = None
                 if ci and ci[0] is not None:
                     err = [[max(mean - float(ci[0]), 0.0)], [max(float(ci[1]) - mean, 0.0)]]
-                p, _ = _baseline_p(marks.get((m, cell), {}))
+                p = reported_holm_p(marks.get((m, cell), {}))[0]
                 color, face = "0.2", "white"
                 if m == base:
                     color, face = "0.4", "0.4"

@@ -486,6 +486,16 @@ def _per_user_values(pr: Mapping[str, np.ndarray], cell: str, metric: str, spec:
 TEST_BLOCKS: tuple[tuple[str, str], ...] = (("per_seed", "ttest_p"), ("per_user", "p"), ("per_unique_user", "p"))
 
 
+def reported_holm_p(test: Mapping[str, Any]) -> tuple[float | None, str, float | None]:
+    """(Holm-adjusted p, test name, mean difference) that the report marks a comparison by: the
+    unique-user test where the results have it, else the per-user test combined over seeds."""
+    for block, name in (("per_unique_user", "unique-user Wilcoxon"), ("per_user", "per-user Wilcoxon, Stouffer")):
+        b = test.get(block) or {}
+        if b.get("p_holm") is not None:
+            return float(b["p_holm"]), name, b.get("mean_diff")
+    return None, "", None
+
+
 def _add_holm(tests: list[dict[str, Any]]) -> None:
     """Holm-adjust, in place, each kind of p-value over the whole family ``tests`` (one table)."""
     for block, key in TEST_BLOCKS:
@@ -1090,6 +1100,7 @@ __all__ = [
     "MetricSpec",
     "paired_tests",
     "rebuild_results",
+    "reported_holm_p",
     "retest_results",
     "rescore_run",
     "clean_json",

@@ -2,7 +2,8 @@
 a run with hand presets, a tuned run (any results views, in the order given).
 
 Rows are (method, cell); columns are each metric -- MAE, RMSE, within-user NDCG@k, the paper's
-clip NDCG@k -- once per source that has a value for it (the paper has no RMSE and no
+clip NDCG@k -- once per source that has a value for it (published numbers first, then the
+runs in the order given) (the paper has no RMSE and no
 within-user NDCG), then the change of MAE from the second-to-last run to the last one (e.g.
 tuned - hand). A run's MAE is marked where its baseline family (``baseline_tests`` of its
 ``results.json``) finds it different from the best simple baseline at a Holm-adjusted p < 0.05:
@@ -15,7 +16,7 @@ import math
 from typing import Any, Mapping, Sequence
 
 from metarec.bench.report import group_views
-from metarec.bench.results import CELLS, ResultsView
+from metarec.bench.results import CELLS, ResultsView, reported_holm_p
 
 ALPHA = 0.05
 
@@ -23,14 +24,6 @@ ALPHA = 0.05
 def _metrics(view: ResultsView) -> list[tuple[str, str]]:
     return [("mae", "MAE"), ("rmse", "RMSE"), (view.ndcg_key, f"NDCG@{view.k} (user)"),
             (view.clip_key, f"clip NDCG@{view.k}")]
-
-
-def _holm_p(test: Mapping[str, Any]) -> float | None:
-    for block in ("per_unique_user", "per_user"):
-        p = (test.get(block) or {}).get("p_holm")
-        if p is not None:
-            return float(p)
-    return None
 
 
 def _mark(view: ResultsView, method: str, cell: str) -> str:
@@ -42,8 +35,7 @@ def _mark(view: ResultsView, method: str, cell: str) -> str:
         return " (b)"
     for t in tests.get("tests", []):
         if t["a"] == method and t["cell"] == cell and t["metric"] == "mae":
-            p = _holm_p(t)
-            diff = (t.get("per_unique_user") or t.get("per_user") or {}).get("mean_diff")
+            p, _, diff = reported_holm_p(t)
             if p is not None and p < ALPHA and diff is not None:
                 return " ▲" if diff < 0 else " ▼"
     return ""
@@ -67,6 +59,7 @@ def side_by_side_markdown(views: Sequence[ResultsView]) -> str:
 
 
 def _table(views: Sequence[ResultsView]) -> str:
+    views = sorted(views, key=lambda v: not v.published)  # the published numbers first, then the runs in order
     methods = list(dict.fromkeys(m for v in views for m in v.methods))
     runs = [v for v in views if not v.published]
     cols: list[tuple[ResultsView, str, str]] = []
