@@ -259,3 +259,26 @@ def test_report_writes_ranks_and_side_by_side_of_committed_runs(tmp_path):
     assert res.exit_code != 0 and "give the folder with --out" in res.output
     res = CliRunner().invoke(main, ["report", str(ml), str(yelp), "--out", str(out), "--ranks", "nope"])
     assert res.exit_code != 0 and "no run is labelled 'nope'" in res.output
+
+
+def test_results_page_leads_with_the_fair_comparison_once_a_fair_run_is_committed(tmp_path):
+    import importlib.util
+    import shutil
+
+    spec = importlib.util.spec_from_file_location("gen_results_fair", REPO / "docs" / "gen_results.py")
+    gen = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gen)
+    results = REPO / "benchmarks" / "results"
+    tuned = results / "tune-ml1m-20trials-2026-12-02" / "bench-tuned" / "results.json"
+    if not (results / "ml1m-2026-12-01" / "results.json").exists() or not tuned.exists():
+        pytest.skip("the committed ML-1M runs are not here")
+    for name, src in (("ml1m-2026-12-01", results / "ml1m-2026-12-01" / "results.json"), ("fair-ml1m-2099-01-01", tuned)):
+        (tmp_path / name).mkdir()
+        shutil.copy(src, tmp_path / name / "results.json")
+    page = gen.render(tmp_path)
+    assert page.index("## The fair comparison") < page.index("## Reproduction")
+    fair = page[page.index("## The fair comparison"):page.index("## Reproduction")]
+    assert "| MAE paper | MAE hand | MAE tuned |" in fair and "Average ranks by MAE" in fair
+    (tmp_path / "fair-ml1m-2099-01-01" / "results.json").unlink()
+    page = gen.render(tmp_path)
+    assert "No fair run" in page[page.index("## The fair comparison"):page.index("## Reproduction")]
