@@ -40,7 +40,10 @@ out here from their statements, not from metarec's code:
   -(y log q + (1 - y) log(1 - q)), q clipped to [1e-7, 1 - 1e-7]; the row count n; and per
   method and stage the mean over seeds and sample standard deviation.
 * Holm: every ``*_holm`` p-value of each family (``paired_tests``, ``baseline_tests``) is
-  recomputed from the family's raw p-values. (Bootstrap intervals and the raw p-values are
+  recomputed from the family's raw p-values, per kind of test (per seed, per user, unique users).
+* unique-user tests (``per_unique_user``): per user, a's minus b's per-user value (MAE, mean
+  squared error for rmse, within-user NDCG@k) averaged over the test's seeds where both have
+  one; ``mean_diff`` = mean over users, ``n`` = users, ``n_pairs`` = user-seed pairs. (Bootstrap intervals and the raw p-values are
   random or need scipy; they are not recomputed.)
 """
 
@@ -194,6 +197,54 @@ def holm(pvalues: list[float | None]) -> list[float | None]:
         running = max(running, min(1.0, (m - j) * pvalues[i]))
         out[i] = running
     return out
+
+
+def per_user_values(rows: list[dict], cell: str, metric: str, k: int) -> dict[str, float]:
+    """Each user's value in a cell: MAE, mean squared error (for rmse), or within-user NDCG@k
+    (users with >= 2 ratings there)."""
+    users: "OrderedDict[str, list[dict]]" = OrderedDict()
+    for r in rows:
+        if cell == "overall" or r["scenario"] == cell:
+            users.setdefault(r["user_id"], []).append(r)
+    out: dict[str, float] = {}
+    for u, rs in users.items():
+        if metric == "mae":
+            out[u] = sum(abs(r["prediction"] - r["rating"]) for r in rs) / len(rs)
+        elif metric == "rmse":
+            out[u] = sum((r["prediction"] - r["rating"]) ** 2 for r in rs) / len(rs)
+        elif metric == f"ndcg@{k}" and len(rs) >= MIN_RATINGS:
+            out[u] = ndcg([r["prediction"] for r in rs], [r["rating"] for r in rs], k)
+    return out
+
+
+def check_unique_user_tests(family: str, tests: list[dict], groups: dict, k: int, compare: "Comparison") -> None:
+    """The unique-user tests' mean difference and counts: each user's a - b averaged over the
+    test's seeds where both methods have a value for the user, then averaged over users."""
+    cache: dict = {}
+
+    def values(method: str, seed: int, cell: str, metric: str) -> dict[str, float]:
+        key = (method, seed, cell, metric)
+        if key not in cache:
+            cache[key] = per_user_values(groups.get((method, seed), []), cell, metric, k)
+        return cache[key]
+
+    for t in tests:
+        block = t.get("per_unique_user") or {}
+        if "mean_diff" not in block:
+            continue
+        sums: dict[str, float] = {}
+        counts: dict[str, int] = {}
+        for seed in t["seeds"]:
+            va, vb = values(t["a"], seed, t["cell"], t["metric"]), values(t["b"], seed, t["cell"], t["metric"])
+            for u in va:
+                if u in vb:
+                    sums[u] = sums.get(u, 0.0) + va[u] - vb[u]
+                    counts[u] = counts.get(u, 0) + 1
+        what = f"{family} {t['a']} vs {t['b']} {t['cell']} {t['metric']} per_unique_user"
+        mean = sum(sums[u] / counts[u] for u in sums) / len(sums) if sums else None
+        compare(f"{what} mean_diff", mean, block.get("mean_diff"))
+        compare(f"{what} n", float(len(sums)), float(block["n"]))
+        compare(f"{what} n_pairs", float(sum(counts.values())), float(block["n_pairs"]))
 
 
 def read_rows(path: Path) -> "OrderedDict[tuple[str, int], list[dict]]":
@@ -393,11 +444,13 @@ def main(argv: list[str] | None = None) -> int:
     if results.get("baseline_tests"):
         families.append(("baseline_tests", results["baseline_tests"]["tests"]))
     for fam, tests in families:
-        for block, p_key in (("per_seed", "ttest_p"), ("per_user", "p")):
+        for block, p_key in (("per_seed", "ttest_p"), ("per_user", "p"), ("per_unique_user", "p")):
             raw = [t.get(block, {}).get(p_key) for t in tests]
             for t, adj in zip(tests, holm(raw)):
                 compare(f"{fam} {t['a']} vs {t['b']} {t['cell']} {t['metric']} {block} Holm", adj,
                         t.get(block, {}).get(f"{p_key}_holm"))
+
+        check_unique_user_tests(fam, tests, groups, k, compare)
 
     rows = sum(len(g) for g in groups.values())
     if problems:

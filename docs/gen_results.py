@@ -10,6 +10,8 @@ Inputs (all under ``benchmarks/results/`` unless noted):
 * every item warm-up ``results.json`` (``protocol: item-warmup``, written by ``metarec bench
   --protocol item-warmup``, see :mod:`metarec.warmup.bench`): per method and stage, AUC, F1 and
   log-loss as mean, std over seeds and the item-bootstrap interval -- its own section;
+* the fair comparison's runs, folders ``fair-<dataset>-<date>/`` (the latest per dataset): shown
+  first, beside the paper and the hand-preset run of :data:`HAND_RUNS`, with their average ranks;
 * speed files: any JSON whose name contains ``speed`` (``benchmarks/bench_l2l_speed.py``
   writes ``l2l_speed_<device>_<time>.json``) or whose ``format`` starts with ``metarec-speed``.
 
@@ -298,6 +300,7 @@ def render(results_dir: Path, reference_path: Path | None = None) -> str:
         f"{len(speed)} speed file(s) under `{_rel(results_dir)}/`; paper reference: {ref_note}.*"
     )
     out.append("")
+    out.extend(fair_section(results_dir, reference_path))
     out.append("## Reproduction")
     out.append("")
     if not results:
@@ -363,6 +366,50 @@ def render(results_dir: Path, reference_path: Path | None = None) -> str:
         out.append(speed_table(path))
         out.append("")
     return "\n".join(out)
+
+
+#: The hand-preset run each fair run is shown beside (folder names under benchmarks/results/).
+HAND_RUNS = {"ml-1m": "ml1m-2026-12-01", "yelp": "yelp-3seeds-2026-12-01"}
+FAIR_PREFIX = "fair-"
+
+
+def fair_section(results_dir: Path, reference_path: Path | None) -> list[str]:
+    """The fair comparison, first on the page: per dataset the paper, the hand presets and the
+    latest ``fair-<dataset>-<date>`` run side by side, then the average ranks over datasets and
+    cells (``metarec.bench.sidebyside`` / ``metarec.bench.ranks``, as ``metarec report`` writes them)."""
+    from metarec.bench.ranks import compare_views, ranks_markdown
+    from metarec.bench.results import load_views
+    from metarec.bench.sidebyside import side_by_side_markdown
+
+    latest: dict[str, Path] = {}
+    for path in sorted(Path(results_dir).glob(f"{FAIR_PREFIX}*/results.json")):
+        data = _read(path)
+        if data.get("protocol") == WARMUP_PROTOCOL or data.get("format") != RESULTS_FORMAT:
+            continue
+        latest[data.get("dataset", {}).get("name") or data.get("config", {}).get("dataset", "?")] = path.parent
+    out = ["## The fair comparison", ""]
+    if not latest:
+        out += ["No fair run (`benchmarks/results/fair-<dataset>-<date>/`, from `benchmarks/configs/fair-*.toml`) is "
+                "committed yet; the tables below are the hand-preset runs. See "
+                "[how the methods are compared](#how-the-methods-are-compared).", ""]
+        return out
+    views = []
+    refs = load_views(reference_path) if reference_path else []
+    for ds, run in latest.items():
+        views += [r for r in refs if ds in r.aliases]
+        hand = Path(results_dir) / HAND_RUNS.get(ds, "")
+        if ds in HAND_RUNS and (hand / "results.json").exists():
+            views += load_views(hand, label="hand")
+        views += load_views(run, label="tuned")
+    out += [f"Runs: {', '.join(f'`{_rel(p)}`' for p in latest.values())}; hand presets: "
+            f"{', '.join(f'`{HAND_RUNS[d]}`' for d in latest if d in HAND_RUNS) or 'none'}.", ""]
+    out += _demote(side_by_side_markdown(views)).splitlines() + [""]
+    tuned = [v for v in views if v.label == "tuned"]
+    try:
+        out += [*_demote(ranks_markdown(compare_views(tuned))).splitlines(), ""]
+    except ValueError as exc:
+        out += [f"(no rank comparison: {exc})", ""]
+    return out
 
 
 WARMUP_PROTOCOL = "item-warmup"

@@ -43,7 +43,9 @@ and its reference code are silent or disagree:
   shorter than k is ranked whole: Precision@k divides by min(k, length) and
   AP@k by min(k, relevant items).
 * ``holm`` adjusts a family of p-values; ``paired_test_by_stratum`` tests
-  per-user differences one seed at a time and combines the seeds (Stouffer).
+  per-user differences one seed at a time and combines the seeds (Stouffer);
+  ``paired_test_by_unit`` first averages each user's differences over the
+  seeds that hold the user, then tests once over the unique users.
 """
 
 from __future__ import annotations
@@ -68,6 +70,7 @@ __all__ = [
     "bootstrap_clip_ndcg_replicates",
     "paired_test",
     "paired_test_by_stratum",
+    "paired_test_by_unit",
     "holm",
     "per_user_scores",
     "ranking_metrics",
@@ -732,6 +735,58 @@ def paired_test_by_stratum(a: Sequence[Any], b: Sequence[Any]) -> dict[str, Any]
         "n_strata": len(per),
         "per_stratum": per,
     }
+
+
+def _as_1d_with_nan(x: Any, name: str) -> np.ndarray:
+    """A 1-D float array in which NaN (a unit without a value) is allowed, infinity is not."""
+    try:
+        arr = np.asarray(x, dtype=float).reshape(-1) if len(x) else np.zeros(0)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{name} must be numeric, got {x!r:.80}") from exc
+    if np.isinf(arr).any():
+        raise ValueError(f"{name} contains an infinite value")
+    return arr
+
+
+def paired_test_by_unit(keys: Sequence[Sequence[Any]], a: Sequence[Any], b: Sequence[Any]) -> dict[str, Any]:
+    """Paired test (a - b) over unique units (users) that recur across strata (seeds).
+
+    ``keys[s]`` names the units of stratum ``s`` and ``a[s]``, ``b[s]`` hold their paired values
+    (NaN in either: the unit does not count in that stratum). A user who is a test user in
+    several seeds is ONE unit: its differences are averaged over the seeds where it has values,
+    and the tests run once over the unique users -- a two-sided Wilcoxon signed-rank test
+    (``p``, zero differences dropped, all zero: 1.0) and a one-sample t-test of the user means
+    against 0 (``ttest_p``; all equal non-zero: 0.0). Unlike combining one test per seed
+    (:func:`paired_test_by_stratum`), no user contributes more than one independent term. The
+    seeds' training randomness is averaged into each user's difference, not tested: the
+    per-seed comparison (:func:`paired_test`) is the test of that.
+
+    Returns ``mean_diff`` (mean over unique users of their mean difference), ``p``,
+    ``ttest_p``, ``n`` (unique users) and ``n_pairs`` (user-seed pairs used).
+    """
+    if not (len(keys) == len(a) == len(b)):
+        raise ValueError(f"keys, a and b must have the same number of strata, got {len(keys)}, {len(a)} and {len(b)}")
+    sums: dict[Any, float] = {}
+    counts: dict[Any, int] = {}
+    for s, (ks, xa, xb) in enumerate(zip(keys, a, b)):
+        x, y = _as_1d_with_nan(xa, f"a[{s}]"), _as_1d_with_nan(xb, f"b[{s}]")
+        if not (len(ks) == x.size == y.size):
+            raise ValueError(f"stratum {s}: keys, a and b must have the same length, got {len(ks)}, {x.size} and {y.size}")
+        d = x - y
+        for key, v in zip(ks, d):
+            if np.isfinite(v):
+                sums[key] = sums.get(key, 0.0) + float(v)
+                counts[key] = counts.get(key, 0) + 1
+    if len(sums) < 2:
+        raise ValueError(f"paired_test_by_unit needs at least 2 units with values, got {len(sums)}")
+    d = np.asarray([sums[k] / counts[k] for k in sums])
+    if not np.any(d != 0):
+        w_p = t_p = 1.0
+    else:
+        w_p = float(stats.wilcoxon(d).pvalue)
+        t_p = 0.0 if np.all(d == d[0]) else float(stats.ttest_1samp(d, 0.0).pvalue)
+    return {"mean_diff": float(d.mean()), "p": w_p, "ttest_p": t_p, "n": int(d.size),
+            "n_pairs": int(sum(counts.values()))}
 
 
 def holm(pvalues: Any) -> np.ndarray:

@@ -137,6 +137,13 @@ def test_paired_tests(bench_run):
     assert t["per_user"]["mean_diff"] > 0 and t["per_user"]["p"] < 0.05
     # per user: one test per seed, combined -- not the seeds' users pooled as independent
     assert t["per_user"]["n_strata"] == 2 and len(t["per_user"]["per_stratum"]) == 2
+    # unique users: a user who is a test user in both seeds is one unit (differences averaged)
+    preds = read_predictions(bench_run[0] / "predictions.csv")
+    gm = preds["method"] == "global-mean"
+    users = set(preds["user_id"][gm])
+    u = t["per_unique_user"]
+    assert u["n"] == len(users) < u["n_pairs"] == t["per_user"]["n"]
+    assert u["mean_diff"] > 0 and u["p"] < 0.05 and u["p_holm"] >= u["p"]
     # Holm within the family: adjusted >= raw, and the smallest raw p is multiplied by the family size
     raw = [x["per_user"]["p"] for x in tests if "p" in x.get("per_user", {})]
     for x in tests:
@@ -430,3 +437,30 @@ def test_resume_extends_a_finished_benchmark_with_seeds_and_methods(tmp_path):
                               "methods": {"baseline-predictor": {"user_reg": 3.0}}})
     with pytest.raises(BenchError, match="settings of baseline-predictor"):
         run_bench(changed, out=out, resume=True, console=quiet())
+
+
+def test_report_retest_adds_the_tests_of_this_metarec_and_keeps_every_metric(bench_run, tmp_path):
+    import shutil
+
+    from metarec.cli import main
+
+    out, _ = bench_run
+    old = tmp_path / "old"
+    shutil.copytree(out, old)
+    shutil.rmtree(old / "runs")  # a committed folder: aggregated predictions only
+    res = json.loads((old / "results.json").read_text())
+    for fam in (res["paired_tests"], res["baseline_tests"]["tests"]):
+        for t in fam:
+            t.pop("per_unique_user", None)  # as written before the unique-user test existed
+    (old / "results.json").write_text(json.dumps(res))
+    r = CliRunner().invoke(main, ["report", "--retest", str(old)])
+    assert r.exit_code == 0, r.output
+    new = json.loads((old / "results.json").read_text())
+    written = json.loads((out / "results.json").read_text())
+    for key in ("methods", "paired_tests", "baseline_tests", "runs", "metrics_info"):
+        assert new[key] == written[key], key
+    assert new["retested"]["how"].startswith("metarec report --retest")
+    assert (old / "summary.md").read_text() == (out / "summary.md").read_text()
+    assert recompute(old) == 0
+    r = CliRunner().invoke(main, ["report", "--retest", "--rebuild", str(old)])
+    assert r.exit_code != 0 and "not both" in r.output

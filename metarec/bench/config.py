@@ -404,6 +404,25 @@ def check_tuned(cfg: BenchConfig, path: str | Path) -> None:
             )
 
 
+def check_provenance(cfg: BenchConfig) -> None:
+    """Fail when a method's tuned settings (its ``[provenance.<method>]`` table) were tuned on
+    another dataset or tuning pool than the bench tests on: its test users could then include
+    the users its settings were chosen on."""
+    for method, prov in cfg.provenance.items():
+        if method not in cfg.methods:
+            continue
+        where = prov.get("study_path") or prov.get("tune_dir") or "its study"
+        if prov.get("dataset") is not None and prov["dataset"] != cfg.dataset:
+            raise ConfigError(f"[provenance.{method}]: tuned on {prov['dataset']!r} ({where}), but the bench runs on "
+                              f"{cfg.dataset!r}; tune it on {cfg.dataset!r} or drop its tables")
+        for key in ("tuning_fraction", "tuning_seed"):
+            if key in prov and cfg.protocol.get(key, 0) != prov[key]:
+                raise ConfigError(
+                    f"[provenance.{method}]: protocol.{key} is {cfg.protocol.get(key, 0)!r} here but {prov[key]!r} in "
+                    f"{where}; set [bench.protocol] {key} = {prov[key]!r}, or the test users would include tuning-pool users"
+                )
+
+
 def layer_from_overrides(items: Sequence[str], known_methods: Sequence[str] = ()) -> dict[str, Any]:
     """``--set`` strings as a layer; the first key part says where each one goes.
 
@@ -532,6 +551,7 @@ __all__ = [
     "layer_from_overrides",
     "parse_methods",
     "parse_seeds",
+    "check_provenance",
     "check_tuned",
     "protocol_config",
     "resolve_config",

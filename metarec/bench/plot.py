@@ -1,4 +1,6 @@
-"""Per-scenario bar charts of MAE, within-user NDCG@k and the paper's clip NDCG@k with error bars (matplotlib, an optional extra).
+"""Per-scenario bar charts of MAE, within-user NDCG@k and the paper's clip NDCG@k with error bars,
+and the forest plot of every method's MAE against the best simple baseline's (matplotlib, an
+optional extra).
 
 Error bars are the 95 % bootstrap intervals over test users when the results have them (our
 runs), else ± one standard deviation over seeds; published single-run values have none.
@@ -10,9 +12,9 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
-from metarec.bench.results import CELLS, ResultsView
+from metarec.bench.results import CELLS, ResultsView, reported_holm_p
 
 
 def plot_views(views: Sequence[ResultsView], stem: str | Path, formats: Sequence[str] = ("png", "svg")) -> list[Path]:
@@ -101,4 +103,88 @@ def _plot(views: Sequence[ResultsView], stem: str | Path, formats: Sequence[str]
     return written
 
 
-__all__ = ["plot_views"]
+#: The significance level of the forest plot's marks (Holm-adjusted p of the baseline family).
+FOREST_ALPHA = 0.05
+
+
+def forest_plot(view: ResultsView, baseline_tests: Mapping[str, Any] | None, stem: str | Path,
+                metric: str = "mae", formats: Sequence[str] = ("png", "svg")) -> list[Path]:
+    """Per cell, each method's ``metric`` (mean over seeds) with its 95 % interval, against the
+    best simple baseline's interval (grey band) and mean (dashed line), to ``<stem>.png/.svg``.
+
+    A method whose difference from the baseline has a Holm-adjusted p < 0.05 in the results'
+    baseline family is drawn filled (green: lower error, red: higher), else hollow. Returns the
+    written paths (none without matplotlib or without baseline tests). The SVG carries no date
+    and fixed ids, so the same results draw the same file.
+    """
+    if not baseline_tests or not baseline_tests.get("baseline"):
+        return []
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return []
+    base = str(baseline_tests["baseline"])
+    methods = [m for m in view.methods if m != base] + ([base] if base in view.methods else [])
+    cells = [c for c in CELLS if any((view.cell(m, c).get(metric) or {}).get("mean") is not None for m in methods)]
+    if not methods or not cells:
+        return []
+    marks = {(t["a"], t["cell"]): t for t in baseline_tests.get("tests", []) if t.get("metric") == metric}
+    test_names = {reported_holm_p(t)[1] for t in marks.values() if reported_holm_p(t)[0] is not None}
+    with matplotlib.rc_context({"svg.hashsalt": "metarec-forest"}):
+        fig, axes = plt.subplots(1, len(cells), figsize=(2.6 * len(cells) + 2.2, 0.38 * len(methods) + 1.8),
+                                 sharey=True, squeeze=False)
+        y = list(range(len(methods)))[::-1]
+        for ax, cell in zip(axes[0], cells):
+            b = view.cell(base, cell).get(metric) or {}
+            if b.get("mean") is not None:
+                ci = b.get("ci")
+                if ci and ci[0] is not None:
+                    ax.axvspan(float(ci[0]), float(ci[1]), color="0.85", zorder=0)
+                ax.axvline(float(b["mean"]), color="0.4", linestyle="--", linewidth=1, zorder=1)
+            for yy, m in zip(y, methods):
+                e = view.cell(m, cell).get(metric) or {}
+                if e.get("mean") is None:
+                    continue
+                mean = float(e["mean"])
+                ci = e.get("ci")
+                err = None
+                if ci and ci[0] is not None:
+                    err = [[max(mean - float(ci[0]), 0.0)], [max(float(ci[1]) - mean, 0.0)]]
+                p = reported_holm_p(marks.get((m, cell), {}))[0]
+                color, face = "0.2", "white"
+                if m == base:
+                    color, face = "0.4", "0.4"
+                elif p is not None and p < FOREST_ALPHA:
+                    color = "tab:green" if mean < float(b.get("mean", mean)) else "tab:red"
+                    face = color
+                ax.errorbar([mean], [yy], xerr=err, fmt="o", color=color, markerfacecolor=face, capsize=2,
+                            markersize=5, zorder=2)
+            n = view.cell(base, cell).get("n")
+            if isinstance(n, (int, float)):
+                cell = f"{cell} (n={int(n) if float(n).is_integer() else round(float(n), 1)})"
+            ax.set_title(cell, fontsize="small")
+            ax.grid(axis="x", alpha=0.3)
+            ax.tick_params(axis="x", labelsize="x-small")
+        axes[0][0].set_yticks(y)
+        axes[0][0].set_yticklabels([f"{m} (baseline)" if m == base else m for m in methods], fontsize="small")
+        how = ", ".join(sorted(test_names)) or "no test"
+        fig.suptitle(f"{view.label} · {view.dataset} · {metric.upper()} (lower is better), mean over seeds with 95 % "
+                     f"bootstrap CI; band: {base}'s CI; filled: Holm p < {FOREST_ALPHA:g} vs {base} ({how})",
+                     fontsize="x-small")
+        fig.tight_layout()
+        stem = Path(stem)
+        written = []
+        for fmt in formats:
+            path = stem.with_suffix(f".{fmt}")
+            tmp = path.with_name(f".{path.name}.tmp")
+            fig.savefig(tmp, format=fmt, dpi=150, metadata={"Date": None} if fmt == "svg" else None)
+            tmp.replace(path)
+            written.append(path)
+        plt.close(fig)
+    return written
+
+
+__all__ = ["forest_plot", "plot_views"]

@@ -302,24 +302,42 @@ def _metric_label(metric: str) -> str:
 
 
 def _tests_table(tests: Sequence[Mapping[str, Any]], k: int) -> list[str]:
-    """Rows of a paired-test table: raw and Holm-adjusted p of both tests."""
+    """Rows of a paired-test table: raw and Holm-adjusted p of each kind of test the results hold
+    (results written before the unique-user test render as they were)."""
+    unique = any("p" in (t.get("per_unique_user") or {}) for t in tests)
     lines = [
         "per seed: paired t-test on the per-seed cell values; per user: one Wilcoxon signed-rank test per "
         "seed on per-user values (MAE; squared error for RMSE; within-user NDCG), seeds combined by "
         "Stouffer's z, so a user who recurs across seeds is not counted as independent users (clip NDCG "
-        "has no per-user units). Holm: adjusted within this table, per kind of test.",
+        "has no per-user units)."
+        + (" Unique users: each user's a − b averaged over the seeds where the user is a test user, then one "
+           "two-sided Wilcoxon signed-rank test over the unique users (users = unique users). Mean diff: of the "
+           "cell's values, mean over seeds." if unique else "")
+        + " Holm: adjusted within this table, per kind of test.",
         "",
-        "| a | b | cell | metric | mean diff | p (t, per seed) | Holm | p (per user, Stouffer) | Holm | users |",
-        "|---|---|---|---|---:|---:|---:|---:|---:|---:|",
     ]
+    if unique:
+        lines += [
+            "| a | b | cell | metric | mean diff | p (t, per seed) | Holm | p (per user, Stouffer) | Holm "
+            "| p (unique users) | Holm | users |",
+            "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+    else:
+        lines += [
+            "| a | b | cell | metric | mean diff | p (t, per seed) | Holm | p (per user, Stouffer) | Holm | users |",
+            "|---|---|---|---|---:|---:|---:|---:|---:|---:|",
+        ]
     for t in tests:
-        ps, pu = t.get("per_seed", {}), t.get("per_user", {})
+        ps, pu, uu = t.get("per_seed", {}), t.get("per_user", {}), t.get("per_unique_user") or {}
         diff = ps.get("mean_diff", pu.get("mean_diff"))
-        lines.append(
-            f"| {t['a']} | {t['b']} | {t['cell']} | {_metric_label(t['metric'])} | "
-            f"{'–' if diff is None else f'{diff:+.4f}'} | {_p(ps.get('ttest_p'))} | {_p(ps.get('ttest_p_holm'))} | "
-            f"{_p(pu.get('p'))} | {_p(pu.get('p_holm'))} | {pu.get('n', '–')} |"
-        )
+        row = (f"| {t['a']} | {t['b']} | {t['cell']} | {_metric_label(t['metric'])} | "
+               f"{'–' if diff is None else f'{diff:+.4f}'} | {_p(ps.get('ttest_p'))} | {_p(ps.get('ttest_p_holm'))} | "
+               f"{_p(pu.get('p'))} | {_p(pu.get('p_holm'))} | ")
+        if unique:
+            row += f"{_p(uu.get('p'))} | {_p(uu.get('p_holm'))} | {uu.get('n', '–')} |"
+        else:
+            row += f"{pu.get('n', '–')} |"
+        lines.append(row)
     return lines
 
 
@@ -541,8 +559,9 @@ def catalogue_markdown(results: Mapping[str, Any]) -> list[str]:
 
 
 def write_reports(results: Mapping[str, Any], out_dir: str | Path, extra: Sequence[ResultsView] = ()) -> list[Path]:
-    """Write ``summary.md``, ``summary.tex`` and the plot next to ``results.json``; returns the paths."""
-    from metarec.bench.plot import plot_views
+    """Write ``summary.md``, ``summary.tex``, the plot and the forest plot (every method's MAE
+    against the best simple baseline's) next to ``results.json``; returns the paths."""
+    from metarec.bench.plot import forest_plot, plot_views
     from metarec.bench.results import ResultsView
     from metarec.checkpoint import atomic_write_text
 
@@ -561,6 +580,7 @@ def write_reports(results: Mapping[str, Any], out_dir: str | Path, extra: Sequen
     atomic_write_text(out_dir / "summary.tex", latex_table([view, *extra]))
     written.append(out_dir / "summary.tex")
     written.extend(plot_views([view, *extra], out_dir / "plot"))
+    written.extend(forest_plot(view, results.get("baseline_tests"), out_dir / "forest"))
     return written
 
 

@@ -24,7 +24,8 @@ Numbers, and the choices behind them:
 * paired tests (when several methods ran) compare two methods cell by cell on the same seeds:
   ``per_seed`` on the per-seed cell values (t-test), ``per_user`` one Wilcoxon test per seed
   on per-user values, combined over seeds (Stouffer), so that a user who is a test user in
-  several seeds is not several independent units. ``paired_tests`` (all pairs) and
+  several seeds is not several independent units, and ``per_unique_user`` one Wilcoxon test
+  over the unique users of each user's mean difference across seeds. ``paired_tests`` (all pairs) and
   ``baseline_tests`` (every method against the best simple baseline) are two families, each
   Holm-adjusted on its own (``*_holm``).
 * older folders (``metarec-bench-results-1``: NDCG ties kept list order) are recomputed from
@@ -481,9 +482,23 @@ def _per_user_values(pr: Mapping[str, np.ndarray], cell: str, metric: str, spec:
     return keys, per_user_scores(pr["prediction"][m], pr["rating"][m], uid, name, spec)
 
 
+#: The (block, p-value key) of each kind of paired test; each is Holm-adjusted on its own.
+TEST_BLOCKS: tuple[tuple[str, str], ...] = (("per_seed", "ttest_p"), ("per_user", "p"), ("per_unique_user", "p"))
+
+
+def reported_holm_p(test: Mapping[str, Any]) -> tuple[float | None, str, float | None]:
+    """(Holm-adjusted p, test name, mean difference) that the report marks a comparison by: the
+    unique-user test where the results have it, else the per-user test combined over seeds."""
+    for block, name in (("per_unique_user", "unique-user Wilcoxon"), ("per_user", "per-user Wilcoxon, Stouffer")):
+        b = test.get(block) or {}
+        if b.get("p_holm") is not None:
+            return float(b["p_holm"]), name, b.get("mean_diff")
+    return None, "", None
+
+
 def _add_holm(tests: list[dict[str, Any]]) -> None:
     """Holm-adjust, in place, each kind of p-value over the whole family ``tests`` (one table)."""
-    for block, key in (("per_seed", "ttest_p"), ("per_user", "p")):
+    for block, key in TEST_BLOCKS:
         raw = [t.get(block, {}).get(key) for t in tests]
         adj = M.holm([np.nan if p is None else p for p in raw])
         for t, a in zip(tests, adj):
@@ -511,6 +526,10 @@ def paired_tests(
       combined over seeds by Stouffer's method (:func:`metarec.metrics.paired_test_by_stratum`),
       so a user who is a test user in several seeds is not counted as several independent
       users. The clip NDCG has no per-user units.
+    * ``per_unique_user``: each user's differences averaged over the seeds where the user is a
+      test user, then one Wilcoxon signed-rank test (``p``) and one t-test (``ttest_p``) over
+      the unique users (:func:`metarec.metrics.paired_test_by_unit`): no user is more than one
+      independent unit, whatever the seeds' splits share. The test the fair comparison reads.
     """
     if spec is None:
         spec = MetricSpec(k=3 if k is None else k)
@@ -537,7 +556,7 @@ def paired_tests(
                     continue
                 entry: dict[str, Any] = {"a": a, "b": b, "cell": cell, "metric": metric, "seeds": common}
                 if scores_only and metric in ERROR_METRICS:
-                    entry["per_seed"] = entry["per_user"] = {"skipped": SCORE_OUTPUT_NOTE}
+                    entry["per_seed"] = entry["per_user"] = entry["per_unique_user"] = {"skipped": SCORE_OUTPUT_NOTE}
                     out.append(entry)
                     continue
                 xa = [_nan(ra[s]["metrics"][cell].get(metric)) for s in common]
@@ -550,6 +569,7 @@ def paired_tests(
                 if metric != spec.clip:
                     sa: list[np.ndarray] = []
                     sb: list[np.ndarray] = []
+                    keys: list[list[str]] = []
                     for s in common:
                         ka, va = units(a, s, cell, metric)
                         kb, vb = units(b, s, cell, metric)
@@ -561,10 +581,15 @@ def paired_tests(
                         both = np.isfinite(va) & np.isfinite(vb)
                         sa.append(va[both])
                         sb.append(vb[both])
+                        keys.append([k for k, ok in zip(ka, both) if ok])
                     if any(x.size >= 2 for x in sa):
                         entry["per_user"] = M.paired_test_by_stratum(sa, sb)
                     else:
                         entry["per_user"] = {"skipped": "needs a seed with >= 2 users that have values"}
+                    if len({k for ks in keys for k in ks}) >= 2:
+                        entry["per_unique_user"] = M.paired_test_by_unit(keys, sa, sb)
+                    else:
+                        entry["per_unique_user"] = {"skipped": "needs >= 2 users that have values"}
                 out.append(entry)
     _add_holm(out)
     return out
@@ -574,22 +599,52 @@ def paired_tests(
 SIMPLE_BASELINE_MODULE = "metarec.methods.simple"
 
 
-def best_simple_baseline(summary: Mapping[str, Any], runs: Sequence[Mapping[str, Any]]) -> str | None:
-    """The simple baseline (learner class in :mod:`metarec.methods.simple`) with the lowest
-    overall MAE (mean over seeds) among the methods that ran, or None without one.
+def _pool_score(source: Mapping[str, Any] | None) -> tuple[str, float, tuple[Any, ...]] | None:
+    """(metric, best pool value, pool identity) of a tuned method's settings source, else None."""
+    if not source or source.get("kind") != "tuned" or source.get("best_value") is None:
+        return None
+    pool = tuple(source.get(k) for k in ("dataset", "tuning_fraction", "tuning_seed", "split_seed", "metric"))
+    return str(source.get("metric", "")), float(source["best_value"]), pool
 
-    Chosen on the reported test numbers: it picks which comparison to show, never a setting.
+
+def choose_simple_baseline(summary: Mapping[str, Any], runs: Sequence[Mapping[str, Any]]) -> tuple[str | None, str]:
+    """The comparator of ``baseline_tests`` among the simple baselines that ran, and the rule used.
+
+    When the simple baselines' settings come from ``metarec tune`` studies scored on one
+    tuning pool (same dataset, pool, split and metric in their provenance), the one with the
+    best pool score is chosen: a choice that never looks at a test user. Simple baselines
+    without a study (nothing to tune, e.g. the global mean) are then not candidates, and the
+    rule says so. Otherwise the one with the lowest overall test MAE (mean over seeds) is
+    chosen, and the rule says that it was chosen on this table's test numbers (it picks which
+    comparison to show, never a setting).
     """
-    simple = {r["method"] for r in runs
-              if r.get("status") == "ok" and str(r.get("learner_class", "")).startswith(SIMPLE_BASELINE_MODULE + ":")}
+    simple = [m for m in summary if m in {r["method"] for r in runs if r.get("status") == "ok" and str(
+        r.get("learner_class", "")).startswith(SIMPLE_BASELINE_MODULE + ":")} and summary[m].get("cells")]
+    if not simple:
+        return None, ""
+    scored = {m: _pool_score(summary[m].get("settings_source")) for m in simple}
+    pooled = {m: v for m, v in scored.items() if v is not None}
+    if pooled and len({v[2] for v in pooled.values()}) == 1:
+        metric = next(iter(pooled.values()))[0]
+        higher = "ndcg" in metric or "precision" in metric or "map" in metric
+        best = (max if higher else min)(pooled, key=lambda m: pooled[m][1])
+        left = [m for m in simple if m not in pooled]
+        values = ", ".join(f"{m} {v[1]:.4f}" for m, v in pooled.items())
+        rule = (f"the simple baseline with the best tuning-pool score ({metric}: {values}), chosen without "
+                "looking at a test user" + (f"; not candidates, having no study: {', '.join(left)}" if left else ""))
+        return best, rule
     best, best_mae = None, math.inf
-    for m, e in summary.items():
-        if m not in simple or not e.get("cells"):
-            continue
-        v = _nan(e["cells"]["overall"]["mae"]["mean"])
+    for m in simple:
+        v = _nan(summary[m]["cells"]["overall"]["mae"]["mean"])
         if math.isfinite(v) and v < best_mae:
             best, best_mae = m, v
-    return best
+    return best, ("the simple baseline (metarec.methods.simple) with the lowest overall MAE, chosen on this "
+                  "table's test numbers (no tuning-pool scores to choose by)")
+
+
+def best_simple_baseline(summary: Mapping[str, Any], runs: Sequence[Mapping[str, Any]]) -> str | None:
+    """The comparator :func:`choose_simple_baseline` picks (None without a simple baseline)."""
+    return choose_simple_baseline(summary, runs)[0]
 
 
 def baseline_tests(
@@ -684,6 +739,8 @@ def metrics_info(spec: MetricSpec, *, n_boot: int, level: float) -> dict[str, An
         "paired_tests": "a - b on common seeds; per_seed: paired t-test on the per-seed cell values "
         "(ttest_p); per_user: per seed a one-sided Wilcoxon signed-rank test on per-user values (MAE, "
         "squared error for rmse, within-user NDCG), seeds combined by Stouffer's z (p, two-sided); "
+        "per_unique_user: each user's a - b averaged over the seeds where the user is a test user, then "
+        "one two-sided Wilcoxon signed-rank test (p) and t-test (ttest_p) over the unique users; "
         "*_holm: Holm-adjusted within the family (paired_tests: all pairs; baseline_tests: every method "
         "vs the best simple baseline)",
     }
@@ -757,11 +814,11 @@ def assemble_results(
     runs = [dict(found[(m, s)]) for m in methods for s in seeds if (m, s) in found]
     several = sum(1 for r in method_runs.values() if r) > 1
     tests = paired_tests(method_runs, method_preds, spec=spec) if several else []
-    base = baseline if baseline is not None else best_simple_baseline(summary, runs)
+    base, rule = (baseline, "the method named with --against") if baseline is not None else \
+        choose_simple_baseline(summary, runs)
     vs_base = baseline_tests(method_runs, method_preds, base, spec=spec) if several and base else None
     if vs_base is not None:
-        vs_base["rule"] = ("the method named with --against" if baseline is not None else
-                           "the simple baseline (metarec.methods.simple) with the lowest overall MAE")
+        vs_base["rule"] = rule
     return {
         "format": RESULTS_FORMAT,
         "label": label,
@@ -822,6 +879,69 @@ def _aggregated_predictions(root: Path) -> Path | None:
     return None
 
 
+def _prediction_loader(rd: RunDir, runs: Mapping[tuple[str, int], Mapping[str, Any]],
+                       ) -> Callable[[str, int], dict[str, np.ndarray]]:
+    """``load(method, seed)`` of a finished folder's predictions: the per-run files when every
+    successful run has one, else the aggregated ``predictions.csv(.gz)``."""
+    if (rd.root / "runs").is_dir() and all(rd.run_predictions(m, s).exists()
+                                           for (m, s), r in runs.items() if r["status"] == "ok"):
+        def load(m: str, s: int) -> dict[str, np.ndarray]:
+            return load_run_predictions(rd, m, s)
+        return load
+    path = _aggregated_predictions(rd.root)
+    if path is None:
+        raise FileNotFoundError(f"{rd.root}: no predictions (runs/*.predictions.csv, predictions.csv or "
+                                "predictions.csv.gz) to rebuild from")
+    cols = read_predictions(path)
+    keys = np.char.add(np.char.add(cols["method"].astype(str), "|"), cols["seed"].astype(str))
+
+    def load_aggregated(m: str, s: int) -> dict[str, np.ndarray]:
+        sel = keys == f"{m}|{s}"
+        if not sel.any():
+            raise ValueError(f"{path}: no predictions of {m} seed {s}, a successful run in results.json")
+        return {c: v[sel] for c, v in cols.items()}
+    return load_aggregated
+
+
+def retest_results(root: str | Path, *, baseline: str | None = None) -> dict[str, Any]:
+    """Recompute only the paired tests of a finished folder (format 2) from its predictions, in place.
+
+    The metrics, intervals and runs are kept as they are (no rescoring, no bootstrap); the two
+    families ``paired_tests`` and ``baseline_tests`` are rebuilt with this metarec's tests (e.g.
+    adding the unique-user test), the comparator chosen as :func:`assemble_results` does, and
+    ``retested`` records the version that did it. Cheap where ``--rebuild`` is not.
+    """
+    rd = RunDir(root)
+    if not rd.results.exists():
+        raise FileNotFoundError(f"{rd.results}: no results.json to retest")
+    results = read_json(rd.results)
+    if results.get("format") != RESULTS_FORMAT:
+        raise ValueError(f"{rd.results}: results format {results.get('format')!r}; rebuild it first with "
+                         f"`metarec report --rebuild {rd.root}`")
+    config = results["config"]
+    spec = MetricSpec.from_config(config)
+    ok = [r for r in results.get("runs", []) if r.get("status") == "ok"]
+    load = _prediction_loader(rd, {(r["method"], int(r["seed"])): r for r in ok})
+    method_runs = {m: [r for r in ok if r["method"] == m] for m in config["methods"]}
+    method_preds = {m: {int(r["seed"]): load(m, int(r["seed"])) for r in rs} for m, rs in method_runs.items()}
+    several = sum(1 for rs in method_runs.values() if rs) > 1
+    results["paired_tests"] = paired_tests(method_runs, method_preds, spec=spec) if several else []
+    base, rule = (baseline, "the method named with --against") if baseline is not None else \
+        choose_simple_baseline(results["methods"], results.get("runs", []))
+    vs_base = baseline_tests(method_runs, method_preds, base, spec=spec) if several and base else None
+    if vs_base is not None:
+        vs_base["rule"] = rule
+    results["baseline_tests"] = vs_base
+    info = metrics_info(spec, n_boot=int(config["n_boot"]), level=float(config["ci_level"]))
+    results.setdefault("metrics_info", {})["paired_tests"] = info["paired_tests"]
+    from metarec import __version__
+
+    results["retested"] = {"metarec": __version__,
+                           "how": "metarec report --retest: the paired tests recomputed from the predictions"}
+    write_json(rd.results, results)
+    return clean_json(results)
+
+
 def rebuild_results(root: str | Path, *, baseline: str | None = None) -> dict[str, Any]:
     """Recompute every number of a finished benchmark folder from its predictions, in place.
 
@@ -844,23 +964,7 @@ def rebuild_results(root: str | Path, *, baseline: str | None = None) -> dict[st
     spec = MetricSpec.from_config(config)
     n_boot, level = int(config["n_boot"]), float(config["ci_level"])
     runs = {(r["method"], int(r["seed"])): r for r in old.get("runs", [])}
-    if (rd.root / "runs").is_dir() and all(rd.run_predictions(m, s).exists()
-                                           for (m, s), r in runs.items() if r["status"] == "ok"):
-        def load(m: str, s: int) -> dict[str, np.ndarray]:
-            return load_run_predictions(rd, m, s)
-    else:
-        path = _aggregated_predictions(rd.root)
-        if path is None:
-            raise FileNotFoundError(f"{rd.root}: no predictions (runs/*.predictions.csv, predictions.csv or "
-                                    "predictions.csv.gz) to rebuild from")
-        cols = read_predictions(path)
-        keys = np.char.add(np.char.add(cols["method"].astype(str), "|"), cols["seed"].astype(str))
-
-        def load(m: str, s: int) -> dict[str, np.ndarray]:
-            sel = keys == f"{m}|{s}"
-            if not sel.any():
-                raise ValueError(f"{path}: no predictions of {m} seed {s}, a successful run in results.json")
-            return {c: v[sel] for c, v in cols.items()}
+    load = _prediction_loader(rd, runs)
     found = {key: (rescore_run(r, load(*key), spec=spec, n_boot=n_boot, level=level) if r["status"] == "ok"
                    else {**r, "format": RUN_FORMAT})
              for key, r in runs.items()}
@@ -888,7 +992,7 @@ class ResultsView:
 
     def __init__(self, label: str, dataset: str, methods: Mapping[str, Any], *, k: int = 3,
                  published: bool = False, source: Mapping[str, Any] | None = None,
-                 aliases: Sequence[str] = ()) -> None:
+                 aliases: Sequence[str] = (), baseline_tests: Mapping[str, Any] | None = None) -> None:
         self.label = label
         self.dataset = dataset
         #: Every name the dataset goes by (loader name, command-line name), to match references.
@@ -897,6 +1001,8 @@ class ResultsView:
         self.k = k
         self.published = published
         self.source = dict(source or {})
+        #: The run's ``baseline_tests`` family (every method against the best simple baseline), if any.
+        self.baseline_tests = dict(baseline_tests) if baseline_tests else None
 
     @property
     def ndcg_key(self) -> str:
@@ -961,6 +1067,7 @@ def load_views(path: str | Path, label: str | None = None) -> list[ResultsView]:
                 {m: e for m, e in data.get("methods", {}).items() if e.get("cells")},
                 k=k,
                 aliases=[a for a in (data.get("config", {}).get("dataset"),) if a],
+                baseline_tests=data.get("baseline_tests"),
             )
         ]
     if fmt == "metarec-bench-reference-1":
@@ -989,9 +1096,12 @@ __all__ = [
     "assemble_results",
     "baseline_tests",
     "best_simple_baseline",
+    "choose_simple_baseline",
     "MetricSpec",
     "paired_tests",
     "rebuild_results",
+    "reported_holm_p",
+    "retest_results",
     "rescore_run",
     "clean_json",
     "load_views",

@@ -193,7 +193,7 @@ def bench(
     from rich.console import Console
 
     from metarec.bench.config import (
-        check_tuned, layer_from_file, layer_from_overrides, parse_methods, parse_seeds, resolve_config, tuned_layers,
+        check_provenance, check_tuned, layer_from_file, layer_from_overrides, parse_methods, parse_seeds, resolve_config, tuned_layers,
         parse_presets,
     )
     from metarec.bench.report import rich_tables, table_console, views_from_paths
@@ -247,6 +247,7 @@ def bench(
         _check_dataset(cfg, explicit=any("dataset" in (layer.get("bench") or {}) for layer in layers), err=err)
         if tuned is not None:
             check_tuned(cfg, tuned)
+        check_provenance(cfg)
         out_dir = Path(cfg.out) if cfg.out else default_out_dir()
         cfg.out = str(out_dir)
         results = run_bench(cfg, out=out_dir, resume=resume, drop_failed_runs=drop_failed, console=err,

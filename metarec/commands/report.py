@@ -34,11 +34,24 @@ def _reference_path(value: str) -> Path:
 @click.option("--rebuild", is_flag=True,
               help="First recompute every number of each run folder from its predictions with this metarec's "
                    "metrics (rewrites its results.json; needed for folders of an older metarec).")
+@click.option("--retest", is_flag=True,
+              help="First recompute only the paired tests of each run folder from its predictions (keeps every "
+                   "metric and interval; adds the tests of this metarec, e.g. the unique-user test).")
 @click.option("--against", metavar="METHOD", default=None,
-              help="With --rebuild: compare every method with METHOD in the baseline tests "
+              help="With --rebuild or --retest: compare every method with METHOD in the baseline tests "
                    "[default: the best simple baseline].")
+@click.option("--side-by-side", "side_by_side", is_flag=True,
+              help="With --out: also write side-by-side.md, one table per dataset with every PATH (and "
+                   "--reference) as columns: e.g. the paper, hand presets, a tuned run.")
+@click.option("--ranks", "ranks", is_flag=False, flag_value="*", default=None, metavar="[LABEL]",
+              help="With --out: also write ranks.md/.json and cd.png/.svg, the average ranks and Demšar's "
+                   "critical-difference diagram over every dataset's scenario cells, of the runs labelled "
+                   "LABEL (--label; no value: every run, one per dataset).")
+@click.option("--rank-metric", default="mae", show_default=True, metavar="METRIC",
+              help="The metric --ranks ranks by: mae, rmse, ndcg@3, clip_ndcg@3.")
 def report(paths: tuple[str, ...], reference: str | None, out: str | None, labels: tuple[str, ...],
-           rebuild: bool, against: str | None) -> None:
+           rebuild: bool, against: str | None, side_by_side: bool = False, ranks: str | None = None,
+           rank_metric: str = "mae", retest: bool = False) -> None:
     """Show saved results (run folders, results.json or reference files) as one table.
 
     With one run folder and no --out, its summary.md, summary.tex and plot are rewritten
@@ -54,7 +67,10 @@ def report(paths: tuple[str, ...], reference: str | None, out: str | None, label
       metarec report runs/a --reference
       metarec report --rebuild runs/old-run
       metarec report --rebuild --against baseline-predictor runs/a
+      metarec report --retest runs/a
       metarec report runs/tune-ml1m
+      metarec report ml1m-hand ml1m-tuned --label hand --label tuned --reference --out cmp --side-by-side
+      metarec report fair-ml1m fair-yelp --out cmp --ranks
     """
     from metarec.bench.plot import plot_views
     from metarec.bench.report import latex_table, markdown_table, rich_tables, table_console, write_reports
@@ -84,8 +100,23 @@ def report(paths: tuple[str, ...], reference: str | None, out: str | None, label
         for p in warmup_dirs:
             _item_warmup_report(Path(p), console)
         return
-    if against is not None and not rebuild:
-        raise click.ClickException("--against needs --rebuild (the tests are recomputed from the predictions)")
+    if (side_by_side or ranks is not None) and out is None:
+        raise click.ClickException("--side-by-side and --ranks write files: give the folder with --out")
+    if against is not None and not (rebuild or retest):
+        raise click.ClickException("--against needs --rebuild or --retest (the tests are recomputed from the predictions)")
+    if rebuild and retest:
+        raise click.ClickException("--rebuild already recomputes the tests: give --rebuild or --retest, not both")
+    if retest:
+        from metarec.bench.results import retest_results
+
+        for p in paths:
+            if not Path(p).is_dir():
+                raise click.ClickException(f"--retest: {p} is not a run folder (a folder with results.json)")
+            try:
+                retest_results(p, baseline=against)
+            except (ValueError, FileNotFoundError) as exc:
+                raise click.ClickException(str(exc)) from None
+            console.print(f"retested {Path(p) / 'results.json'} from its predictions")
     if rebuild:
         from metarec.bench.results import rebuild_results
 
@@ -130,10 +161,35 @@ def report(paths: tuple[str, ...], reference: str | None, out: str | None, label
         atomic_write_text(out_dir / "summary.md", "# metarec report\n\n" + markdown_table(all_views) + "\n")
         atomic_write_text(out_dir / "summary.tex", latex_table(all_views))
         written = [out_dir / "summary.md", out_dir / "summary.tex", *plot_views(all_views, out_dir / "plot")]
+        if side_by_side:
+            from metarec.bench.sidebyside import side_by_side_markdown
+
+            atomic_write_text(out_dir / "side-by-side.md", "# Side by side\n\n" + side_by_side_markdown(all_views))
+            written.append(out_dir / "side-by-side.md")
+        if ranks is not None:
+            written.extend(_write_ranks([v for v in runs if ranks == "*" or v.label == ranks], ranks, rank_metric,
+                                        out_dir))
     else:
         written = []
     for w in written:
         console.print(f"wrote {w}")
+
+
+def _write_ranks(views: list, label: str, metric: str, out_dir: Path) -> list[Path]:
+    """ranks.md, ranks.json and the CD diagram of ``views`` (one run per dataset)."""
+    from metarec.bench.ranks import cd_diagram, compare_views, ranks_markdown
+    from metarec.bench.results import write_json
+    from metarec.checkpoint import atomic_write_text
+
+    if not views:
+        raise click.ClickException(f"--ranks {label}: no run is labelled {label!r}; label the runs with --label")
+    try:
+        cmp = compare_views(views, metric=metric)
+    except ValueError as exc:
+        raise click.ClickException(f"--ranks: {exc}") from None
+    atomic_write_text(out_dir / "ranks.md", ranks_markdown(cmp))
+    write_json(out_dir / "ranks.json", cmp.as_dict())
+    return [out_dir / "ranks.md", out_dir / "ranks.json", *cd_diagram(cmp, out_dir / "cd")]
 
 
 def _is_item_warmup(path: Path) -> bool:

@@ -60,6 +60,10 @@ def _toml_table(name: str, values: Mapping[str, Any]) -> list[str]:
     return lines + [""]
 
 
+#: Public name of the table writer (benchmarks/fair_config.py writes bench configs with it).
+toml_table = _toml_table
+
+
 def _method_key(method: str) -> str:
     return method if method.replace("_", "").replace("-", "").isalnum() else json.dumps(method)
 
@@ -406,6 +410,7 @@ def is_tune_dir(path: str | Path) -> bool:
 
 __all__ = [
     "best_toml",
+    "toml_table",
     "is_tune_dir",
     "markdown_summary",
     "method_summary",

@@ -1,0 +1,211 @@
+#!/usr/bin/env python3
+"""Write the fair comparison's bench config (``benchmarks/configs/fair-<dataset>.toml``) from
+``metarec tune`` studies: every registered user-task method, each with the best settings of
+its study on the tuning pool, the same trial budget for all, then 5 seeds.
+
+    python benchmarks/fair_config.py --dataset ml-1m --budget 20 --name ml1m \\
+        benchmarks/results/tune-ml1m-20trials-2026-12-02 [more tune folders ...] \\
+        [--budget-for s2meta=8 --why s2meta="one trial = 20 CPU-hours"] [--set s2meta.epochs=20] \\
+        > benchmarks/configs/fair-ml1m.toml
+
+Each tune folder's ``best.toml`` gives ``[methods.<m>]`` and ``[provenance.<m>]`` for the
+methods it tuned (a folder may hold several studies, one per method). The script refuses:
+a study on another dataset, studies on different pools (tuning fraction, tuning seed, split
+seed, metric), a method tuned twice, and a study whose budget is not ``--budget`` unless
+``--budget-for`` declares that method's smaller budget (with ``--why``: it is printed in the
+header and so in the config). Registered methods without a study run their defaults and are
+listed in the header with the command that tunes them; ``--require-all`` makes that an error
+(the final config must not have any). ``--set M.key=value`` overrides a tuned value after
+the tune (e.g. s²Meta tuned at reduced epochs per trial, run at its full schedule); the
+header lists every such change. The output is deterministic: the same studies give the same file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+#: Method order in the config: the paper's Table 1, the methods added since, the simple baselines.
+ORDER = ("mamo", "melu", "metacs-dnn", "s2meta", "rum-item", "rum-feature", "tanp", "metahin", "coldnas",
+         "global-mean", "baseline-predictor", "profile-mlp", "profile-mlp-finetune")
+POOL_KEYS = ("tuning_fraction", "tuning_seed", "split_seed", "metric")
+
+
+class FairConfigError(ValueError):
+    """A study that cannot go into a fair config (message names the folder and what to do)."""
+
+
+def _rel(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(REPO))
+    except ValueError:
+        return str(path)
+
+
+def collect(tune_dirs: list[Path], dataset: str) -> dict[str, dict[str, Any]]:
+    """``method -> {"settings", "provenance", "study_path"}`` from the tune folders' best.toml."""
+    from metarec.bench.config import layer_from_file
+
+    out: dict[str, dict[str, Any]] = {}
+    for d in tune_dirs:
+        best = d / "best.toml" if d.is_dir() else d
+        if not best.exists():
+            raise FairConfigError(f"{d}: no best.toml (not a `metarec tune` folder, or no trial completed yet)")
+        layer = layer_from_file(best)
+        prov = layer.get("provenance") or {}
+        if not prov:
+            raise FairConfigError(f"{best}: no [provenance.<method>] tables, so not written by `metarec tune`")
+        for m, p in prov.items():
+            if p.get("dataset") != dataset:
+                raise FairConfigError(f"{best}: {m} was tuned on {p.get('dataset')!r}, not {dataset!r}")
+            if m in out:
+                raise FairConfigError(f"{m} is tuned in two folders ({out[m]['study_path']}, {_rel(d)}): keep one study")
+            out[m] = {"settings": dict(layer["methods"].get(m, {})), "provenance": dict(p), "study_path": _rel(d)}
+    pools = {tuple(e["provenance"].get(k) for k in POOL_KEYS) for e in out.values()}
+    if len(pools) > 1:
+        detail = "; ".join(f"{m}: " + ", ".join(f"{k}={e['provenance'].get(k)}" for k in POOL_KEYS) for m, e in out.items())
+        raise FairConfigError(f"the studies were scored on different pools, so their settings are not comparable: {detail}")
+    return out
+
+
+def _parse_pairs(items: list[str], what: str) -> dict[str, str]:
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key or not value:
+            raise FairConfigError(f"{what} {item!r}: expected METHOD=VALUE")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def render(dataset: str, name: str, budget: int, studies: dict[str, dict[str, Any]], methods: list[str], *,
+           budget_for: dict[str, int], why: dict[str, str], sets: dict[str, dict[str, Any]], seeds: list[int],
+           tuning_fraction: float) -> str:
+    """The config text."""
+    from metarec.tuning.outputs import toml_table
+
+    for m, e in studies.items():
+        want = budget_for.get(m, budget)
+        got = e["provenance"].get("budget")
+        if got != want:
+            hint = "" if m in budget_for else f" (declare its budget with --budget-for {m}={got} --why {m}=...)"
+            raise FairConfigError(f"{e['study_path']}: {m}'s study had a budget of {got} trials, not {want}{hint}")
+    for m in budget_for:
+        if m not in why:
+            raise FairConfigError(f"--budget-for {m}: say why with --why {m}=\"...\" (it goes into the config's header)")
+    pool = next(iter(studies.values()))["provenance"] if studies else {"tuning_fraction": tuning_fraction,
+                                                                       "tuning_seed": 0}
+    missing = [m for m in methods if m not in studies]
+    head = [
+        f"# The fair comparison on {dataset} (issue 22): every registered user-task method with the best settings",
+        "# of ONE `metarec tune` study per method on the tuning pool, the same trial budget for every method,",
+        f"# then {len(seeds)} seeds. Generated by benchmarks/fair_config.py -- regenerate, do not edit by hand:",
+        "#",
+        f"#   python benchmarks/fair_config.py --dataset {dataset} --budget {budget} --name {name} "
+        + "".join(" " + p for p in sorted({e["study_path"] for e in studies.values()})) + "".join(
+            f" --budget-for {m}={n}" for m, n in sorted(budget_for.items())) + "".join(
+            f" --set {m}.{k}={v}" for m, kv in sorted(sets.items()) for k, v in kv.items())
+        + f" > benchmarks/configs/fair-{name}.toml",
+        "#",
+        f"# Budget: {budget} trials per method (seeded TPE, median pruning on the per-epoch pool score), every",
+        "# setting drawn from the method's declared search space.",
+        f"# Pool: protocol.tuning_fraction = {pool.get('tuning_fraction')}, tuning_seed = {pool.get('tuning_seed', 0)}: "
+        "users that are never a test",
+        "# user of any seed; the bench below keeps the same pool out of its test sets (checked at start).",
+    ]
+    for m, n in sorted(budget_for.items()):
+        head.append(f"# Smaller budget: {m} {n} trials -- {why[m]}")
+    for m, kv in sorted(sets.items()):
+        head.append(f"# Changed after the tune: {m} " + ", ".join(f"{k} = {v!r}" for k, v in kv.items()))
+    if studies:
+        head += ["#", "# method                 study                                        trials  complete  pruned  failed  best   wall s"]
+        for m in methods:
+            if m in studies:
+                p, path = studies[m]["provenance"], studies[m]["study_path"]
+                best = p.get("best_value")
+                head.append(f"# {m:<22} {path:<44} {p.get('trials')!s:>6}  {p.get('complete')!s:>8}  {p.get('pruned')!s:>6}  "
+                            f"{p.get('failed')!s:>6}  {'-' if best is None else f'{best:.4f}'}  {p.get('wall_time_s')}")
+    if missing:
+        head += [
+            "#",
+            f"# NOT YET TUNED ({len(missing)} of {len(methods)}): these run their defaults, and the report's settings table",
+            "# says \"defaults\" for them, until their studies land and this file is regenerated:",
+            f"#   {', '.join(missing)}",
+            f"#   metarec tune --methods {','.join(missing)} --trials {budget} --dataset {dataset} --data-dir ../shared/data \\",
+            f"#       --tuning-fraction {pool.get('tuning_fraction')} --jobs 2 --threads 1 --out runs/tune-{name}-rest",
+        ]
+        if "s2meta" in missing:
+            head += [
+                "#   s2meta: one trial at its full 20 epochs is hours of CPU (docs/methods/s2meta.md); tune it with",
+                "#   --epochs N (reduced epochs per trial, the same trial budget) or a smaller budget declared with",
+                "#   --budget-for s2meta=N --why s2meta=..., then --set s2meta.epochs=20 here to run the full schedule.",
+            ]
+    head += [
+        "#",
+        "# Run (then commit the folder with NOTES.md: machine, wall times):",
+        f"#   metarec bench -c benchmarks/configs/fair-{name}.toml --data-dir ../shared/data --jobs 2 --threads 1 \\",
+        f"#       --out benchmarks/results/fair-{name}-<date>",
+        "",
+    ]
+    lines = head + toml_table("bench", {"methods": methods, "dataset": dataset, "seeds": seeds, "k": 3, "clip_size": 5,
+                                        "n_boot": 1000, "ci_level": 0.95})
+    lines += toml_table("bench.protocol", {"tuning_fraction": pool.get("tuning_fraction"),
+                                           "tuning_seed": pool.get("tuning_seed", 0)})
+    for m in methods:
+        if m not in studies:
+            continue
+        lines += toml_table(f"methods.{m}", {**studies[m]["settings"], **sets.get(m, {})})
+        lines += toml_table(f"provenance.{m}", {**studies[m]["provenance"], "study_path": studies[m]["study_path"]})
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("tune_dirs", nargs="*", type=Path, help="metarec tune folders (or their best.toml)")
+    ap.add_argument("--dataset", required=True)
+    ap.add_argument("--name", required=True, help="short name in file names: fair-<name>.toml (ml1m, yelp)")
+    ap.add_argument("--budget", type=int, required=True, help="trials per method, the same for all")
+    ap.add_argument("--budget-for", action="append", default=[], metavar="METHOD=N")
+    ap.add_argument("--why", action="append", default=[], metavar="METHOD=TEXT")
+    ap.add_argument("--set", dest="sets", action="append", default=[], metavar="METHOD.KEY=VALUE")
+    ap.add_argument("--seeds", default="0,1,2,3,4")
+    ap.add_argument("--tuning-fraction", type=float, default=0.1, help="the pool when no study is given yet")
+    ap.add_argument("--require-all", action="store_true", help="fail if a registered method has no study")
+    args = ap.parse_args(argv)
+    from metarec.config import parse_overrides
+    from metarec.registry import learners_for_protocol
+
+    try:
+        registered = set(learners_for_protocol("user-cold"))
+        methods = [m for m in ORDER if m in registered] + sorted(registered - set(ORDER))
+        studies = collect(args.tune_dirs, args.dataset)
+        unknown = sorted(set(studies) - registered)
+        if unknown:
+            raise FairConfigError(f"studies of methods that are not registered user-task methods: {unknown}")
+        budget_for = {m: int(n) for m, n in _parse_pairs(args.budget_for, "--budget-for").items()}
+        why = _parse_pairs(args.why, "--why")
+        sets: dict[str, dict[str, Any]] = {}
+        for item in args.sets:
+            (m, kv), = parse_overrides([item]).items()
+            if m not in registered or not isinstance(kv, dict):
+                raise FairConfigError(f"--set {item!r}: expected METHOD.KEY=VALUE with a registered METHOD")
+            sets.setdefault(m, {}).update(kv)
+        missing = [m for m in methods if m not in studies]
+        if args.require_all and missing:
+            raise FairConfigError(f"--require-all: no study for {', '.join(missing)}")
+        text = render(args.dataset, args.name, args.budget, studies, methods, budget_for=budget_for, why=why,
+                      sets=sets, seeds=[int(s) for s in args.seeds.split(",")], tuning_fraction=args.tuning_fraction)
+    except (FairConfigError, ValueError) as exc:
+        print(f"fair_config.py: error: {exc}", file=sys.stderr)
+        return 2
+    sys.stdout.write(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

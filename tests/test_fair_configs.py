@@ -1,0 +1,119 @@
+"""The fair comparison's configs (benchmarks/configs/fair-*.toml): valid bench configs that name
+every registered user-task method, 5 seeds and the tuning pool of their studies, exactly what
+benchmarks/fair_config.py writes from the committed studies -- validated, never run here."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import io
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from metarec.bench.config import check_provenance, layer_from_file, resolve_config
+from metarec.config import ConfigError
+from metarec.registry import get_learner, learners_for_protocol
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = REPO / "benchmarks" / "configs"
+TUNE = REPO / "benchmarks" / "results" / "tune-ml1m-20trials-2026-12-02"
+FAIR = {"ml1m": ("ml-1m", [TUNE]), "yelp": ("yelp", [])}
+
+
+def _generator():
+    spec = importlib.util.spec_from_file_location("fair_config", REPO / "benchmarks" / "fair_config.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _generate(*args: str) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        rc = _generator().main(list(args))
+    return rc, out.getvalue(), err.getvalue()
+
+
+def _schema():
+    from metarec.data.synthetic import make_synthetic
+
+    return make_synthetic(n_users=30, n_items=40, seed=0).schema
+
+
+@pytest.mark.parametrize("name", sorted(FAIR))
+def test_fair_config_validates_with_every_method_five_seeds_and_the_studies_pool(name):
+    dataset, tunes = FAIR[name]
+    cfg = resolve_config(layer_from_file(CONFIGS / f"fair-{name}.toml"))
+    assert cfg.dataset == dataset
+    assert set(cfg.methods) == set(learners_for_protocol("user-cold"))
+    assert list(cfg.seeds) == [0, 1, 2, 3, 4]
+    assert cfg.protocol["tuning_fraction"] == 0.1 and cfg.protocol["tuning_seed"] == 0
+    check_provenance(cfg)  # the pool of every study is the pool the bench keeps out of its test sets
+    budgets = {p["budget"] for p in cfg.provenance.values()}
+    assert len(budgets) <= 1, "every study has the same trial budget"
+    for m, p in cfg.provenance.items():
+        assert p["dataset"] == dataset and p["tuning_fraction"] == 0.1
+        assert (REPO / p["study_path"] / "best.toml").exists(), f"{m}: its study is committed"
+        assert cfg.settings_source(m)["kind"] == "tuned"
+    for m in cfg.methods:  # every method's settings build a valid learner config
+        s = cfg.settings_for(m)
+        get_learner(m).from_settings(_schema(), preset=s.preset, overrides=s.overrides)
+
+
+@pytest.mark.parametrize("name", sorted(FAIR))
+def test_committed_fair_config_is_what_the_generator_writes(name):
+    dataset, tunes = FAIR[name]
+    rc, text, err = _generate("--dataset", dataset, "--budget", "20", "--name", name, *map(str, tunes))
+    assert rc == 0, err
+    assert text == (CONFIGS / f"fair-{name}.toml").read_text()
+    if tunes:
+        assert "NOT YET TUNED (8 of 13)" in text and "# mamo " in text
+
+
+def test_generator_refuses_studies_that_are_not_comparable(tmp_path):
+    rc, _, err = _generate("--dataset", "yelp", "--budget", "20", "--name", "x", str(TUNE))
+    assert rc == 2 and "tuned on 'ml-1m', not 'yelp'" in err
+    rc, _, err = _generate("--dataset", "ml-1m", "--budget", "10", "--name", "x", str(TUNE))
+    assert rc == 2 and "budget of 20 trials, not 10" in err and "--budget-for" in err
+    rc, _, err = _generate("--dataset", "ml-1m", "--budget", "20", "--name", "x", str(TUNE), str(TUNE / "mamo"))
+    assert rc == 2 and "mamo is tuned in two folders" in err
+    other = tmp_path / "tune-other"
+    other.mkdir()
+    text = (TUNE / "mamo" / "best.toml").read_text().replace("tuning_seed = 0", "tuning_seed = 3")
+    (other / "best.toml").write_text(text)
+    rc, _, err = _generate("--dataset", "ml-1m", "--budget", "20", "--name", "x", str(TUNE / "melu"), str(other))
+    assert rc == 2 and "different pools" in err
+    rc, _, err = _generate("--dataset", "ml-1m", "--budget", "20", "--name", "x", "--require-all", str(TUNE))
+    assert rc == 2 and "no study for metacs-dnn" in err
+    # a declared smaller budget needs its reason, which goes into the header
+    rc, _, err = _generate("--dataset", "ml-1m", "--budget", "30", "--name", "x", str(TUNE / "mamo"),
+                           "--budget-for", "mamo=20")
+    assert rc == 2 and "say why" in err
+    rc, text, err = _generate("--dataset", "ml-1m", "--budget", "30", "--name", "x", str(TUNE / "mamo"),
+                              "--budget-for", "mamo=20", "--why", "mamo=CPU time", "--set", "mamo.epochs=15")
+    assert rc == 0, err
+    assert "# Smaller budget: mamo 20 trials -- CPU time" in text and "# Changed after the tune: mamo epochs = 15" in text
+    cfg = resolve_config(layer_from_file(_write(tmp_path / "c.toml", text)))
+    assert cfg.settings_for("mamo").overrides["epochs"] == 15
+
+
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+def test_bench_refuses_a_tuned_config_on_another_pool_before_running(tmp_path):
+    from metarec.cli import main
+
+    cfg = resolve_config(layer_from_file(CONFIGS / "fair-ml1m.toml"), {"bench": {"protocol": {"tuning_fraction": 0.2}}})
+    with pytest.raises(ConfigError, match=r"\[provenance\.mamo\]: protocol.tuning_fraction is 0.2 here but 0.1"):
+        check_provenance(cfg)
+    cfg = resolve_config(layer_from_file(CONFIGS / "fair-ml1m.toml"), {"bench": {"dataset": "yelp"}})
+    with pytest.raises(ConfigError, match="tuned on 'ml-1m'"):
+        check_provenance(cfg)
+    out = tmp_path / "run"
+    res = CliRunner().invoke(main, ["bench", "-c", str(CONFIGS / "fair-ml1m.toml"), "--set", "protocol.tuning_fraction=0.2",
+                                    "--data-dir", str(tmp_path), "--out", str(out)])
+    assert res.exit_code != 0 and "tuning-pool users" in res.output and not out.exists()
