@@ -62,6 +62,7 @@ from typing import Any, ClassVar, Literal, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
+from torch.profiler import record_function
 
 from metarec import engine
 from metarec.learner import EpisodicConfig, EpisodicLearner
@@ -381,6 +382,8 @@ class MetaHIN(EpisodicLearner):
 
     def on_fit_start(self, train: TaskSet) -> None:
         self.graph.fit(train)
+        if self.config.backend == "fused" and self._design_contexts():
+            self.graph.design_operators(self.model.item_embedder, self._path_cardinality())  # built once, here
 
     # ------------------------------------------------------------------ semantic contexts
     def item_contexts(self, items_x: Mapping[str, Tensor], item_rows: Tensor) -> dict[str, Tensor]:
@@ -391,7 +394,7 @@ class MetaHIN(EpisodicLearner):
         out: dict[str, Tensor] = {}
         if not len(g.items):  # no training graph yet: every path sees the item alone
             return {path: own for path in self.paths}
-        feats = {f: self.schema.item_feature(f).cardinality for f in map(path_feature, self.paths) if f}
+        feats = self._path_cardinality()
         ops = g.operators(feats)
         pool = m.item_embedder(g.features())  # [P, d]
         for path in self.paths:
@@ -436,37 +439,51 @@ class MetaHIN(EpisodicLearner):
         if detach:  # evaluation: no outer graph at all
             params = {k: v.detach() for k, v in params.items()}
         B, P = len(batch), len(self.paths)
-        raw = torch.cat(list(self.user_contexts(batch).values()), dim=0)  # [P * B, d_item]
-        rep = _repeat(batch, P)
-        phi = engine.adapt_batch(
-            self.forward, params, self.phi_names, self._with_user(rep, ctx_raw=raw),
-            lr=c.mp_lr, steps=c.mp_steps, first_order=first_order,
-        )
-        e = nn.functional.leaky_relu(torch.einsum("boi,bi->bo", phi["semantic.weight"], raw) + phi["semantic.bias"])
-        prior = {
-            n: params[n] * torch.sigmoid(self.model.prior[n[len("head."):].replace(".", "_")](e)).view(P * B, *params[n].shape)
-            for n in self.theta_names
-        }
-        with_e = self._with_user(rep, ctx_e=e)
-        theta = engine.adapt_batch(
-            self.forward, params, self.theta_names, with_e, lr=c.local_lr, steps=c.local_steps,
-            first_order=first_order, user_params=prior,
-        )
-        fit = engine.predict_batch(self.forward, params, with_e, user_params=theta, items="support")
-        loss = engine.masked_mse.per_user(fit, rep.support_ratings, rep.support_mask).view(P, B).t().detach()
-        # the official code detaches its path weights too
-        weights = torch.softmax(-loss, dim=1) if c.path_weights == "support" else torch.full_like(loss, 1.0 / P)
-        w = weights.t()  # [P, B]
-        mixed = {
-            n: (w.view(P, B, *[1] * (t.dim() - 1)) * t.view(P, B, *t.shape[1:])).sum(0) for n, t in theta.items()
-        }
-        e_mix = (w.unsqueeze(-1) * e.view(P, B, -1)).sum(0)
+        with record_function("metahin.contexts"):
+            raw = torch.cat(list(self.user_contexts(batch).values()), dim=0)  # [P * B, d_item]
+            rep = _repeat(batch, P)
+        with record_function("metahin.semantic_step"):
+            phi = engine.adapt_batch(
+                self.forward, params, self.phi_names, self._with_user(rep, ctx_raw=raw),
+                lr=c.mp_lr, steps=c.mp_steps, first_order=first_order,
+            )
+            e = nn.functional.leaky_relu(torch.einsum("boi,bi->bo", phi["semantic.weight"], raw) + phi["semantic.bias"])
+        with record_function("metahin.prior"):
+            prior = {
+                n: params[n] * torch.sigmoid(self.model.prior[n[len("head."):].replace(".", "_")](e)).view(P * B, *params[n].shape)
+                for n in self.theta_names
+            }
+        with record_function("metahin.task_steps"):
+            with_e = self._with_user(rep, ctx_e=e)
+            theta = engine.adapt_batch(
+                self.forward, params, self.theta_names, with_e, lr=c.local_lr, steps=c.local_steps,
+                first_order=first_order, user_params=prior,
+            )
+        with record_function("metahin.path_weights"):
+            fit = engine.predict_batch(self.forward, params, with_e, user_params=theta, items="support")
+            loss = engine.masked_mse.per_user(fit, rep.support_ratings, rep.support_mask).view(P, B).t().detach()
+            # the official code detaches its path weights too
+            weights = torch.softmax(-loss, dim=1) if c.path_weights == "support" else torch.full_like(loss, 1.0 / P)
+        with record_function("metahin.query"):
+            w = weights.t()  # [P, B]
+            mixed = {
+                n: (w.view(P, B, *[1] * (t.dim() - 1)) * t.view(P, B, *t.shape[1:])).sum(0) for n, t in theta.items()
+            }
+            e_mix = (w.unsqueeze(-1) * e.view(P, B, -1)).sum(0)
         return mixed, e_mix, weights
 
     # ------------------------------------------------------------------ fused path
     #: Largest corater design matrix (graph items x design columns) the fused contexts build;
     #: beyond it they fall back to the pooled embeddings (:meth:`user_contexts`).
     max_design_entries: ClassVar[int] = 50_000_000
+
+    def _path_cardinality(self) -> dict[str, int]:
+        return {f: self.schema.item_feature(f).cardinality for f in map(path_feature, self.paths) if f}
+
+    def _design_contexts(self) -> bool:
+        """Whether :meth:`raw_contexts` can use design operators (else it pools embeddings)."""
+        emb, n = self.model.item_embedder, len(self.graph.items)
+        return bool(n) and emb.is_linear and n * sum(emb.design_sizes) <= self.max_design_entries
 
     def raw_contexts(self, batch: TaskBatch, own: Tensor) -> Tensor:
         """``[P, B, d_item]``: :meth:`user_contexts` of every path from cached design operators.
@@ -480,8 +497,8 @@ class MetaHIN(EpisodicLearner):
         """
         m, g = self.model, self.graph
         emb = m.item_embedder
-        feats = {f: self.schema.item_feature(f).cardinality for f in map(path_feature, self.paths) if f}
-        if not len(g.items) or not emb.is_linear or len(g.items) * sum(emb.design_sizes) > self.max_design_entries:
+        feats = self._path_cardinality()
+        if not self._design_contexts():
             return torch.stack(list(self.user_contexts(batch).values()))
         ops, design = g.operators(feats), g.design_operators(emb, feats)
         own_w, nbr = [], []
@@ -553,13 +570,14 @@ class MetaHIN(EpisodicLearner):
         def rest(z0: Tensor, params: list[Tensor]) -> tuple[Tensor, list[Tensor]]:  # layers after the first
             return (z0, []) if not params else per_user_relu_mlp(params, torch.relu(z0))
 
-        own_s = m.item_embedder(batch.support_features)
-        own_q = m.item_embedder(batch.query_features)
-        user = m.user_embedder(batch.user_features) if m.user_embedder is not None else None
-        user_e = rep(user) if user is not None else None
-        own_e = rep(own_s)
-        y, mask = rep(batch.support_ratings), rep(batch.support_mask)
-        raw = self.raw_contexts(batch, own_s).reshape(E, -1)
+        with record_function("metahin.contexts"):
+            own_s = m.item_embedder(batch.support_features)
+            own_q = m.item_embedder(batch.query_features)
+            user = m.user_embedder(batch.user_features) if m.user_embedder is not None else None
+            user_e = rep(user) if user is not None else None
+            own_e = rep(own_s)
+            y, mask = rep(batch.support_ratings), rep(batch.support_mask)
+            raw = self.raw_contexts(batch, own_s).reshape(E, -1)
         d_item, d_ctx = own_s.shape[-1], c.context_dim
         w0 = shared[0]
         w0_ctx = w0[:, d_item:d_item + d_ctx]
@@ -567,75 +585,81 @@ class MetaHIN(EpisodicLearner):
         # 1. semantic-wise: phi_p = phi - mp_lr * grad, the gradient (g raw^T, g) of rank one.
         # The first layer of the shared theta sees [item; e_p; user]: the item and user parts are
         # the same on every path, so they are computed per user, not per episode.
-        z = m.semantic(raw)
-        if c.mp_steps:
-            scale = ((raw.detach() if first_order else raw) * raw).sum(-1, keepdim=True) + 1.0
-            with inner():
-                base = own_s @ w0[:, :d_item].t() + shared[1]
-                if user is not None:
-                    base = base + (user @ w0[:, d_item + d_ctx:].t()).unsqueeze(1)
-                base = rep(base)
-        for _ in range(c.mp_steps):
-            with inner():
-                z0 = base + (nn.functional.leaky_relu(z) @ w0_ctx.t()).unsqueeze(1)
-                pred, pre = rest(z0, shared[2:])
-                _, d = masked_mse_output_grad(pred.squeeze(-1), y, mask)
-                _, d0 = per_user_relu_mlp_backward([None, None, *shared[2:]], None, [z0, *pre], d, first_layer=False)
-                g = (d0 @ w0_ctx).sum(1) * torch.where(z > 0, torch.ones_like(z), torch.full_like(z, 0.01))
-            z = z - c.mp_lr * g * scale
-        e = nn.functional.leaky_relu(z)
+        with record_function("metahin.semantic_step"):
+            z = m.semantic(raw)
+            if c.mp_steps:
+                scale = ((raw.detach() if first_order else raw) * raw).sum(-1, keepdim=True) + 1.0
+                with inner():
+                    base = own_s @ w0[:, :d_item].t() + shared[1]
+                    if user is not None:
+                        base = base + (user @ w0[:, d_item + d_ctx:].t()).unsqueeze(1)
+                    base = rep(base)
+            for _ in range(c.mp_steps):
+                with inner():
+                    z0 = base + (nn.functional.leaky_relu(z) @ w0_ctx.t()).unsqueeze(1)
+                    pred, pre = rest(z0, shared[2:])
+                    _, d = masked_mse_output_grad(pred.squeeze(-1), y, mask)
+                    _, d0 = per_user_relu_mlp_backward([None, None, *shared[2:]], None, [z0, *pre], d, first_layer=False)
+                    g = (d0 @ w0_ctx).sum(1) * torch.where(z > 0, torch.ones_like(z), torch.full_like(z, 0.01))
+                z = z - c.mp_lr * g * scale
+            e = nn.functional.leaky_relu(z)
 
         # 2. semantic prior: theta_p = theta * sigmoid(T e_p); the first layer's [P B, h, in] inside GatedLayer
-        priors = [m.prior[n[len("head."):].replace(".", "_")] for n in self.theta_names]
-        gates = [torch.sigmoid(T(e)).view(E, *t.shape) for T, t in zip(priors[1:], shared[1:])]
-        # Every input the gated first layer ever sees, in one product (so its gradient is one
-        # product too): the support rows [item; e_p; user], the query rows without their context
-        # [item; 0; user], and the contexts [0; e_p'; 0] of every path p' (the query's mixed
-        # context is their a-weighted sum, known only after the support fit).
-        x_s = inputs(own_e, e, user_e)
-        zeros_q = own_q.new_zeros(*own_q.shape[:-1], d_ctx)
-        x_q0 = torch.cat([own_q, zeros_q] + ([broadcast_user(user, own_q)] if user is not None else []), dim=-1)
-        e_rows = rep(e.view(P, B, d_ctx).transpose(0, 1))  # [P B, P, c]: user b's contexts of every path
-        x_c = torch.nn.functional.pad(e_rows, (d_item, x_s.shape[-1] - d_item - d_ctx))
-        S, Q = x_s.shape[1], x_q0.shape[1]
-        out0 = GatedLayer.apply(w0, priors[0].weight, priors[0].bias, e, torch.cat([x_s, rep(x_q0), x_c], dim=1))
-        out0 = out0.transpose(1, 2)
-        h_s, h_q, h_c = out0[:, :S], out0[:, S:S + Q], out0[:, S + Q:]
-        with inner():  # FO: the support side only feeds inner gradients and the path weights
-            gram = torch.bmm(x_s, x_s.transpose(1, 2)) if c.local_steps else None
-        b0 = shared[1] * gates[0]
-        theta = [t * gate for t, gate in zip(shared[2:], gates[1:])]
-        d_sum: Tensor | None = None  # sum over steps of dL/d(first-layer outputs) on the support
-
-        def first_layer() -> Tensor:
-            z0 = h_s + b0.unsqueeze(1)
-            return z0 if d_sum is None else z0 - c.local_lr * torch.bmm(gram, d_sum)
+        with record_function("metahin.prior"):
+            priors = [m.prior[n[len("head."):].replace(".", "_")] for n in self.theta_names]
+            gates = [torch.sigmoid(T(e)).view(E, *t.shape) for T, t in zip(priors[1:], shared[1:])]
+            # Every input the gated first layer ever sees, in one product (so its gradient is one
+            # product too): the support rows [item; e_p; user], the query rows without their context
+            # [item; 0; user], and the contexts [0; e_p'; 0] of every path p' (the query's mixed
+            # context is their a-weighted sum, known only after the support fit).
+            x_s = inputs(own_e, e, user_e)
+            zeros_q = own_q.new_zeros(*own_q.shape[:-1], d_ctx)
+            x_q0 = torch.cat([own_q, zeros_q] + ([broadcast_user(user, own_q)] if user is not None else []), dim=-1)
+            e_rows = rep(e.view(P, B, d_ctx).transpose(0, 1))  # [P B, P, c]: user b's contexts of every path
+            x_c = nn.functional.pad(e_rows, (d_item, x_s.shape[-1] - d_item - d_ctx))
+            S, Q = x_s.shape[1], x_q0.shape[1]
+            out0 = GatedLayer.apply(w0, priors[0].weight, priors[0].bias, e, torch.cat([x_s, rep(x_q0), x_c], dim=1))
+            out0 = out0.transpose(1, 2)
+            h_s, h_q, h_c = out0[:, :S], out0[:, S:S + Q], out0[:, S + Q:]
+            b0 = shared[1] * gates[0]
+            theta = [t * gate for t, gate in zip(shared[2:], gates[1:])]
 
         # 3. task-wise steps
-        for _ in range(c.local_steps):
-            with inner():
-                z0 = first_layer()
-                pred, pre = rest(z0, theta)
-                _, d = masked_mse_output_grad(pred.squeeze(-1), y, mask)
-                grads, d0 = per_user_relu_mlp_backward([None, None, *theta], None, [z0, *pre], d, first_layer=False)
-            d_sum = d0 if d_sum is None else d_sum + d0
-            b0 = b0 - c.local_lr * d0.sum(1)
-            theta = [t - c.local_lr * gr for t, gr in zip(theta, grads[2:])]
+        with record_function("metahin.task_steps"):
+            with inner():  # FO: the support side only feeds inner gradients and the path weights
+                gram = torch.bmm(x_s, x_s.transpose(1, 2)) if c.local_steps else None
+            d_sum: Tensor | None = None  # sum over steps of dL/d(first-layer outputs) on the support
+
+            def first_layer() -> Tensor:
+                z0 = h_s + b0.unsqueeze(1)
+                return z0 if d_sum is None else z0 - c.local_lr * torch.bmm(gram, d_sum)
+
+            for _ in range(c.local_steps):
+                with inner():
+                    z0 = first_layer()
+                    pred, pre = rest(z0, theta)
+                    _, d = masked_mse_output_grad(pred.squeeze(-1), y, mask)
+                    grads, d0 = per_user_relu_mlp_backward([None, None, *theta], None, [z0, *pre], d, first_layer=False)
+                d_sum = d0 if d_sum is None else d_sum + d0
+                b0 = b0 - c.local_lr * d0.sum(1)
+                theta = [t - c.local_lr * gr for t, gr in zip(theta, grads[2:])]
 
         # 4. path weights from the support loss after adaptation (no gradient, as the reference)
-        with torch.no_grad():
+        with record_function("metahin.path_weights"), torch.no_grad():
             fit = rest(first_layer(), theta)[0].squeeze(-1)
             loss = engine.masked_mse.per_user(fit, y, mask).view(P, B).t()
-        a = torch.softmax(-loss, dim=1) if c.path_weights == "support" else torch.full_like(loss, 1.0 / P)
-        w = a.t()  # [P, B]
-        e_mix = mix(e, w)
-        # sum_p a_p (W0 * gate_p) [item; e_mix; user] + the mixed bias, then the low-rank updates
-        z_q = h_q + torch.bmm(rep(a).unsqueeze(1), h_c) + b0.unsqueeze(1)
-        if d_sum is not None:
-            x_q = inputs(own_q, e_mix, user)
-            cross = torch.bmm(rep(x_q), (x_s.detach() if first_order else x_s).transpose(1, 2))  # [P B, Q, S]
-            z_q = z_q - c.local_lr * torch.bmm(cross, d_sum)
-        pred = rest(mix(z_q, w), [mix(t, w) for t in theta])[0].squeeze(-1)
+            a = torch.softmax(-loss, dim=1) if c.path_weights == "support" else torch.full_like(loss, 1.0 / P)
+
+        # 5. sum_p a_p (W0 * gate_p) [item; e_mix; user] + the mixed bias, then the low-rank updates
+        with record_function("metahin.query"):
+            w = a.t()  # [P, B]
+            e_mix = mix(e, w)
+            z_q = h_q + torch.bmm(rep(a).unsqueeze(1), h_c) + b0.unsqueeze(1)
+            if d_sum is not None:
+                x_q = inputs(own_q, e_mix, user)
+                cross = torch.bmm(rep(x_q), (x_s.detach() if first_order else x_s).transpose(1, 2))  # [P B, Q, S]
+                z_q = z_q - c.local_lr * torch.bmm(cross, d_sum)
+            pred = rest(mix(z_q, w), [mix(t, w) for t in theta])[0].squeeze(-1)
         return pred, a
 
     def _predict_query(self, batch: TaskBatch, first_order: bool, detach: bool = False) -> Tensor:
@@ -645,7 +669,8 @@ class MetaHIN(EpisodicLearner):
         params = dict(self.model.named_parameters())
         if detach:
             params = {k: v.detach() for k, v in params.items()}
-        return engine.predict_batch(self.forward, params, self._with_user(batch, ctx_e=e), user_params=theta)
+        with record_function("metahin.query"):
+            return engine.predict_batch(self.forward, params, self._with_user(batch, ctx_e=e), user_params=theta)
 
     def meta_step(self, batch: TaskBatch) -> float:
         c = self.config
