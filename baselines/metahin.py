@@ -280,7 +280,7 @@ def _repeat(batch: TaskBatch, times: int) -> TaskBatch:
 
 
 class GatedLayer(torch.autograd.Function):
-    """``(w * sigmoid(e @ t_w.T + t_b).view(E, *w.shape)) @ x^T``, ``[E, out, R]``, with a hand-written backward.
+    """``x @ (w * sigmoid(e @ t_w.T + t_b).view(E, *w.shape))^T``, ``[E, R, out]``, with a hand-written backward.
 
     The semantic prior of the first layer: ``E`` episodes' gated copies ``[E, out, in]`` of one
     weight ``w`` applied to ``R`` inputs each (``x [E, R, in]``). The gated copies are the
@@ -294,13 +294,13 @@ class GatedLayer(torch.autograd.Function):
         gate = torch.addmm(t_b, e, t_w.t()).sigmoid_().view(len(e), *w.shape)
         gated = gate * w
         ctx.save_for_backward(w, t_w, e, x, gate, gated)
-        return torch.bmm(gated, x.transpose(1, 2))
+        return torch.bmm(x, gated.transpose(1, 2))
 
     @staticmethod
     def backward(ctx, d_out: Tensor):  # noqa: ANN001, ANN205
         w, t_w, e, x, gate, gated = ctx.saved_tensors
-        d_x = torch.bmm(d_out.transpose(1, 2), gated) if ctx.needs_input_grad[4] else None
-        d = torch.bmm(d_out, x).mul_(gate)  # d gated * gate
+        d_x = torch.bmm(d_out, gated) if ctx.needs_input_grad[4] else None
+        d = torch.bmm(d_out.transpose(1, 2), x).mul_(gate)  # d gated * gate
         d_w = d.sum(0)
         d.addcmul_(d, gate, value=-1.0).mul_(w)  # d gated * w * gate (1 - gate) = d pre-sigmoid
         d = d.view(len(e), -1)
@@ -619,8 +619,7 @@ class MetaHIN(EpisodicLearner):
             x_c = nn.functional.pad(e_rows, (d_item, x_s.shape[-1] - d_item - d_ctx))
             S, Q = x_s.shape[1], x_q0.shape[1]
             out0 = GatedLayer.apply(w0, priors[0].weight, priors[0].bias, e, torch.cat([x_s, rep(x_q0), x_c], dim=1))
-            out0 = out0.transpose(1, 2)
-            h_s, h_q, h_c = out0[:, :S], out0[:, S:S + Q], out0[:, S + Q:]
+            h_s, h_q, h_c = torch.split(out0, [S, Q, P], dim=1)
             b0 = shared[1] * gates[0]
             theta = [t * gate for t, gate in zip(shared[2:], gates[1:])]
 

@@ -268,7 +268,7 @@ def test_gated_layer_backward_passes_gradcheck():
     e, x = torch.randn(5, 2, generator=g, dtype=torch.float64), torch.randn(5, 6, 4, generator=g, dtype=torch.float64)
     args = [t.requires_grad_(True) for t in (w, t_w, t_b, e, x)]
     assert torch.autograd.gradcheck(GatedLayer.apply, args)
-    ref = (w * torch.sigmoid(e @ t_w.t() + t_b).view(5, 3, 4)) @ x.transpose(1, 2)
+    ref = x @ (w * torch.sigmoid(e @ t_w.t() + t_b).view(5, 3, 4)).transpose(1, 2)
     torch.testing.assert_close(GatedLayer.apply(*args), ref)
 
 
