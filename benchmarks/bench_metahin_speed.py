@@ -8,7 +8,8 @@ here the fused learner gets the reference learner's initial state and both train
 ``--steps`` batches of ``batch_size`` training users (a seeded shuffle), taking turns batch by
 batch (which one goes first alternates), so a change of load on a shared machine hits both. The
 ratio that counts is ``ratio_reference_over_fused``: the reference's total meta-step time over
-the fused one's, on exactly those batches. ``s_per_epoch`` extrapolates each backend's mean
+the fused one's, on exactly those batches (``_cpu``: the same with the process's CPU time, which
+on a loaded machine leaves out the time spent waiting for a core). ``s_per_epoch`` extrapolates each backend's mean
 meta-step to one epoch (``len(train) // batch_size`` steps, ``drop_last``); the losses of the
 two backends are recorded step by step (they agree to float rounding).
 
@@ -48,21 +49,22 @@ def profile_steps(learner, batches, device: torch.device, top: int) -> dict:
     from metarec import engine
 
     split = {"forward_s": 0.0, "backward_s": 0.0, "optimizer_s": 0.0}
+    cpu = dict.fromkeys(split, 0.0)
     learner.model.train()
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         for batch in batches:
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             pred = learner._predict_query(batch, first_order=learner.config.first_order)
             loss = engine.masked_mse.per_user(pred, batch.query_ratings, batch.query_mask).mean()
-            t1 = time.perf_counter()
+            t1, c1 = time.perf_counter(), time.process_time()
             learner.optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            t2 = time.perf_counter()
+            t2, c2 = time.perf_counter(), time.process_time()
             learner.optimizer.step()
-            t3 = time.perf_counter()
-            split["forward_s"] += t1 - t0
-            split["backward_s"] += t2 - t1
-            split["optimizer_s"] += t3 - t2
+            t3, c3 = time.perf_counter(), time.process_time()
+            for key, (a, b), (ca, cb) in zip(split, ((t0, t1), (t1, t2), (t2, t3)), ((c0, c1), (c1, c2), (c2, c3))):
+                split[key] += b - a
+                cpu[key] += cb - ca
     n = len(batches)
     events = prof.key_averages()
     phases = {e.key[len("metahin."):]: e.cpu_time_total / 1e6 / n for e in events if e.key.startswith("metahin.")}
@@ -70,12 +72,14 @@ def profile_steps(learner, batches, device: torch.device, top: int) -> dict:
     return {
         "steps": n,
         "per_step_s": {k: v / n for k, v in split.items()},
+        "per_step_cpu_s": {k: v / n for k, v in cpu.items()},
         "forward_phases_s": {p: phases.get(p, 0.0) for p in PHASES},
         "top_ops_self_s": [
             {"op": e.key, "calls_per_step": e.count / n, "self_s_per_step": e.self_cpu_time_total / 1e6 / n}
             for e in ops[:top]
         ],
-        "note": "profiled pass (profiler overhead included); use the timed steps for speed",
+        "note": "profiled pass (profiler overhead included; phases and ops in wall time, compare their shares "
+        "within a backend); use the timed steps for speed",
     }
 
 
@@ -121,17 +125,20 @@ def main(argv: list[str] | None = None) -> int:
     fused = learners["fused"]
 
     times: dict[str, list[float]] = {"reference": [], "fused": []}
+    cpu: dict[str, list[float]] = {"reference": [], "fused": []}
     losses: dict[str, list[float]] = {"reference": [], "fused": []}
     for i, batch in enumerate(batches[:args.warmup + args.steps]):
         names = ("reference", "fused") if i % 2 == 0 else ("fused", "reference")
         for name in names:
+            c0 = time.process_time()
             loss, seconds = timed(device, lambda: learners[name].meta_step(batch))
             if i >= args.warmup:
                 times[name].append(seconds)
+                cpu[name].append(time.process_time() - c0)
                 losses[name].append(loss)
         if i >= args.warmup:
-            print(f"step {i - args.warmup + 1:3d}  reference {times['reference'][-1]:.3f} s  fused "
-                  f"{times['fused'][-1]:.3f} s  loss {losses['reference'][-1]:.5f} / {losses['fused'][-1]:.5f}", flush=True)
+            print(f"step {i - args.warmup + 1:3d}  reference {times['reference'][-1]:.3f} s "
+                  f"(cpu {cpu['reference'][-1]:.3f})  fused {times['fused'][-1]:.3f} s (cpu {cpu['fused'][-1]:.3f})  loss {losses['reference'][-1]:.5f} / {losses['fused'][-1]:.5f}", flush=True)
 
     eval_part = test.subset(range(min(args.eval_users, len(test))))
     predict, preds = {}, {}
@@ -140,12 +147,16 @@ def main(argv: list[str] | None = None) -> int:
 
     steps_per_epoch = len(train) // bs
     total = {k: sum(v) for k, v in times.items()}
+    total_cpu = {k: sum(v) for k, v in cpu.items()}
     rows = {
         name: {
             "meta_step_s": times[name],
             "meta_step_mean_s": total[name] / len(times[name]),
             "meta_step_median_s": statistics.median(times[name]),
             "s_per_epoch": total[name] / len(times[name]) * steps_per_epoch,
+            "meta_step_cpu_s": cpu[name],
+            "meta_step_cpu_mean_s": total_cpu[name] / len(cpu[name]),
+            "cpu_s_per_epoch": total_cpu[name] / len(cpu[name]) * steps_per_epoch,
             "graph_setup_s": setup[name],
             "predict_s": predict[name],
             "eval_users_per_s": len(eval_part) / predict[name],
@@ -171,6 +182,7 @@ def main(argv: list[str] | None = None) -> int:
         "timed_steps": args.steps,
         "warmup_steps": args.warmup,
         "ratio_reference_over_fused": total["reference"] / total["fused"],
+        "ratio_reference_over_fused_cpu": total_cpu["reference"] / total_cpu["fused"],
         "max_abs_loss_difference": max(abs(a - b) for a, b in zip(losses["reference"], losses["fused"])),
         "max_abs_prediction_difference": float((preds["reference"] - preds["fused"]).abs().max()),
         "eval_users": len(eval_part),
@@ -184,9 +196,10 @@ def main(argv: list[str] | None = None) -> int:
         write_record(record, out, device=device, load_before=load_before)
     for name in ("reference", "fused"):
         r = rows[name]
-        print(f"{name:10s} {r['meta_step_mean_s']:.3f} s/step  {r['s_per_epoch']:7.1f} s/epoch  "
-              f"{r['eval_users_per_s']:7.1f} users/s predicted")
-    print(f"ratio reference/fused {record['ratio_reference_over_fused']:.2f}; wrote {out}")
+        print(f"{name:10s} {r['meta_step_mean_s']:.3f} s/step (cpu {r['meta_step_cpu_mean_s']:.3f})  {r['s_per_epoch']:7.1f} "
+              f"s/epoch (cpu {r['cpu_s_per_epoch']:.1f})  {r['eval_users_per_s']:7.1f} users/s predicted")
+    print(f"ratio reference/fused {record['ratio_reference_over_fused']:.2f} wall, "
+          f"{record['ratio_reference_over_fused_cpu']:.2f} cpu; wrote {out}")
     return 0
 
 

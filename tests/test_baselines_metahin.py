@@ -332,6 +332,7 @@ def test_speed_script_times_both_backends_on_the_same_batches(tmp_path):
     ref, fused = r["backends"]["reference"], r["backends"]["fused"]
     assert len(ref["meta_step_s"]) == len(fused["meta_step_s"]) == 2
     assert r["ratio_reference_over_fused"] == pytest.approx(sum(ref["meta_step_s"]) / sum(fused["meta_step_s"]))
+    assert r["ratio_reference_over_fused_cpu"] == pytest.approx(sum(ref["meta_step_cpu_s"]) / sum(fused["meta_step_cpu_s"]))
     assert fused["s_per_epoch"] == pytest.approx(fused["meta_step_mean_s"] * r["steps_per_epoch"])
     assert r["max_abs_loss_difference"] < 1e-3 and r["preset"] == "paper" and r["batch_size"] == 32
     assert set(r["profile"]["fused"]["forward_phases_s"]) == set(mod.PHASES)
