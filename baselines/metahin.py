@@ -551,15 +551,15 @@ class MetaHIN(EpisodicLearner):
         """:meth:`co_adapt` and the query prediction, batched by hand: ``(pred [B, Q], a [B, P])``.
 
         The same numbers as the reference (to float rounding; the tests check it), computed so
-        that the one large per-episode tensor -- the first layer's gated weights ``[P B, h, in]``
-        -- is formed once: the task-wise steps never materialise its adapted value. Its inner
-        gradient is ``D^T X`` (``D`` the support items' gradients at that layer's outputs, ``X``
-        their inputs), so the adapted layer applied to any input ``x`` is
-        ``W_p x - lr sum_steps D^T (X x)``: support Gram matrices ``X X^T`` and query products
-        ``X x_q`` replace the ``[h, in]`` updates, and the mixed query layer is
-        ``(W * sum_p a_p gate_p) x_q - lr sum_p a_p D_p^T X_p x_q``. The semantic step's gradient
-        is rank one (every support item reads the same context), so ``phi_p raw`` is updated in
-        closed form. Inner gradients are written out (:func:`~metarec.nn.per_user_relu_mlp_backward`),
+        that the one large per-episode tensor -- the first layer's gated weights ``W_p`` ``[P B,
+        h, in]`` -- is formed once (:class:`GatedLayer`, one product with every input it sees:
+        the support rows, the query rows without their context, the P path contexts) and its
+        adapted value never: its inner gradient is ``D^T X`` (``D`` the support items' gradients
+        at that layer's outputs, ``X`` their inputs), so the adapted layer applied to any input
+        ``x`` is ``W_p x - lr sum_steps D^T (X x)`` -- support Gram matrices ``X X^T`` in the
+        inner loop, ``X x_q`` for the query, whose mixed first layer is
+        ``sum_p a_p (W_p x_q - lr D_p^T X_p x_q)``. The semantic step's gradient is rank one
+        (every support item reads the same context), so ``phi_p raw`` is updated in closed form. Inner gradients are written out (:func:`~metarec.nn.per_user_relu_mlp_backward`),
         differentiable for the second-order meta-gradient, evaluated without a graph for
         ``first_order``. Call it under :func:`torch.no_grad` to evaluate.
         """
@@ -615,6 +615,7 @@ class MetaHIN(EpisodicLearner):
                     pred, pre = rest(z0, shared[2:])
                     _, d = masked_mse_output_grad(pred.squeeze(-1), y, mask)
                     _, d0 = per_user_relu_mlp_backward([None, None, *shared[2:]], None, [z0, *pre], d, first_layer=False)
+                    # times leaky_relu's derivative (its default slope 0.01, as MetaHINNet.context)
                     g = (d0 @ w0_ctx).sum(1) * torch.where(z > 0, torch.ones_like(z), torch.full_like(z, 0.01))
                 z = z - c.mp_lr * g * scale
             e = nn.functional.leaky_relu(z)
