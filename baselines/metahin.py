@@ -305,10 +305,10 @@ class GatedLayer(torch.autograd.Function):
     @staticmethod
     def forward(ctx, w: Tensor, t_w: Tensor, t_b: Tensor, e: Tensor, x: Tensor) -> Tensor:  # noqa: ANN001
         """The layer's outputs; saves the gates and gated weights for :meth:`backward`."""
-        gate = torch.addmm(t_b, e, t_w.t()).sigmoid_().view(len(e), *w.shape)
+        gate = torch.mm(e, t_w.t()).add_(t_b).sigmoid_().view(len(e), *w.shape)
         gated = gate * w
         ctx.save_for_backward(w, t_w, e, x, gate, gated)
-        return torch.bmm(x, gated.transpose(1, 2))
+        return torch.bmm(gated, x.transpose(1, 2)).transpose(1, 2)
 
     @staticmethod
     def backward(ctx, d_out: Tensor):  # noqa: ANN001, ANN205
