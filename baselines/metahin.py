@@ -3,7 +3,7 @@
 A user's **semantic context** along a meta-path p is the mean of the (embedded) items the path
 reaches from the user's support items; ``e_p = LeakyReLU(W_phi . mean + b_phi)``. The rating
 predictor ``theta`` reads ``[item embedding; e_p; user-profile embedding]`` -> MLP -> rating.
-Per user and per meta-path (all users of a batch at once, through :mod:`metarec.engine`):
+Per user and per meta-path (all users and paths of a batch at once):
 
 1. semantic-wise adaptation: ``phi_p = phi - mp_lr * grad_phi MSE_support(theta, e_p(phi))``;
 2. semantic prior: ``theta_p = theta * sigmoid(T(e_p(phi_p)))``, one linear ``T`` per tensor of theta;
@@ -13,6 +13,19 @@ Per user and per meta-path (all users of a batch at once, through :mod:`metarec.
 
 Meta-training differentiates through both inner steps (second order; ``first_order`` drops it)
 and updates everything (embeddings, phi, theta, T) with Adam on the query MSE.
+
+**Backends** (``backend``, the same numbers): ``reference`` runs the steps above through
+:mod:`metarec.engine` (``torch.func`` over a per-user forward function, the P paths of B users as
+P * B episodes). ``fused`` (default) writes the same math as batched matrix products
+(:meth:`MetaHIN.co_adapt_fused`): hand-written inner gradients
+(:func:`metarec.nn.per_user_relu_mlp_backward`, differentiable, so the meta-gradient is still
+second order); the semantic step in closed form (its gradient is rank one); the gated first
+layer -- the one ``[P B, hidden, input]`` tensor -- formed once in :class:`GatedLayer`, and its
+task-wise updates ``D^T X`` kept low-rank (applied through support Gram matrices instead of
+being materialised); and the contexts from design operators cached with the training graph
+(:meth:`TrainingGraph.design_operators`), so no step embeds the whole graph. The tests check
+that the two agree in float64 on predictions, path weights, losses and every meta-gradient
+over three meta-steps; the docs page has the measured speed.
 
 **Meta-paths are declared from the schema's item features** (``meta_paths``): ``um`` (the
 user's support items themselves), ``umum`` (items co-rated by the *training* users who rated the
@@ -54,16 +67,20 @@ actor path) when the schema has those features, else every categorical item feat
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import warnings
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
+from torch.profiler import record_function
 
 from metarec import engine
 from metarec.learner import EpisodicConfig, EpisodicLearner
-from metarec.nn import FeatureEmbedder, broadcast_user, masked_mean, mlp
+from metarec.nn import (FeatureEmbedder, broadcast_user, masked_mean, masked_mse_output_grad, mlp, per_user_relu_mlp,
+                        per_user_relu_mlp_backward)
 from metarec.schema import FeatureSchema
 from metarec.tasks import TaskBatch, TaskSet
 
@@ -114,6 +131,11 @@ class MetaHINConfig(EpisodicConfig):
     first_order: bool = False
     #: How the adapted meta-paths are mixed: softmax of minus their support loss, or uniformly.
     path_weights: Literal["support", "uniform"] = "support"
+    #: ``fused``: the computation below in batched matrix products with hand-written inner
+    #: gradients and a low-rank first layer (see the module docstring); ``reference``: the same
+    #: model through :mod:`metarec.engine` (vmapped ``functional_call`` and ``torch.func.grad``).
+    #: The tests prove they agree; ``fused`` is the faster (measured on the docs page).
+    backend: Literal["fused", "reference"] = "fused"
     meta_lr: float = 5e-4
     weight_decay: float = 0.0
     grad_clip: float | None = None
@@ -172,7 +194,7 @@ class TrainingGraph(nn.Module):
         self.edge_user, self.edge_item = users.to(device), inverse.to(device)
         for name, col in train.items.gather(unique).items():
             setattr(self, f"feat_{name}", col.to(device))
-        self._ops = None
+        self._ops = self._design_ops = None
 
     def operators(self, cardinality: Mapping[str, int]) -> dict[str, Any]:
         """Sparse averaging/summing matrices over the graph (built once per graph, then cached).
@@ -211,6 +233,33 @@ class TrainingGraph(nn.Module):
         self._ops = (key, ops)
         return ops
 
+    def design_operators(self, embedder: FeatureEmbedder, cardinality: Mapping[str, int]) -> dict[str, Any]:
+        """The meta-path neighbour means as fixed operators on design rows (cached like :meth:`operators`).
+
+        With a linear item embedder (``pool = D @ table``, ``D`` the graph items' design rows, see
+        :meth:`FeatureEmbedder.design <metarec.nn.FeatureEmbedder.design>`), every neighbour mean is
+        a fixed combination of design rows: ``corater_design [P, V] = corater_mean @ user_mean @ D``
+        (the ``umum`` mean of each graph item) and, per feature ``f``, ``value_design_<f>`` =
+        ``(sum_<f> @ D)`` transposed, sparse (CSR) ``[V, V_f]`` (the summed design rows of the training
+        items of each value). They depend on the training data only, not on the parameters.
+        """
+        key = (tuple(sorted(cardinality.items())), tuple(embedder.design_sizes), embedder.table(0).dtype)
+        cached = getattr(self, "_design_ops", None)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        ops = self.operators(cardinality)
+        with torch.no_grad():
+            design = embedder.design(self.features())  # [P, V]
+            out: dict[str, Any] = {
+                "corater_design": torch.sparse.mm(ops["corater_mean"], torch.sparse.mm(ops["user_mean"], design)),
+            }
+            for name in cardinality:
+                with warnings.catch_warnings():  # "sparse CSR support is in beta": CSR products are 20x COO's here
+                    warnings.simplefilter("ignore", UserWarning)
+                    out[f"value_design_{name}"] = torch.sparse.mm(ops[f"sum_{name}"], design).t().to_sparse_csr()
+        self._design_ops = (key, out)
+        return out
+
     def features(self) -> dict[str, Tensor]:
         """The graph items' feature columns, as a feature dict."""
         return {n: getattr(self, f"feat_{n}") for n in self.feature_names}
@@ -225,7 +274,7 @@ class TrainingGraph(nn.Module):
         return lookup[item_rows.clamp_min(0)]
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # noqa: ANN001 (torch's signature)
-        self._ops = None
+        self._ops = self._design_ops = None
         for name, buf in list(self._buffers.items()):
             key = prefix + name
             if key in state_dict and buf is not None and state_dict[key].shape != buf.shape:
@@ -241,6 +290,36 @@ def _repeat(batch: TaskBatch, times: int) -> TaskBatch:
         v = getattr(batch, f.name)
         out[f.name] = {k: t[idx] for k, t in v.items()} if isinstance(v, dict) else v[idx]
     return TaskBatch(**out)
+
+
+class GatedLayer(torch.autograd.Function):
+    """``x @ (w * sigmoid(e @ t_w.T + t_b).view(E, *w.shape))^T``, ``[E, R, out]``, with a hand-written backward.
+
+    The semantic prior of the first layer: ``E`` episodes' gated copies ``[E, out, in]`` of one
+    weight ``w`` applied to ``R`` inputs each (``x [E, R, in]``). The gated copies are the
+    largest tensors of a MetaHIN step; this backward makes a handful of passes over them, in
+    place, where autograd's chain of mul / sigmoid / bmm backwards allocates one per op.
+    ``torch.autograd.gradcheck`` checks it in the tests.
+    """
+
+    @staticmethod
+    def forward(ctx, w: Tensor, t_w: Tensor, t_b: Tensor, e: Tensor, x: Tensor) -> Tensor:  # noqa: ANN001
+        """The layer's outputs; saves the gates and gated weights for :meth:`backward`."""
+        gate = torch.mm(e, t_w.t()).add_(t_b).sigmoid_().view(len(e), *w.shape)
+        gated = gate * w
+        ctx.save_for_backward(w, t_w, e, x, gate, gated)
+        return torch.bmm(gated, x.transpose(1, 2)).transpose(1, 2)
+
+    @staticmethod
+    def backward(ctx, d_out: Tensor):  # noqa: ANN001, ANN205
+        """Gradients for ``(w, t_w, t_b, e, x)``, in place on one ``[E, out, in]`` buffer."""
+        w, t_w, e, x, gate, gated = ctx.saved_tensors
+        d_x = torch.bmm(d_out, gated) if ctx.needs_input_grad[4] else None
+        d = torch.bmm(d_out.transpose(1, 2), x).mul_(gate)  # d gated * gate
+        d_w = d.sum(0)
+        d.addcmul_(d, gate, value=-1.0).mul_(w)  # d gated * w * gate (1 - gate) = d pre-sigmoid
+        d = d.view(len(e), -1)
+        return d_w, d.t() @ e, d.sum(0), d @ t_w, d_x
 
 
 class MetaHINNet(nn.Module):
@@ -318,6 +397,8 @@ class MetaHIN(EpisodicLearner):
 
     def on_fit_start(self, train: TaskSet) -> None:
         self.graph.fit(train)
+        if self.config.backend == "fused" and self._design_contexts():
+            self.graph.design_operators(self.model.item_embedder, self._path_cardinality())  # built once, here
 
     # ------------------------------------------------------------------ semantic contexts
     def item_contexts(self, items_x: Mapping[str, Tensor], item_rows: Tensor) -> dict[str, Tensor]:
@@ -328,7 +409,7 @@ class MetaHIN(EpisodicLearner):
         out: dict[str, Tensor] = {}
         if not len(g.items):  # no training graph yet: every path sees the item alone
             return {path: own for path in self.paths}
-        feats = {f: self.schema.item_feature(f).cardinality for f in map(path_feature, self.paths) if f}
+        feats = self._path_cardinality()
         ops = g.operators(feats)
         pool = m.item_embedder(g.features())  # [P, d]
         for path in self.paths:
@@ -373,39 +454,238 @@ class MetaHIN(EpisodicLearner):
         if detach:  # evaluation: no outer graph at all
             params = {k: v.detach() for k, v in params.items()}
         B, P = len(batch), len(self.paths)
-        raw = torch.cat(list(self.user_contexts(batch).values()), dim=0)  # [P * B, d_item]
-        rep = _repeat(batch, P)
-        phi = engine.adapt_batch(
-            self.forward, params, self.phi_names, self._with_user(rep, ctx_raw=raw),
-            lr=c.mp_lr, steps=c.mp_steps, first_order=first_order,
-        )
-        e = nn.functional.leaky_relu(torch.einsum("boi,bi->bo", phi["semantic.weight"], raw) + phi["semantic.bias"])
-        prior = {
-            n: params[n] * torch.sigmoid(self.model.prior[n[len("head."):].replace(".", "_")](e)).view(P * B, *params[n].shape)
-            for n in self.theta_names
-        }
-        with_e = self._with_user(rep, ctx_e=e)
-        theta = engine.adapt_batch(
-            self.forward, params, self.theta_names, with_e, lr=c.local_lr, steps=c.local_steps,
-            first_order=first_order, user_params=prior,
-        )
-        fit = engine.predict_batch(self.forward, params, with_e, user_params=theta, items="support")
-        loss = engine.masked_mse.per_user(fit, rep.support_ratings, rep.support_mask).view(P, B).t().detach()
-        # the official code detaches its path weights too
-        weights = torch.softmax(-loss, dim=1) if c.path_weights == "support" else torch.full_like(loss, 1.0 / P)
-        w = weights.t()  # [P, B]
-        mixed = {
-            n: (w.view(P, B, *[1] * (t.dim() - 1)) * t.view(P, B, *t.shape[1:])).sum(0) for n, t in theta.items()
-        }
-        e_mix = (w.unsqueeze(-1) * e.view(P, B, -1)).sum(0)
+        with record_function("metahin.contexts"):
+            raw = torch.cat(list(self.user_contexts(batch).values()), dim=0)  # [P * B, d_item]
+            rep = _repeat(batch, P)
+        with record_function("metahin.semantic_step"):
+            phi = engine.adapt_batch(
+                self.forward, params, self.phi_names, self._with_user(rep, ctx_raw=raw),
+                lr=c.mp_lr, steps=c.mp_steps, first_order=first_order,
+            )
+            e = nn.functional.leaky_relu(torch.einsum("boi,bi->bo", phi["semantic.weight"], raw) + phi["semantic.bias"])
+        with record_function("metahin.prior"):
+            prior = {
+                n: params[n] * torch.sigmoid(self.model.prior[n[len("head."):].replace(".", "_")](e)).view(P * B, *params[n].shape)
+                for n in self.theta_names
+            }
+        with record_function("metahin.task_steps"):
+            with_e = self._with_user(rep, ctx_e=e)
+            theta = engine.adapt_batch(
+                self.forward, params, self.theta_names, with_e, lr=c.local_lr, steps=c.local_steps,
+                first_order=first_order, user_params=prior,
+            )
+        with record_function("metahin.path_weights"):
+            fit = engine.predict_batch(self.forward, params, with_e, user_params=theta, items="support")
+            loss = engine.masked_mse.per_user(fit, rep.support_ratings, rep.support_mask).view(P, B).t().detach()
+            # the official code detaches its path weights too
+            weights = torch.softmax(-loss, dim=1) if c.path_weights == "support" else torch.full_like(loss, 1.0 / P)
+        with record_function("metahin.query"):
+            w = weights.t()  # [P, B]
+            mixed = {
+                n: (w.view(P, B, *[1] * (t.dim() - 1)) * t.view(P, B, *t.shape[1:])).sum(0) for n, t in theta.items()
+            }
+            e_mix = (w.unsqueeze(-1) * e.view(P, B, -1)).sum(0)
         return mixed, e_mix, weights
 
+    # ------------------------------------------------------------------ fused path
+    #: Largest corater design matrix (graph items x design columns) the fused contexts build;
+    #: beyond it they fall back to the pooled embeddings (:meth:`user_contexts`).
+    max_design_entries: ClassVar[int] = 50_000_000
+
+    def _path_cardinality(self) -> dict[str, int]:
+        return {f: self.schema.item_feature(f).cardinality for f in map(path_feature, self.paths) if f}
+
+    def _design_contexts(self) -> bool:
+        """Whether :meth:`raw_contexts` can use design operators (else it pools embeddings)."""
+        emb, n = self.model.item_embedder, len(self.graph.items)
+        return bool(n) and emb.is_linear and n * sum(emb.design_sizes) <= self.max_design_entries
+
+    def raw_contexts(self, batch: TaskBatch, own: Tensor) -> Tensor:
+        """``[P, B, d_item]``: :meth:`user_contexts` of every path from cached design operators.
+
+        A user's path context is ``sum_s w_s * own_s + from_design(n)``: a weighted mean of their
+        own support embeddings ``own [B, S, d_item]`` (weight ``1/N``, ``(1 - 1/2)/N`` for an
+        item in the graph on ``umum``, ``1/(N den_s)`` on a feature path) plus one design row
+        ``n`` of neighbour weights (data only, no gradient), so no step embeds the whole graph.
+        Falls back to :meth:`user_contexts` where that cannot be done (sigmoid pooling, no graph
+        yet, a design matrix above :attr:`max_design_entries`).
+        """
+        m, g = self.model, self.graph
+        emb = m.item_embedder
+        feats = self._path_cardinality()
+        if not self._design_contexts():
+            return torch.stack(list(self.user_contexts(batch).values()))
+        ops, design = g.operators(feats), g.design_operators(emb, feats)
+        own_w, nbr = [], []
+        with torch.no_grad():
+            w = batch.support_mask.to(own.dtype)
+            w = w / w.sum(-1, keepdim=True).clamp_min(1.0)  # masked_mean's weights
+            for path in self.paths:
+                feat = path_feature(path)
+                if path == "um":
+                    own_w.append(w)
+                    nbr.append(None)
+                elif path == "umum":
+                    pos = g.positions(batch.support_items)
+                    half = (pos >= 0).to(w.dtype) / 2.0
+                    own_w.append(w * (1.0 - half))
+                    nbr.append(nn.functional.embedding_bag(  # sum_s (w half)_s corater_design[pos_s], no [B, S, V] copy
+                        pos.clamp_min(0), design["corater_design"], per_sample_weights=w * half, mode="sum"
+                    ))
+                else:
+                    mine = batch.support_features[feat]
+                    mine = mine.unsqueeze(-1) if mine.dim() == batch.support_items.dim() else mine
+                    ok = (mine >= 0).to(w.dtype)
+                    idx = mine.clamp_min(0)
+                    ww = w / (1.0 + (ops[f"count_{feat}"][idx] * ok).sum(-1))
+                    own_w.append(ww)
+                    h = torch.zeros(len(batch), self.schema.item_feature(feat).cardinality, dtype=w.dtype, device=w.device)
+                    h.scatter_add_(1, idx.flatten(1), (ww.unsqueeze(-1) * ok).flatten(1))
+                    nbr.append((design[f"value_design_{feat}"] @ h.t()).t())
+        raw = torch.bmm(torch.stack(own_w, dim=1), own)  # [B, P, d]
+        has = [i for i, n in enumerate(nbr) if n is not None]
+        extra = dict(zip(has, emb.from_design(torch.stack([nbr[i] for i in has], dim=1)).unbind(1))) if has else {}
+        return torch.stack([raw[:, i] + extra[i] if i in extra else raw[:, i] for i in range(len(self.paths))])
+
+    def co_adapt_fused(self, batch: TaskBatch, *, first_order: bool) -> tuple[Tensor, Tensor]:
+        """:meth:`co_adapt` and the query prediction, batched by hand: ``(pred [B, Q], a [B, P])``.
+
+        The same numbers as the reference (to float rounding; the tests check it), computed so
+        that the one large per-episode tensor -- the first layer's gated weights ``W_p`` ``[P B,
+        h, in]`` -- is formed once (:class:`GatedLayer`, one product with every input it sees:
+        the support rows, the query rows without their context, the P path contexts) and its
+        adapted value never: its inner gradient is ``D^T X`` (``D`` the support items' gradients
+        at that layer's outputs, ``X`` their inputs), so the adapted layer applied to any input
+        ``x`` is ``W_p x - lr sum_steps D^T (X x)`` -- support Gram matrices ``X X^T`` in the
+        inner loop, ``X x_q`` for the query, whose mixed first layer is
+        ``sum_p a_p (W_p x_q - lr D_p^T X_p x_q)``. The semantic step's gradient is rank one
+        (every support item reads the same context), so ``phi_p raw`` is updated in closed form. Inner gradients are written out (:func:`~metarec.nn.per_user_relu_mlp_backward`),
+        differentiable for the second-order meta-gradient, evaluated without a graph for
+        ``first_order``. Call it under :func:`torch.no_grad` to evaluate.
+        """
+        c, m = self.config, self.model
+        B, P = len(batch), len(self.paths)
+        E = P * B
+        lins = [layer for layer in m.head if isinstance(layer, nn.Linear)]
+        shared = [t for layer in lins for t in (layer.weight, layer.bias)]
+        inner = torch.no_grad if first_order else contextlib.nullcontext  # FO: gradients at a detached point
+
+        def rep(t: Tensor) -> Tensor:  # [B, ...] -> [P B, ...], path-major like the episodes
+            return t.unsqueeze(0).expand(P, *t.shape).reshape(E, *t.shape[1:])
+
+        def mix(t: Tensor, w: Tensor) -> Tensor:  # [P B, ...] -> [B, ...]: sum_p w[p, b] t[p, b]
+            return (w.reshape(E, *[1] * (t.dim() - 1)) * t).view(P, B, *t.shape[1:]).sum(0)
+
+        def inputs(items: Tensor, e: Tensor, user: Tensor | None) -> Tensor:
+            parts = [items, broadcast_user(e, items)]
+            if user is not None:
+                parts.append(broadcast_user(user, items))
+            return torch.cat(parts, dim=-1)
+
+        def rest(z0: Tensor, params: list[Tensor]) -> tuple[Tensor, list[Tensor]]:  # layers after the first
+            return (z0, []) if not params else per_user_relu_mlp(params, torch.relu(z0))
+
+        with record_function("metahin.contexts"):
+            own_s = m.item_embedder(batch.support_features)
+            own_q = m.item_embedder(batch.query_features)
+            user = m.user_embedder(batch.user_features) if m.user_embedder is not None else None
+            user_e = rep(user) if user is not None else None
+            own_e = rep(own_s)
+            y, mask = rep(batch.support_ratings), rep(batch.support_mask)
+            raw = self.raw_contexts(batch, own_s).reshape(E, -1)
+        d_item, d_ctx = own_s.shape[-1], c.context_dim
+        w0 = shared[0]
+        w0_ctx = w0[:, d_item:d_item + d_ctx]
+
+        # 1. semantic-wise: phi_p = phi - mp_lr * grad, the gradient (g raw^T, g) of rank one.
+        # The first layer of the shared theta sees [item; e_p; user]: the item and user parts are
+        # the same on every path, so they are computed per user, not per episode.
+        with record_function("metahin.semantic_step"):
+            z = m.semantic(raw)
+            if c.mp_steps:
+                scale = ((raw.detach() if first_order else raw) * raw).sum(-1, keepdim=True) + 1.0
+                with inner():
+                    base = own_s @ w0[:, :d_item].t() + shared[1]
+                    if user is not None:
+                        base = base + (user @ w0[:, d_item + d_ctx:].t()).unsqueeze(1)
+                    base = rep(base)
+            for _ in range(c.mp_steps):
+                with inner():
+                    z0 = base + (nn.functional.leaky_relu(z) @ w0_ctx.t()).unsqueeze(1)
+                    pred, pre = rest(z0, shared[2:])
+                    _, d = masked_mse_output_grad(pred.squeeze(-1), y, mask)
+                    _, d0 = per_user_relu_mlp_backward([None, None, *shared[2:]], None, [z0, *pre], d, first_layer=False)
+                    # times leaky_relu's derivative (its default slope 0.01, as MetaHINNet.context)
+                    g = (d0 @ w0_ctx).sum(1) * torch.where(z > 0, torch.ones_like(z), torch.full_like(z, 0.01))
+                z = z - c.mp_lr * g * scale
+            e = nn.functional.leaky_relu(z)
+
+        # 2. semantic prior: theta_p = theta * sigmoid(T e_p); the first layer's [P B, h, in] inside GatedLayer
+        with record_function("metahin.prior"):
+            priors = [m.prior[n[len("head."):].replace(".", "_")] for n in self.theta_names]
+            gates = [torch.sigmoid(T(e)).view(E, *t.shape) for T, t in zip(priors[1:], shared[1:])]
+            # Every input the gated first layer ever sees, in one product (so its gradient is one
+            # product too): the support rows [item; e_p; user], the query rows without their context
+            # [item; 0; user], and the contexts [0; e_p'; 0] of every path p' (the query's mixed
+            # context is their a-weighted sum, known only after the support fit).
+            x_s = inputs(own_e, e, user_e)
+            zeros_q = own_q.new_zeros(*own_q.shape[:-1], d_ctx)
+            x_q0 = torch.cat([own_q, zeros_q] + ([broadcast_user(user, own_q)] if user is not None else []), dim=-1)
+            e_rows = rep(e.view(P, B, d_ctx).transpose(0, 1))  # [P B, P, c]: user b's contexts of every path
+            x_c = nn.functional.pad(e_rows, (d_item, x_s.shape[-1] - d_item - d_ctx))
+            S, Q = x_s.shape[1], x_q0.shape[1]
+            out0 = GatedLayer.apply(w0, priors[0].weight, priors[0].bias, e, torch.cat([x_s, rep(x_q0), x_c], dim=1))
+            h_s, h_q, h_c = torch.split(out0, [S, Q, P], dim=1)
+            b0 = shared[1] * gates[0]
+            theta = [t * gate for t, gate in zip(shared[2:], gates[1:])]
+
+        # 3. task-wise steps
+        with record_function("metahin.task_steps"):
+            with inner():  # FO: the support side only feeds inner gradients and the path weights
+                gram = torch.bmm(x_s, x_s.transpose(1, 2)) if c.local_steps else None
+            d_sum: Tensor | None = None  # sum over steps of dL/d(first-layer outputs) on the support
+
+            def first_layer() -> Tensor:
+                z0 = h_s + b0.unsqueeze(1)
+                return z0 if d_sum is None else z0 - c.local_lr * torch.bmm(gram, d_sum)
+
+            for _ in range(c.local_steps):
+                with inner():
+                    z0 = first_layer()
+                    pred, pre = rest(z0, theta)
+                    _, d = masked_mse_output_grad(pred.squeeze(-1), y, mask)
+                    grads, d0 = per_user_relu_mlp_backward([None, None, *theta], None, [z0, *pre], d, first_layer=False)
+                d_sum = d0 if d_sum is None else d_sum + d0
+                b0 = b0 - c.local_lr * d0.sum(1)
+                theta = [t - c.local_lr * gr for t, gr in zip(theta, grads[2:])]
+
+        # 4. path weights from the support loss after adaptation (no gradient, as the reference)
+        with record_function("metahin.path_weights"), torch.no_grad():
+            fit = rest(first_layer(), theta)[0].squeeze(-1)
+            loss = engine.masked_mse.per_user(fit, y, mask).view(P, B).t()
+            a = torch.softmax(-loss, dim=1) if c.path_weights == "support" else torch.full_like(loss, 1.0 / P)
+
+        # 5. sum_p a_p (W0 * gate_p) [item; e_mix; user] + the mixed bias, then the low-rank updates
+        with record_function("metahin.query"):
+            w = a.t()  # [P, B]
+            e_mix = mix(e, w)
+            z_q = h_q + torch.bmm(rep(a).unsqueeze(1), h_c) + b0.unsqueeze(1)
+            if d_sum is not None:
+                x_q = inputs(own_q, e_mix, user)
+                cross = torch.bmm(rep(x_q), (x_s.detach() if first_order else x_s).transpose(1, 2))  # [P B, Q, S]
+                z_q = z_q - c.local_lr * torch.bmm(cross, d_sum)
+            pred = rest(mix(z_q, w), [mix(t, w) for t in theta])[0].squeeze(-1)
+        return pred, a
+
     def _predict_query(self, batch: TaskBatch, first_order: bool, detach: bool = False) -> Tensor:
+        if self.config.backend == "fused":
+            return self.co_adapt_fused(batch, first_order=first_order)[0]
         theta, e, _ = self.co_adapt(batch, first_order=first_order, detach=detach)
         params = dict(self.model.named_parameters())
         if detach:
             params = {k: v.detach() for k, v in params.items()}
-        return engine.predict_batch(self.forward, params, self._with_user(batch, ctx_e=e), user_params=theta)
+        with record_function("metahin.query"):
+            return engine.predict_batch(self.forward, params, self._with_user(batch, ctx_e=e), user_params=theta)
 
     def meta_step(self, batch: TaskBatch) -> float:
         c = self.config

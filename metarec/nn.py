@@ -141,6 +141,60 @@ class FeatureEmbedder(nn.Module):
                 parts.append(module(value))
         return torch.cat(parts, dim=-1)
 
+    # A linear embedder is a design matrix times a block-diagonal table: ``forward(x) ==
+    # from_design(design(x))``. The design rows are data only (no parameters), so a fixed linear
+    # operator over items (a mean over neighbours, say) can be applied to them once and cached,
+    # while the tables keep training.
+
+    @property
+    def is_linear(self) -> bool:
+        """Whether every feature's embedding is linear in a design row (not ``sigmoid`` pooling)."""
+        return all(
+            not (f.kind == "multi_categorical" and self.embed[_module_key(f.name)].pooling == "sigmoid")
+            for f in self.features
+        )
+
+    @property
+    def design_sizes(self) -> list[int]:
+        """Columns of each feature's block of :meth:`design`: its cardinality, 2 for a numeric one."""
+        return [2 if f.kind == "numeric" else f.cardinality for f in self.features]
+
+    def design(self, x: Mapping[str, Tensor]) -> Tensor:
+        """Design rows ``[..., sum(design_sizes)]``: a one-hot (categorical), the pooling weights of
+        the active values (multi-valued: ``1 / count`` for ``mean``, ``1`` for ``sum``) or
+        ``[value, 1]`` (numeric). Needs :attr:`is_linear`."""
+        if not self.is_linear:
+            raise ValueError("design(): sigmoid pooling is not linear in the embedding table")
+        dtype = self.table(0).dtype
+        parts = []
+        for f, size in zip(self.features, self.design_sizes):
+            value = x[f.name]
+            if f.kind == "numeric":
+                v = value.to(dtype).unsqueeze(-1)
+                parts.append(torch.cat([v, torch.ones_like(v)], dim=-1))
+            elif f.kind == "categorical":
+                parts.append(nn.functional.one_hot(value, size).to(dtype))
+            else:
+                ok = (value >= 0).to(dtype)
+                if self.embed[_module_key(f.name)].pooling == "mean":
+                    ok = ok / ok.sum(-1, keepdim=True).clamp_min(1.0)
+                rows = torch.zeros(*value.shape[:-1], size, dtype=dtype, device=value.device)
+                parts.append(rows.scatter_add_(-1, value.clamp_min(0), ok))
+        return torch.cat(parts, dim=-1)
+
+    def table(self, i: int) -> Tensor:
+        """Feature ``i``'s embedding table ``[design_sizes[i], dim]`` (numeric: ``[weight; bias]``)."""
+        f = self.features[i]
+        module = self.embed[_module_key(f.name)]
+        if f.kind == "numeric":
+            return torch.cat([module.weight.t(), module.bias.unsqueeze(0)], dim=0)
+        return module.weight
+
+    def from_design(self, d: Tensor) -> Tensor:
+        """Embeddings ``[..., out_dim]`` from design rows (or any linear combination of them)."""
+        blocks = torch.split(d, self.design_sizes, dim=-1)
+        return torch.cat([b @ self.table(i) for i, b in enumerate(blocks)], dim=-1)
+
 
 #: Key under which item features may carry their embedding, computed beforehand by the learner's
 #: own (never locally adapted) item embedder (see ``Learner.precompute_item_inputs``).
@@ -412,7 +466,8 @@ class InteractionEmbedder(nn.Module):
 def per_user_relu_mlp(params: Sequence[Tensor], x: Tensor) -> tuple[Tensor, list[Tensor]]:
     """A ReLU MLP with per-user weights (the layout of :func:`mlp` with ``activation="relu"``).
 
-    ``params`` = ``[W1, b1, W2, b2, ...]`` with ``W`` ``[B, out, in]`` and ``b`` ``[B, out]``;
+    ``params`` = ``[W1, b1, W2, b2, ...]`` with ``W`` ``[B, out, in]`` and ``b`` ``[B, out]``
+    (or a layer shared by all users: ``W [out, in]``, ``b [out]``);
     ``x`` ``[B, N, in]`` -> ``(output [B, N, out_last], pre-activations of every layer)``. Batched
     matrix products instead of :func:`torch.func.vmap` over :func:`~torch.func.functional_call`:
     the same numbers at a fraction of the dispatch cost, for inner loops that run it every step.
@@ -422,10 +477,48 @@ def per_user_relu_mlp(params: Sequence[Tensor], x: Tensor) -> tuple[Tensor, list
     n_layers = len(params) // 2
     for layer in range(n_layers):
         w, b = params[2 * layer], params[2 * layer + 1]
-        z = torch.baddbmm(b.unsqueeze(1), a, w.transpose(1, 2))
+        z = torch.baddbmm(b.unsqueeze(1), a, w.transpose(1, 2)) if w.dim() == 3 else nn.functional.linear(a, w, b)
         pre.append(z)
         a = torch.relu(z) if layer < n_layers - 1 else z
     return a, pre
+
+
+def per_user_relu_mlp_backward(
+    params: Sequence[Tensor], x: Tensor | None, pre: Sequence[Tensor], d_out: Tensor, *,
+    first_layer: bool = True, param_grads: bool = True, out: Sequence[Tensor] | None = None,
+) -> tuple[list[Tensor | None], Tensor]:
+    """The backward pass of :func:`per_user_relu_mlp` by hand: ``(grads, d_pre0)``.
+
+    ``d_out [B, N, out_last]`` is the loss's gradient at the outputs; ``grads`` are each user's
+    ``[dW1, db1, ...]`` (None for those not asked: all with ``param_grads=False``, the first
+    layer's with ``first_layer=False``, when ``x`` may be None) and ``d_pre0 [B, N, out_1]`` the
+    gradient at the first layer's pre-activations (what a caller with its own first layer needs).
+    The ops are ordinary differentiable ones: under autograd the result is part of the graph (a
+    second-order inner step), under :func:`torch.no_grad` it is a first-order one. ``out``:
+    tensors to write the gradients into, shaped like ``params``.
+    """
+    n_layers = len(params) // 2
+    grads: list[Tensor | None] = [None] * len(params)
+    d = d_out
+    for layer in range(n_layers - 1, -1, -1):
+        if param_grads and (layer > 0 or first_layer):
+            a_in = x if layer == 0 else torch.relu(pre[layer - 1])
+            gw = out[2 * layer] if out is not None else None
+            gb = out[2 * layer + 1] if out is not None else None
+            grads[2 * layer] = torch.bmm(d.transpose(1, 2), a_in, out=gw) if gw is not None else torch.bmm(d.transpose(1, 2), a_in)
+            grads[2 * layer + 1] = torch.sum(d, 1, out=gb) if gb is not None else d.sum(1)
+        if layer > 0:
+            d = torch.matmul(d, params[2 * layer]) * (pre[layer - 1] > 0)  # bmm, or mm for a shared layer
+    return grads, d
+
+
+def masked_mse_output_grad(pred: Tensor, y: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-user masked MSE ``[B]`` of ``pred [B, N]`` and its gradient at ``pred``, ``[B, N, 1]``."""
+    m = mask.to(pred.dtype)
+    count = m.sum(-1).clamp_min(1.0)
+    diff = pred - y
+    err = diff * m
+    return (err * diff).sum(-1) / count, (2.0 * err / count.unsqueeze(-1)).unsqueeze(-1)
 
 
 def per_user_relu_mlp_mse_grads(
@@ -444,25 +537,12 @@ def per_user_relu_mlp_mse_grads(
     with torch.no_grad():
         pred, pre = per_user_relu_mlp(params, x)
         pred = pred.squeeze(-1)
-        m = mask.to(pred.dtype)
-        count = m.sum(-1).clamp_min(1.0)
-        diff = pred - y
-        err = diff * m
-        loss = (err * diff).sum(-1) / count
-        d = (2.0 * err / count.unsqueeze(-1)).unsqueeze(-1)  # dL/dpred, [B, N, 1]
-        n_layers = len(params) // 2
-        grads: list[Tensor] = [None] * len(params)  # type: ignore[list-item]
-        for layer in range(n_layers - 1, -1, -1):
-            a_in = x if layer == 0 else torch.relu(pre[layer - 1])
-            gw = out[2 * layer] if out is not None else None
-            gb = out[2 * layer + 1] if out is not None else None
-            grads[2 * layer] = torch.bmm(d.transpose(1, 2), a_in, out=gw) if gw is not None else torch.bmm(d.transpose(1, 2), a_in)
-            grads[2 * layer + 1] = torch.sum(d, 1, out=gb) if gb is not None else d.sum(1)
-            if layer > 0:
-                d = torch.bmm(d, params[2 * layer]) * (pre[layer - 1] > 0)
+        loss, d = masked_mse_output_grad(pred, y, mask)
+        grads, _ = per_user_relu_mlp_backward(params, x, pre, d, out=out)
         if eval_mask is None:
             return loss, grads
         em = eval_mask.to(pred.dtype)
+        diff = pred - y
         return loss, grads, (diff * diff * em).sum(-1) / em.sum(-1).clamp_min(1.0)
 
 

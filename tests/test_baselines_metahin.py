@@ -193,3 +193,148 @@ def test_paper_preset_is_the_official_ml_config():
     assert tuple(p["hidden"]) == (64, 64) and p["context_dim"] == 32 and p["first_order"] is False
     assert isinstance(MetaHIN.Config().meta_paths, (tuple, type(None)))
     assert FeatureSchema  # the schema type paths are declared from
+
+
+# --------------------------------------------------------------------------- the fused backend
+
+
+def _grads(learner):
+    return {n: None if p.grad is None else p.grad.clone() for n, p in learner.model.named_parameters()}
+
+
+@pytest.mark.parametrize("overrides", [
+    {},  # the paper's shape: second order, one semantic and one task step, user profile
+    {"first_order": True, "mp_steps": 2, "local_steps": 3, "use_user_profile": False, "hidden": (6,)},
+    {"mp_steps": 0, "local_steps": 2, "path_weights": "uniform", "hidden": ()},
+], ids=["second-order", "first-order-multistep", "no-semantic-step-linear-head"])
+def test_fused_backend_matches_reference_in_float64_over_three_meta_steps(synthetic_split, overrides):
+    """Query predictions, path weights, losses and every meta-gradient within 1e-9 over three
+    Adam steps (each backend stepping its own optimiser), then the evaluation predictions."""
+    train, test = synthetic_split.train, synthetic_split.test
+    settings = {"meta_paths": PATHS, "embedding_dim": 4, "context_dim": 3, "hidden": (8, 5), "mp_lr": 0.3,
+                "local_lr": 0.3, "meta_lr": 1e-2, **overrides}
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        ref = MetaHIN.from_settings(train.schema, overrides={**settings, "backend": "reference"}, seed=0)
+        fused = MetaHIN.from_settings(train.schema, overrides={**settings, "backend": "fused"}, seed=0)
+        fused.load_state_dict(ref.state_dict())
+        ref.on_fit_start(train)
+        fused.on_fit_start(train)
+        assert fused._design_contexts()  # the closed-form contexts, not the fallback
+        for step in range(3):
+            b = train.batch(torch.arange(step * 8, step * 8 + 8))
+            out = {}
+            for name, learner in (("reference", ref), ("fused", fused)):
+                learner.optimizer.zero_grad(set_to_none=True)
+                if name == "reference":
+                    pred = learner._predict_query(b, first_order=learner.config.first_order)
+                    _, _, weights = learner.co_adapt(b, first_order=True, detach=True)
+                else:
+                    pred, weights = learner.co_adapt_fused(b, first_order=learner.config.first_order)
+                loss = ((pred - b.query_ratings) ** 2 * b.query_mask).sum() / b.query_mask.sum()
+                loss.backward()
+                out[name] = (pred.detach(), weights.detach(), loss.detach(), _grads(learner))
+            (p_r, w_r, l_r, g_r), (p_f, w_f, l_f, g_f) = out["reference"], out["fused"]
+            for x, y in ((p_f, p_r), (w_f, w_r), (l_f, l_r)):
+                torch.testing.assert_close(x, y, rtol=1e-9, atol=1e-9)
+            assert g_f.keys() == g_r.keys()
+            for key in g_r:
+                assert (g_f[key] is None) == (g_r[key] is None), key
+                if g_r[key] is not None:
+                    torch.testing.assert_close(g_f[key], g_r[key], rtol=1e-9, atol=1e-9, msg=key)
+            assert g_r["prior.0_weight.weight"].abs().sum() > 0 and g_r["semantic.weight"].abs().sum() > 0
+            for learner in (ref, fused):
+                learner.optimizer.step()
+        tb = test.batch(torch.arange(12))
+        torch.testing.assert_close(fused.adapt_and_predict(tb), ref.adapt_and_predict(tb), rtol=1e-9, atol=1e-9)
+    finally:
+        torch.set_default_dtype(old)
+
+
+def test_fused_is_the_default_and_matches_reference_in_float32(synthetic_split, fitted):
+    assert fitted.config.backend == "fused"
+    ref = MetaHIN.from_settings(synthetic_split.train.schema, overrides={"meta_paths": PATHS, "backend": "reference"}, seed=0)
+    ref.load_state_dict(fitted.state_dict())
+    test = synthetic_split.test.subset(torch.arange(40))
+    torch.testing.assert_close(fitted.predict(test), ref.predict(test), rtol=1e-5, atol=1e-5)
+
+
+def test_gated_layer_backward_passes_gradcheck():
+    from baselines.metahin import GatedLayer
+
+    g = torch.Generator().manual_seed(0)
+    w, t_w, t_b = (torch.randn(*s, generator=g, dtype=torch.float64) for s in ((3, 4), (12, 2), (12,)))
+    e, x = torch.randn(5, 2, generator=g, dtype=torch.float64), torch.randn(5, 6, 4, generator=g, dtype=torch.float64)
+    args = [t.requires_grad_(True) for t in (w, t_w, t_b, e, x)]
+    assert torch.autograd.gradcheck(GatedLayer.apply, args)
+    ref = x @ (w * torch.sigmoid(e @ t_w.t() + t_b).view(5, 3, 4)).transpose(1, 2)
+    torch.testing.assert_close(GatedLayer.apply(*args), ref)
+
+
+@pytest.mark.parametrize("pooling", ["mean", "sum"])
+def test_design_rows_reproduce_the_embedder(synthetic_split, pooling):
+    from metarec.nn import FeatureEmbedder
+
+    schema = synthetic_split.train.schema
+    kinds = {f.kind for f in schema.item_features}
+    assert {"numeric", "categorical", "multi_categorical"} <= kinds  # every kind of design block
+    emb = FeatureEmbedder(schema.item_features, 5, multi_pooling=pooling)
+    x = synthetic_split.test.batch(torch.arange(4)).support_features
+    assert emb.is_linear and emb.design(x).shape[-1] == sum(emb.design_sizes)
+    torch.testing.assert_close(emb.from_design(emb.design(x)), emb(x))
+    assert not FeatureEmbedder(schema.item_features, 5, multi_pooling="sigmoid").is_linear
+    with pytest.raises(ValueError, match="sigmoid"):
+        FeatureEmbedder(schema.item_features, 5, multi_pooling="sigmoid").design(x)
+
+
+def test_raw_contexts_equal_the_pooled_user_contexts(synthetic_split, fitted):
+    """The design-operator contexts are the pooled ones (test users: items outside the graph
+    too); where they cannot be built (sigmoid pooling, too large) the pooled ones are used."""
+    b = synthetic_split.test.batch(torch.arange(20))
+    part = MetaHIN.from_settings(synthetic_split.train.schema, overrides={"meta_paths": PATHS}, seed=0)
+    part.load_state_dict(fitted.state_dict())
+    part.on_fit_start(synthetic_split.train.subset(torch.arange(30)))  # a small graph: items outside it
+    assert (part.graph.positions(b.support_items) < 0).any() and (part.graph.positions(b.support_items) >= 0).any()
+    with torch.no_grad():
+        for learner in (fitted, part):
+            pooled = torch.stack(list(learner.user_contexts(b).values()))
+            own = learner.model.item_embedder(b.support_features)
+            torch.testing.assert_close(learner.raw_contexts(b, own), pooled, rtol=1e-5, atol=1e-6)
+        pooled = torch.stack(list(fitted.user_contexts(b).values()))
+        own = fitted.model.item_embedder(b.support_features)
+        small = MetaHIN.from_settings(synthetic_split.train.schema, overrides={"meta_paths": PATHS}, seed=0)
+        small.load_state_dict(fitted.state_dict())
+        small.max_design_entries = 10
+        assert not small._design_contexts()
+        torch.testing.assert_close(small.raw_contexts(b, own), pooled)
+    sig = MetaHIN.from_settings(synthetic_split.train.schema, overrides={"meta_paths": PATHS, "multi_pooling": "sigmoid"}, seed=0)
+    sig.on_fit_start(synthetic_split.train)
+    assert not sig._design_contexts()
+    with torch.no_grad():
+        own = sig.model.item_embedder(b.support_features)
+        torch.testing.assert_close(sig.raw_contexts(b, own), torch.stack(list(sig.user_contexts(b).values())))
+
+
+def test_speed_script_times_both_backends_on_the_same_batches(tmp_path):
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_metahin_speed.py"
+    spec = importlib.util.spec_from_file_location("bench_metahin_speed", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    out = tmp_path / "speed.json"
+    assert mod.main(["--data", "synthetic", "--threads", "1", "--steps", "2", "--warmup", "0",
+                     "--profile-steps", "1", "--eval-users", "8", "--out", str(out)]) == 0
+    r = json.loads(out.read_text())
+    ref, fused = r["backends"]["reference"], r["backends"]["fused"]
+    assert len(ref["meta_step_s"]) == len(fused["meta_step_s"]) == 2
+    assert r["ratio_reference_over_fused"] == pytest.approx(sum(ref["meta_step_s"]) / sum(fused["meta_step_s"]))
+    assert r["ratio_reference_over_fused_cpu"] == pytest.approx(sum(ref["meta_step_cpu_s"]) / sum(fused["meta_step_cpu_s"]))
+    assert fused["s_per_epoch"] == pytest.approx(fused["meta_step_mean_s"] * r["steps_per_epoch"])
+    assert r["max_abs_loss_difference"] < 1e-3 and r["preset"] == "paper" and r["batch_size"] == 32
+    assert set(r["profile"]["fused"]["forward_phases_s"]) == set(mod.PHASES)
+    assert r["profile"]["reference"]["forward_phases_s"]["task_steps"] > 0
+    assert r["environment"]["torch_threads"] == 1 and "load_average_before_after" in r["environment"]

@@ -81,3 +81,21 @@ def test_catalogue_ranking_script_times_every_method_on_all_test_users(tmp_path)
         assert row["seconds"] > 0 and set(row["metrics"]) == {"overall", "W-W", "W-C", "C-W", "C-C"}
         assert row["users_per_s"] == pytest.approx(400 / row["seconds"]) and row["cpu_seconds"] > 0
     assert "load_average_before_after" in record["environment"]
+
+
+def test_meta_step_profile_script_splits_each_step(tmp_path):
+    mod = _load("profile_meta_step")
+    out = tmp_path / "profile.json"
+    assert mod.main(["--data", "synthetic", "--threads", "1", "--methods", "tanp,coldnas-final", "--steps", "2",
+                     "--warmup", "1", "--profile-steps", "1", "--top-ops", "3", "--out", str(out)]) == 0
+    record = json.loads(out.read_text())
+    tanp, final = record["rows"]
+    assert (tanp["method"], final["method"], final["preset"]) == ("tanp", "coldnas", "lastfm-searched")
+    for row in (tanp, final):
+        assert len(row["meta_step_s"]) == len(row["meta_step_cpu_s"]) == 2 and len(row["top_ops_self_s"]) == 3
+        parts = row["per_step_cpu_s"]
+        assert parts["backward"] > 0 and parts["optimizer"] > 0 and any(k.startswith("forward:") for k in parts)
+        # the split adds up to the step's CPU time
+        assert sum(parts.values()) == pytest.approx(row["meta_step_cpu_mean_s"])
+        assert row["s_per_epoch"] == pytest.approx(row["meta_step_mean_s"] * row["steps_per_epoch"])
+    assert "forward:embed" in tanp["per_step_cpu_s"]
