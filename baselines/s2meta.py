@@ -111,7 +111,8 @@ from torch.func import functional_call, vmap
 from metarec import engine
 from metarec.config import Rule, setting
 from metarec.learned_optim import (
-    SegmentLayout, StackedLSTMWeights, fused_step, gate_bias, preprocess, stack_lstm_weights,
+    ActivationWorkspace, SegmentLayout, StackedLSTMWeights, fused_step, gate_bias, native_available, preprocess,
+    stack_lstm_weights,
 )
 from metarec.learner import EpisodicConfig, EpisodicLearner
 from metarec.nn import FeatureEmbedder, broadcast_user, mlp, per_user_relu_mlp, per_user_relu_mlp_mse_grads
@@ -575,6 +576,9 @@ class S2Meta(EpisodicLearner):
         #: Users per number of inner updates: ``train_last_epoch``, ``train_all_epochs``, ``eval``.
         self.step_histograms: dict[str, list[int]] = {}
         self._eval_histogram: Tensor | None = None
+        #: The native controller step's saved activations, one buffer per inner step, reused by
+        #: every meta-step (fresh ones cost page faults every step).
+        self._workspace = ActivationWorkspace()
 
     def _compiled_fused(self) -> bool:
         """Whether the fused backend runs its compiled (:func:`torch.compile`) kernels."""
@@ -690,6 +694,8 @@ class S2Meta(EpisodicLearner):
         active = torch.ones(b, dtype=torch.bool, device=device)
         steps = torch.zeros(b, dtype=torch.long, device=device)
         stop_state = None
+        # the native step's activations go to reused buffers (only when it runs and a graph is built)
+        reuse = torch.is_grad_enabled() and native is not False and native_available(theta, weights)
         probs, actives, log_keep, q_losses, lr_sums, fg_sums, counts = [], [], [], [], [], [], []
         for t in range(c.max_steps):
             detached = layout.split(theta.detach(), shapes)
@@ -707,9 +713,10 @@ class S2Meta(EpisodicLearner):
             if exit_early and not bool(active.any()):  # free on the CPU
                 break
             bias = gate_bias(weights, preprocess(loss_s, smooth)[0])  # the loss input, once per user
+            ws = self._workspace.get(t, layout.rows, c.lstm_hidden, dtype, device) if reuse else None
             theta, h, cell, lr, fg = fused_step(
                 theta, h, cell, grad_buf, active, bias, weights, layout, seg,
-                row_user=row_user, clamp=clamp, p=smooth, compiled=compiled, native=native,
+                row_user=row_user, clamp=clamp, p=smooth, compiled=compiled, native=native, workspace=ws,
             )
             steps = steps + active.long()
             with torch.no_grad():

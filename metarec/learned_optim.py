@@ -370,12 +370,21 @@ class NativeCoordinateLSTMStep(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, theta, h, c, grad, active, bias, w, ln_w, ln_b, head_w, head_b, numels, eps, clamp, p):
-        """The native forward; with a graph to build it also returns the activations the backward reads."""
+    def forward(ctx, theta, h, c, grad, active, bias, w, ln_w, ln_b, head_w, head_b, numels, eps, clamp, p,
+                workspace=None):
+        """The native forward; with a graph to build it also returns the activations the backward reads.
+
+        ``workspace``: a ``[rows, 6H + 8]`` buffer (:class:`ActivationWorkspace`) the activations
+        are written into instead of a fresh tensor; its version is bumped, so a graph that still
+        needed the previous contents fails loudly in backward instead of reading the new ones.
+        """
         save = any(ctx.needs_input_grad)
         op = torch.ops.metarec_native.coordinate_lstm_forward
         theta_new, h_new, c_new, lr, fg, saved = op(theta, h, c, grad, active, bias, w, ln_w, ln_b, head_w, head_b,
-                                                    numels, eps, clamp, p, save)
+                                                    numels, eps, clamp, p, save, workspace if save else None)
+        if save and workspace is not None:
+            torch.autograd.graph.increment_version(workspace)
+            saved = workspace
         if save:  # not ``grad``: callers overwrite their gradient buffer in place; ``saved`` has it clamped
             ctx.save_for_backward(theta, h, c, active, bias, w, ln_w, ln_b, head_w, head_b, saved)
         ctx.numels, ctx.eps, ctx.clamp, ctx.p = numels, eps, clamp, p
@@ -395,7 +404,33 @@ class NativeCoordinateLSTMStep(torch.autograd.Function):
         d_theta, d_h, d_c, d_bias, d_w, d_ln_w, d_ln_b, d_head_w, d_head_b = grads
         has_ln = ln_w is not None
         return (d_theta, d_h, d_c, None, None, d_bias, d_w, d_ln_w if has_ln else None, d_ln_b if has_ln else None,
-                d_head_w, d_head_b, None, None, None, None)
+                d_head_w, d_head_b, None, None, None, None, None)
+
+
+class ActivationWorkspace:
+    """Buffers for the native step's saved activations, one per inner step, reused across calls.
+
+    A learner that adapts one user after another builds the same graph every time; allocating
+    ``6H + 8`` numbers per row afresh at every step makes the operating system hand out (and
+    zero) new pages each time. ``get(t, ...)`` returns step ``t``'s buffer (a separate tensor per
+    step, so each has its own autograd version counter), reallocated only when the shape changes.
+    """
+
+    def __init__(self) -> None:
+        self._buffers: dict[int, Tensor] = {}
+
+    def get(self, step: int, rows: int, hidden: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+        """Step ``step``'s ``[rows, 6 hidden + 8]`` buffer (contents undefined)."""
+        buf = self._buffers.get(step)
+        shape = (rows, 6 * hidden + 8)
+        if buf is None or buf.shape != shape or buf.dtype != dtype or buf.device != device:
+            buf = torch.empty(shape, dtype=dtype, device=device)
+            self._buffers[step] = buf
+        return buf
+
+    def clear(self) -> None:
+        """Drop the buffers (their memory returns once no graph holds them)."""
+        self._buffers.clear()
 
 
 def _contiguous(t: Tensor | None) -> Tensor | None:
@@ -422,7 +457,7 @@ def fused_step(
     theta: Tensor, h: Tensor, c: Tensor, grad: Tensor, active: Tensor, bias: Tensor,
     weights: StackedLSTMWeights, layout: SegmentLayout, seg: Tensor, *,
     row_user: Tensor | None = None, clamp: float = 1.0, p: float = 10.0, compiled: bool = False,
-    native: bool | None = None,
+    native: bool | None = None, workspace: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """One learned-optimizer step of every row: ``(theta', h', c', lr, forget)``.
 
@@ -430,14 +465,15 @@ def fused_step(
     :meth:`SegmentLayout.row_tensor`; ``row_user``: :meth:`SegmentLayout.row_user` (computed if
     not given). ``native``: the hand-written CPU kernels (:class:`NativeCoordinateLSTMStep`); None
     = whenever they can run, else :class:`FusedCoordinateLSTMStep` with the eager or ``compiled``
-    (:func:`torch.compile`) pointwise kernels -- the same numbers up to rounding.
+    (:func:`torch.compile`) pointwise kernels -- the same numbers up to rounding. ``workspace``:
+    where the native step keeps its activations (:meth:`ActivationWorkspace.get`; None: a new tensor).
     """
     if native is not False and native_available(theta, weights):
         return NativeCoordinateLSTMStep.apply(
             theta.contiguous(), h.contiguous(), c.contiguous(), grad.contiguous(), active.contiguous(),
             bias.contiguous(), weights.w.contiguous(), _contiguous(weights.ln_w), _contiguous(weights.ln_b),
             weights.head_w.contiguous(), weights.head_b.contiguous(), list(layout.numels), weights.ln_eps,
-            float(clamp), float(p),
+            float(clamp), float(p), workspace,
         )
     if native:
         raise RuntimeError("fused_step: the native kernel cannot run here (needs CPU, float32/64, "
@@ -450,6 +486,6 @@ def fused_step(
 
 
 __all__ = [
-    "FusedCoordinateLSTMStep", "NATIVE_HIDDEN", "NativeCoordinateLSTMStep", "native_available", "SegmentLayout", "StackedLSTMWeights", "fused_step", "gate_bias", "kernels", "preprocess",
+    "ActivationWorkspace", "FusedCoordinateLSTMStep", "NATIVE_HIDDEN", "NativeCoordinateLSTMStep", "native_available", "SegmentLayout", "StackedLSTMWeights", "fused_step", "gate_bias", "kernels", "preprocess",
     "stack_lstm_weights",
 ]

@@ -475,7 +475,7 @@ std::vector<at::Tensor> coordinate_lstm_forward(
     const at::Tensor& theta, const at::Tensor& h, const at::Tensor& c, const at::Tensor& grad, const at::Tensor& active,
     const at::Tensor& bias, const at::Tensor& w, const std::optional<at::Tensor>& ln_w_, const std::optional<at::Tensor>& ln_b_,
     const at::Tensor& head_w, const at::Tensor& head_b, at::IntArrayRef numels, double eps, double clamp, double p,
-    bool save) {
+    bool save, const std::optional<at::Tensor>& saved_out) {
   const int64_t H = h.size(1);
   at::Tensor ln_w = opt(ln_w_), ln_b = opt(ln_b_);
   check_inputs(theta, h, c, grad, active, bias, w, ln_w, ln_b, head_w, head_b, H);
@@ -484,7 +484,19 @@ std::vector<at::Tensor> coordinate_lstm_forward(
   auto blocks = make_blocks(nv, P.users);
   at::Tensor theta_new = at::empty_like(theta), h_new = at::empty_like(h), c_new = at::empty_like(c);
   at::Tensor lr = at::empty_like(theta), fg = at::empty_like(theta);
-  at::Tensor saved = save ? at::empty({theta.size(0), 6 * H + 8}, theta.options()) : at::empty({0}, theta.options());
+  // ``saved_out``: a caller's buffer for the activations, reused across calls (a fresh 6H + 8 numbers
+  // per row each step costs the first-touch page faults of several MB)
+  at::Tensor saved;
+  if (!save) {
+    saved = at::empty({0}, theta.options());
+  } else if (saved_out.has_value() && saved_out->defined()) {
+    saved = *saved_out;
+    TORCH_CHECK(saved.is_contiguous() && saved.scalar_type() == theta.scalar_type() && saved.device().is_cpu() &&
+                    saved.dim() == 2 && saved.size(0) == theta.size(0) && saved.size(1) == 6 * H + 8,
+                "coordinate_lstm: saved_out must be a contiguous [rows, 6H + 8] CPU tensor of theta's dtype");
+  } else {
+    saved = at::empty({theta.size(0), 6 * H + 8}, theta.options());
+  }
   AT_DISPATCH_FLOATING_TYPES(theta.scalar_type(), "coordinate_lstm_forward", [&] {
     const scalar_t* lw = P.has_ln ? ln_w.data_ptr<scalar_t>() : nullptr;
     const scalar_t* lb = P.has_ln ? ln_b.data_ptr<scalar_t>() : nullptr;
@@ -557,7 +569,7 @@ std::vector<at::Tensor> coordinate_lstm_backward(
 TORCH_LIBRARY(metarec_native, m) {
   m.def("coordinate_lstm_forward(Tensor theta, Tensor h, Tensor c, Tensor grad, Tensor active, Tensor bias, Tensor w, "
         "Tensor? ln_w, Tensor? ln_b, Tensor head_w, Tensor head_b, int[] numels, float eps, float clamp, float p, "
-        "bool save) -> Tensor[]",
+        "bool save, Tensor? saved_out=None) -> Tensor[]",
         &coordinate_lstm_forward);
   m.def("coordinate_lstm_backward(Tensor theta, Tensor h, Tensor c, Tensor grad, Tensor active, Tensor bias, Tensor w, "
         "Tensor? ln_w, Tensor? ln_b, Tensor head_w, Tensor head_b, int[] numels, float eps, float clamp, float p, "
