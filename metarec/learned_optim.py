@@ -25,6 +25,7 @@ stacking, so that one sigmoid covers three contiguous blocks and one tanh the la
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from dataclasses import dataclass
@@ -53,18 +54,19 @@ class SegmentLayout:
 
     Tensor ``k`` (``numels[k]`` scalars per user) owns rows ``[offsets[k], offsets[k] +
     users * numels[k])``, user-major inside; so ``buffer[rows(k)].view(users, *shape_k)`` is
-    that tensor for every user, without a copy.
+    that tensor for every user, without a copy. (Its sizes are computed once: an inner loop asks
+    for them at every step.)
     """
 
     numels: tuple[int, ...]
     users: int
 
-    @property
+    @functools.cached_property
     def sizes(self) -> tuple[int, ...]:
         """Rows of each tensor's segment (``users * numels[k]``)."""
         return tuple(self.users * n for n in self.numels)
 
-    @property
+    @functools.cached_property
     def offsets(self) -> tuple[int, ...]:
         """First row of each tensor's segment."""
         out, at = [], 0
@@ -73,7 +75,7 @@ class SegmentLayout:
             at += s
         return tuple(out)
 
-    @property
+    @functools.cached_property
     def rows(self) -> int:
         """Rows of the whole buffer."""
         return sum(self.sizes)
