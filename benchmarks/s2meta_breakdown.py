@@ -5,7 +5,9 @@ The learner is built and trained as in ``bench_s2meta_speed.py`` (the same epoch
 phases are timed by wrapping the functions the meta-step calls (wall clock, the CPU runs them
 synchronously, so nested phases are subtracted from their parents), and the operators are counted
 with a :class:`~torch.utils._python_dispatch.TorchDispatchMode` in a second, separate pass over
-the same users (counting slows the operators down, so it never overlaps the timing). Phases:
+the same users (counting slows the operators down, so it never overlaps the timing). Each phase
+has its wall time and its thread CPU time (on a loaded machine the wall time also counts the
+waits for a core; the CPU time does not). Phases:
 
 * ``embedders``: :class:`~baselines.s2meta.FeatureInputs` (support + query inputs);
 * ``setup``: the inner loop's per-user preparation (stacked controller weights, row buffers,
@@ -49,24 +51,27 @@ class _Phases:
     def __init__(self) -> None:
         self.stack: list[str] = []
         self.seconds: dict[str, float] = collections.defaultdict(float)
+        self.cpu_seconds: dict[str, float] = collections.defaultdict(float)
         self.calls: dict[str, int] = collections.defaultdict(int)
         self.ops: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
-        self.child = [0.0]
+        self.child = [0.0, 0.0]
 
     def wrap(self, name: str, fn):
         def wrapped(*args, **kwargs):
             self.stack.append(name)
-            outer_child, self.child = self.child, [0.0]
-            t0 = time.perf_counter()
+            outer_child, self.child = self.child, [0.0, 0.0]
+            t0, c0 = time.perf_counter(), time.thread_time()
             try:
                 return fn(*args, **kwargs)
             finally:
-                dt = time.perf_counter() - t0
+                dt, dc = time.perf_counter() - t0, time.thread_time() - c0
                 self.seconds[name] += dt - self.child[0]  # exclusive of nested phases
+                self.cpu_seconds[name] += dc - self.child[1]
                 self.calls[name] += 1
                 self.stack.pop()
                 self.child = outer_child
                 self.child[0] += dt
+                self.child[1] += dc
         return wrapped
 
     def phase(self) -> str:
@@ -157,12 +162,13 @@ def main(argv: list[str] | None = None) -> int:
 
     # pass 1: wall time per phase (no operator counting)
     timing = _Phases()
-    per_user_s = []
+    per_user_s, per_user_cpu = [], []
     with instrumented(learner, timing):
         for b in users:
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.thread_time()
             learner.meta_step(b)
             per_user_s.append(time.perf_counter() - t0)
+            per_user_cpu.append(time.thread_time() - c0)
     steps_hist = learner.on_epoch_end(0)
     # pass 2: the same users from the same state, counting operators
     reset()
@@ -173,6 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     inner_steps = counting.calls["controller_forward"]
     n = len(users)
     total = sum(timing.seconds.values())
+    total_cpu = sum(timing.cpu_seconds.values())
     ops_total = {ph: sum(c.values()) for ph, c in counting.ops.items()}
     per_step_phases = ("predictor_grads", "stop_controller", "controller_glue", "controller_forward",
                        "controller_backward")
@@ -190,9 +197,14 @@ def main(argv: list[str] | None = None) -> int:
         "config": {k: v for k, v in vars(learner.config).items()},
         "per_user_ms": {"mean": 1e3 * sum(per_user_s) / n, "median": 1e3 * statistics.median(per_user_s),
                         "phases_sum": 1e3 * total / n},
+        "cpu_per_user_ms": {"mean": 1e3 * sum(per_user_cpu) / n, "median": 1e3 * statistics.median(per_user_cpu)},
+        "what_cpu": "thread CPU time: on a loaded machine the wall time also counts waiting for a core",
         "phase_ms_per_user": {ph: 1e3 * s / n for ph, s in sorted(timing.seconds.items(), key=lambda kv: -kv[1])},
         "phase_share": {ph: s / total for ph, s in sorted(timing.seconds.items(), key=lambda kv: -kv[1])},
+        "phase_cpu_ms_per_user": {ph: 1e3 * s / n for ph, s in sorted(timing.cpu_seconds.items(), key=lambda kv: -kv[1])},
+        "phase_cpu_share": {ph: s / total_cpu for ph, s in sorted(timing.cpu_seconds.items(), key=lambda kv: -kv[1])},
         "phase_ms_per_inner_step": {ph: 1e3 * timing.seconds[ph] / inner_steps for ph in per_step_phases},
+        "phase_cpu_ms_per_inner_step": {ph: 1e3 * timing.cpu_seconds[ph] / inner_steps for ph in per_step_phases},
         "aten_ops_per_user": {ph: c / n for ph, c in sorted(ops_total.items(), key=lambda kv: -kv[1])},
         "aten_ops_per_user_total": sum(ops_total.values()) / n,
         "aten_ops_per_inner_step": {ph: ops_total.get(ph, 0) / inner_steps for ph in per_step_phases},
@@ -203,11 +215,11 @@ def main(argv: list[str] | None = None) -> int:
                        load_before=load_before)
     print(f"s2Meta fused meta-step, {n} users, {inner_steps / n:.2f} inner steps per user, "
           f"{torch.get_num_threads()} thread(s): {rec['per_user_ms']['mean']:.1f} ms per user "
-          f"(median {rec['per_user_ms']['median']:.1f}), {rec['aten_ops_per_user_total']:.0f} ATen ops per user, "
-          f"{rec['aten_ops_per_inner_step_total']:.0f} per inner step")
-    for ph, ms in rec["phase_ms_per_user"].items():
-        print(f"  {ph:22s} {ms:7.2f} ms/user  {100 * rec['phase_share'][ph]:5.1f} %  "
-              f"{rec['aten_ops_per_user'].get(ph, 0):7.1f} ops/user")
+          f"(median {rec['per_user_ms']['median']:.1f}), CPU {rec['cpu_per_user_ms']['mean']:.1f} ms per user, "
+          f"{rec['aten_ops_per_user_total']:.0f} ATen ops per user, {rec['aten_ops_per_inner_step_total']:.0f} per inner step")
+    for ph, ms in rec["phase_cpu_ms_per_user"].items():
+        print(f"  {ph:22s} CPU {ms:7.2f} ms/user  {100 * rec['phase_cpu_share'][ph]:5.1f} %  (wall "
+              f"{rec['phase_ms_per_user'][ph]:7.2f})  {rec['aten_ops_per_user'].get(ph, 0):7.1f} ops/user")
     print(f"wrote {out}")
     return 0
 
