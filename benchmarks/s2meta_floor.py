@@ -46,17 +46,23 @@ import torch
 from metarec.bench.timing import add_machine_options, load_timing_split, machine_from_options, write_record
 
 
-def _median_s(fn, repeats: int) -> float:
+#: The clock every time in the record is read from (``--clock``): this thread's CPU time by default,
+#: because on a shared machine the wall time of a long meta-step includes waits for a core that a
+#: few-millisecond floor component mostly escapes, which would bias the ratios.
+CLOCK = {"cpu": time.thread_time, "wall": time.perf_counter}
+
+
+def _median_s(fn, repeats: int, clock) -> float:
     fn()
     times = []
     for _ in range(repeats):
-        t0 = time.perf_counter()
+        t0 = clock()
         fn()
-        times.append(time.perf_counter() - t0)
+        times.append(clock() - t0)
     return statistics.median(times)
 
 
-def controller_chain_s(learner, batch, steps: int, repeats: int) -> dict[str, float]:
+def controller_chain_s(learner, batch, steps: int, repeats: int, clock) -> dict[str, float]:
     """Median seconds of ``steps`` chained native controller steps forward, and of their backward."""
     from metarec.learned_optim import ActivationWorkspace, SegmentLayout, gate_bias, preprocess
     from metarec.nn import per_user_relu_mlp_mse_grads
@@ -101,12 +107,12 @@ def controller_chain_s(learner, batch, steps: int, repeats: int) -> dict[str, fl
             g = op.coordinate_lstm_backward(theta, h, cc, theta, active, bias, *weights, *consts, dt, dh, dc, saved)
             dt, dh, dc = g[0], g[1], g[2]
 
-    fwd = _median_s(forward, repeats)
-    bwd = _median_s(backward, repeats)
+    fwd = _median_s(forward, repeats, clock)
+    bwd = _median_s(backward, repeats, clock)
     return {"forward_s": fwd, "backward_s": bwd, "per_step_s": (fwd + bwd) / steps}
 
 
-def predictor_s(learner, batch, repeats: int) -> dict[str, float]:
+def predictor_s(learner, batch, repeats: int, clock) -> dict[str, float]:
     """Median seconds of one predictor step (forward + support gradient + query loss, as the fused
     backend runs it) and of the final query loss' forward + backward through the adapted MLP."""
     from metarec import engine
@@ -122,7 +128,7 @@ def predictor_s(learner, batch, repeats: int) -> dict[str, float]:
     mask_s, mask_q = torch.cat([batch.support_mask, zq], 1), torch.cat([zs, batch.query_mask], 1)
     out = [torch.empty_like(p) for p in params]
     step = _median_s(lambda: per_user_relu_mlp_mse_grads(params, x_all, y_all, mask_s, out=out, eval_mask=mask_q),
-                     repeats)
+                     repeats, clock)
     leaves = [p.requires_grad_() for p in params]
 
     def final() -> None:
@@ -130,14 +136,14 @@ def predictor_s(learner, batch, repeats: int) -> dict[str, float]:
                                           batch.query_mask)
         torch.autograd.grad(loss.sum(), leaves)
 
-    return {"step_s": step, "query_grad_s": _median_s(final, repeats)}
+    return {"step_s": step, "query_grad_s": _median_s(final, repeats, clock)}
 
 
-def adam_s(learner, batch, repeats: int) -> float:
+def adam_s(learner, batch, repeats: int, clock) -> float:
     """Median seconds of the learner's Adam step (gradient clipping excluded), gradients present."""
     probe = copy.deepcopy(learner)
     probe.meta_step(batch)  # leaves the gradients of a real meta-step in place
-    return _median_s(probe.optimizer.step, repeats)
+    return _median_s(probe.optimizer.step, repeats, clock)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -151,9 +157,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=15, help="repetitions of each floor component (median)")
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                    help="s2Meta config override for every learner, e.g. --set lstm_hidden=8 (repeatable)")
+    p.add_argument("--clock", choices=sorted(CLOCK), default="cpu",
+                   help="cpu: this thread's CPU time (default; fair on a shared machine), wall: wall time")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
+    clock = CLOCK[args.clock]
     load_before = os.getloadavg()
     device = machine_from_options(p, args)
     if device.type != "cpu":
@@ -191,9 +200,9 @@ def main(argv: list[str] | None = None) -> int:
         for b in batches:
             learner.load_state_dict(state)
             learner._stats = {}
-            t0 = time.perf_counter()
+            t0 = clock()
             learner.meta_step(b)
-            seconds.append(time.perf_counter() - t0)
+            seconds.append(clock() - t0)
             steps.append(int(learner._stats["histogram"].nonzero().flatten()[0]))
         return seconds, steps
 
@@ -205,12 +214,12 @@ def main(argv: list[str] | None = None) -> int:
 
     probe = build("fused")
     probe.load_state_dict(state)
-    pred = predictor_s(probe, users[0], args.repeats)
-    adam = adam_s(probe, users[0], args.repeats)
+    pred = predictor_s(probe, users[0], args.repeats, clock)
+    adam = adam_s(probe, users[0], args.repeats, clock)
 
     def floor_at(t_steps: float) -> dict[str, float]:
         chained = max(1, round(t_steps))  # the chain's cost per step, at about this length
-        chain = controller_chain_s(probe, users[0], chained, args.repeats)
+        chain = controller_chain_s(probe, users[0], chained, args.repeats, clock)
         ctrl = chain["per_step_s"]
         per_user = t_steps * (ctrl + pred["step_s"]) + pred["query_grad_s"] + adam
         return {"inner_steps": t_steps, "controller_step_s": ctrl, "controller_chain": {"steps": chained, **chain},
@@ -220,7 +229,12 @@ def main(argv: list[str] | None = None) -> int:
     sys.path.insert(0, str(Path(__file__).parent))
     from bench_s2meta_speed import matmul_floor_s
 
-    matmul = statistics.median(matmul_floor_s(probe, device) for _ in range(5))
+    def matmul_once() -> float:  # matmul_floor_s runs the step 1 + 20 times; read our clock around it
+        t0 = clock()
+        matmul_floor_s(probe, device, repeats=20)
+        return (clock() - t0) / 21
+
+    matmul = statistics.median(matmul_once() for _ in range(5))
 
     def add_ratios(r: dict) -> None:
         r["arithmetic_user_s"] = r["inner_steps"] * (matmul + r["predictor_step_s"]) + r["query_grad_s"] + r["adam_s"]
@@ -257,6 +271,7 @@ def main(argv: list[str] | None = None) -> int:
         "data": args.data,
         "data_checksum": split.info.get("checksum"),
         "train_users": n_train,
+        "clock": args.clock,
         "users_timed": len(users),
         "skipped_users": args.skip,
         "overrides": overrides,
@@ -272,7 +287,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     out = write_record(rec, args.out, prefix=f"s2meta_floor_{args.data}_{args.device}", device=device,
                        load_before=load_before)
-    print(f"s2Meta floor, {torch.get_num_threads()} thread(s), {len(users)} users, {mean_t:.2f} inner steps each:")
+    print(f"s2Meta floor ({args.clock} time), {torch.get_num_threads()} thread(s), {len(users)} users, "
+          f"{mean_t:.2f} inner steps each:")
     for name, r in [("natural", natural), *((f"forced T={k}", v) for k, v in forced.items())]:
         print(f"  {name:13s} floor {1e3 * r['floor_user_s']:6.1f} ms/user (controller {1e3 * r['controller_step_s']:.2f} "
               f"+ predictor {1e3 * r['predictor_step_s']:.2f} ms/step, query grad {1e3 * r['query_grad_s']:.2f}, "

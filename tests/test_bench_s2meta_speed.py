@@ -41,6 +41,7 @@ def test_s2meta_speed_script_times_both_backends_on_the_same_batches(tmp_path):
     assert ev["test_users"] == 16 and ev["reference_users"] == 8 and ev["eval_stop_rule"] == "sample"
     assert sum(ev["inner_steps"]["eval"]["histogram"]) == 16
     assert r["matmul_floor"]["inner_step_s"] > 0 and r["peak_rss_mb"] > 0
+    assert r["cpu_s"]["fused"] > r["cpu_s"]["fused_same_batches"] > 0 and r["cpu_s"]["ratio_same_batches"] > 0
     nk = r["native_kernels"]
     assert nk["used"] == nk["built"]  # CPU, float32, lstm_hidden 8: the native kernel runs wherever it builds
     assert r["controller_step_s"]["pytorch_kernels"] > 0
