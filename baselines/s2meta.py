@@ -92,7 +92,9 @@ users as ``paper`` after 4,832 (0.873 vs 0.871), so there is no ``tuned`` preset
 
 Cost: the hot path is the per-coordinate LSTM over the MLP's 10,881 parameters, forward and
 backward, at every inner step; its matrix products alone set a floor per inner step. Measured
-epoch times of both backends: ``benchmarks/bench_s2meta_speed.py`` and the s2Meta docs page.
+epoch times of both backends: ``benchmarks/bench_s2meta_speed.py``; where a meta-step's time goes:
+``benchmarks/s2meta_breakdown.py``; the floor of the algorithm on the machine:
+``benchmarks/s2meta_floor.py`` (results on the s2Meta docs page).
 """
 
 from __future__ import annotations
