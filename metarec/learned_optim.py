@@ -158,7 +158,8 @@ def stack_lstm_weights(
     w_ih = _gate_blocks(torch.stack([c.weight_ih for c in cells]), hidden)  # [K, 4H, n_in], (i, f, o, g)
     w_hh = _gate_blocks(torch.stack([c.weight_hh for c in cells]), hidden)  # [K, 4H, H]
     per_row = [w_ih[:, :, :user_input], w_ih[:, :, user_input + 1 :], w_hh]
-    w = torch.cat([t for t in per_row if t.shape[2]], 2).transpose(1, 2)
+    # contiguous once here, not at every step (the native step needs it so)
+    w = torch.cat([t for t in per_row if t.shape[2]], 2).transpose(1, 2).contiguous()
     w_user = w_ih[:, :, user_input]
     # the two biases added per cell, not as two stacks: the backward of ``stack_ih + stack_hh`` hands
     # both stacks one gradient, whose slices autograd may keep as the .grad of both parameters --
