@@ -579,7 +579,8 @@ class S2Meta(EpisodicLearner):
         self.step_histograms: dict[str, list[int]] = {}
         self._eval_histogram: Tensor | None = None
         #: The native controller step's saved activations, one buffer per inner step, reused by
-        #: every meta-step (fresh ones cost page faults every step).
+        #: every meta-step of an epoch (fresh ones cost page faults every step); at most
+        #: ``max_steps`` x the rows of one chunk x (6 lstm_hidden + 8) numbers, freed at epoch end.
         self._workspace = ActivationWorkspace()
 
     def _compiled_fused(self) -> bool:
@@ -858,6 +859,7 @@ class S2Meta(EpisodicLearner):
         The epoch's distribution of inner steps per user is kept for :meth:`run_info`.
         """
         s, self._stats = self._stats, {}
+        self._workspace.clear()  # the activation buffers are not held between epochs (nor during evaluation)
         if not s:
             return {}
         hist = [int(v) for v in s["histogram"].tolist()]
