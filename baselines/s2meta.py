@@ -642,7 +642,9 @@ class S2Meta(EpisodicLearner):
         ``uniforms`` ``[max_steps, B]``: stochastic stop rule (stop when ``u < p``); ``None``:
         the deterministic rule (``p > stop_threshold``). With ``x_query`` (training), the query
         loss before every update and ``log(1 - p_t)`` are recorded for the REINFORCE term.
-        Differentiable with respect to every meta-parameter when grad is enabled.
+        Differentiable with respect to every meta-parameter when grad is enabled; with the native
+        kernel the graph keeps its activations in buffers the next ``adapt`` reuses, so take its
+        backward first (a stale graph's backward raises autograd's in-place error, never wrong numbers).
         """
         if x_support is None:
             x_support = self.inputs(batch.user_features, batch.support_features)
