@@ -92,7 +92,9 @@ users as ``paper`` after 4,832 (0.873 vs 0.871), so there is no ``tuned`` preset
 
 Cost: the hot path is the per-coordinate LSTM over the MLP's 10,881 parameters, forward and
 backward, at every inner step; its matrix products alone set a floor per inner step. Measured
-epoch times of both backends: ``benchmarks/bench_s2meta_speed.py`` and the s2Meta docs page.
+epoch times of both backends: ``benchmarks/bench_s2meta_speed.py``; where a meta-step's time goes:
+``benchmarks/s2meta_breakdown.py``; the floor of the algorithm on the machine:
+``benchmarks/s2meta_floor.py`` (results on the s2Meta docs page).
 """
 
 from __future__ import annotations
@@ -111,7 +113,8 @@ from torch.func import functional_call, vmap
 from metarec import engine
 from metarec.config import Rule, setting
 from metarec.learned_optim import (
-    SegmentLayout, StackedLSTMWeights, fused_step, gate_bias, preprocess, stack_lstm_weights,
+    ActivationWorkspace, SegmentLayout, StackedLSTMWeights, fused_step, gate_bias, native_available, preprocess,
+    stack_lstm_weights,
 )
 from metarec.learner import EpisodicConfig, EpisodicLearner
 from metarec.nn import FeatureEmbedder, broadcast_user, mlp, per_user_relu_mlp, per_user_relu_mlp_mse_grads
@@ -575,6 +578,10 @@ class S2Meta(EpisodicLearner):
         #: Users per number of inner updates: ``train_last_epoch``, ``train_all_epochs``, ``eval``.
         self.step_histograms: dict[str, list[int]] = {}
         self._eval_histogram: Tensor | None = None
+        #: The native controller step's saved activations, one buffer per inner step, reused by
+        #: every meta-step of an epoch (fresh ones cost page faults every step); at most
+        #: ``max_steps`` x the rows of one chunk x (6 lstm_hidden + 8) numbers, freed at epoch end.
+        self._workspace = ActivationWorkspace()
 
     def _compiled_fused(self) -> bool:
         """Whether the fused backend runs its compiled (:func:`torch.compile`) kernels."""
@@ -635,7 +642,9 @@ class S2Meta(EpisodicLearner):
         ``uniforms`` ``[max_steps, B]``: stochastic stop rule (stop when ``u < p``); ``None``:
         the deterministic rule (``p > stop_threshold``). With ``x_query`` (training), the query
         loss before every update and ``log(1 - p_t)`` are recorded for the REINFORCE term.
-        Differentiable with respect to every meta-parameter when grad is enabled.
+        Differentiable with respect to every meta-parameter when grad is enabled; with the native
+        kernel the graph keeps its activations in buffers the next ``adapt`` reuses, so take its
+        backward first (a stale graph's backward raises autograd's in-place error, never wrong numbers).
         """
         if x_support is None:
             x_support = self.inputs(batch.user_features, batch.support_features)
@@ -690,6 +699,8 @@ class S2Meta(EpisodicLearner):
         active = torch.ones(b, dtype=torch.bool, device=device)
         steps = torch.zeros(b, dtype=torch.long, device=device)
         stop_state = None
+        # the native step's activations go to reused buffers (only when it runs and a graph is built)
+        reuse = torch.is_grad_enabled() and native is not False and native_available(theta, weights)
         probs, actives, log_keep, q_losses, lr_sums, fg_sums, counts = [], [], [], [], [], [], []
         for t in range(c.max_steps):
             detached = layout.split(theta.detach(), shapes)
@@ -707,9 +718,10 @@ class S2Meta(EpisodicLearner):
             if exit_early and not bool(active.any()):  # free on the CPU
                 break
             bias = gate_bias(weights, preprocess(loss_s, smooth)[0])  # the loss input, once per user
+            ws = self._workspace.get(t, layout.rows, c.lstm_hidden, dtype, device) if reuse else None
             theta, h, cell, lr, fg = fused_step(
                 theta, h, cell, grad_buf, active, bias, weights, layout, seg,
-                row_user=row_user, clamp=clamp, p=smooth, compiled=compiled, native=native,
+                row_user=row_user, clamp=clamp, p=smooth, compiled=compiled, native=native, workspace=ws,
             )
             steps = steps + active.long()
             with torch.no_grad():
@@ -849,6 +861,7 @@ class S2Meta(EpisodicLearner):
         The epoch's distribution of inner steps per user is kept for :meth:`run_info`.
         """
         s, self._stats = self._stats, {}
+        self._workspace.clear()  # the activation buffers are not held between epochs (nor during evaluation)
         if not s:
             return {}
         hist = [int(v) for v in s["histogram"].tolist()]

@@ -20,7 +20,8 @@ on a few users that compiles the evaluation shapes), with its default evaluation
 and the reference learner (given the same state) predicts the first ``--reference-eval-users``.
 Where the fused learner runs the native kernel, a third learner (fused, PyTorch kernels) is
 timed on the reference batches too, from the same state (``ratio_pytorch_kernels_over_native``).
-The record also has the time of one controller step with either kernel, the time of the matrix products alone of one fused inner step (the floor
+Every batch's process CPU time is recorded too (``cpu_s``: on a shared machine the wall time
+also counts the waits for a core). The record also has the time of one controller step with either kernel, the time of the matrix products alone of one fused inner step (the floor
 of this formulation on this machine), the inner steps per user, the compile time and the peak
 RSS of the process.
 
@@ -168,6 +169,9 @@ def main(argv: list[str] | None = None) -> int:
     same = {"fused": [], "reference": []}
     if pt is not None:
         times["fused_pytorch_kernels"], same["fused_pytorch_kernels"] = [], []
+    # CPU time of the process (all its threads) per backend: on a shared machine the wall time also
+    # counts the waits for a core
+    cpu = {"fused": 0.0, "reference": 0.0, "fused_same": 0.0, "fused_before": 0.0}
     loss_diff: list[float] = []
     loss_diff_pt: list[float] = []
     ref_batches: list[int] = []
@@ -201,6 +205,11 @@ def main(argv: list[str] | None = None) -> int:
             "ratio_epoch": epoch["reference"] / epoch["fused"] if epoch["fused"] else None,
             "same_batches_s": {b: sum(v) for b, v in same.items()},
             "ratio_same_batches": sum(same["reference"]) / sum(same["fused"]) if sum(same["fused"]) else None,
+            "cpu_s": {"what": "process CPU time (all threads), the same batches as the wall times",
+                      "fused": cpu["fused"], "reference": cpu["reference"], "fused_same_batches": cpu["fused_same"],
+                      "epoch_fused": cpu["fused"] * len(train) / max(users_done, 1),
+                      "epoch_reference": cpu["reference"] * len(train) / max(users_ref, 1),
+                      "ratio_same_batches": cpu["reference"] / cpu["fused_same"] if cpu["fused_same"] else None},
             "native_kernels": {"used": uses_native, "built": native_built, "load_or_build_s": native_build_s,
                                "what": "fused = the native C++ controller step; fused_pytorch_kernels = the same "
                                        "backend with the PyTorch kernels, timed on the reference batches"},
@@ -221,13 +230,19 @@ def main(argv: list[str] | None = None) -> int:
 
     for i, idx in enumerate(batches):
         batch = train.batch(idx, device=device)
+        cpu["fused_before"] = cpu["fused"]
         on_ref = i % args.reference_every == 0
         state = copy.deepcopy(fused.state_dict()) if on_ref else None
+        c0 = time.process_time()
         loss_f, seconds = timed(device, lambda: fused.meta_step(batch))
+        cpu["fused"] += time.process_time() - c0
         times["fused"].append(seconds)
         if on_ref:
             ref.load_state_dict(state)
+            c0 = time.process_time()
             loss_r, seconds_r = timed(device, lambda: ref.meta_step(batch))
+            cpu["reference"] += time.process_time() - c0
+            cpu["fused_same"] += cpu["fused"] - cpu["fused_before"]
             times["reference"].append(seconds_r)
             same["fused"].append(seconds)
             same["reference"].append(seconds_r)
@@ -294,6 +309,8 @@ def main(argv: list[str] | None = None) -> int:
           + (" (extrapolated)" if r["reference_extrapolated"] else "")
           + f"   reference / fused on the same batches: {r['ratio_same_batches']:.2f}x "
           f"(batch-loss difference: largest {r['batch_loss_difference_vs_reference']['largest']:.1e})")
+    print(f"  CPU time: fused {r['cpu_s']['epoch_fused']:7.1f} s per epoch, reference {r['cpu_s']['epoch_reference']:7.1f} s, "
+          f"reference / fused on the same batches {r['cpu_s']['ratio_same_batches']:.2f}x")
     print(f"  evaluation of {len(test)} test users (fused): {eval_fused_s:.1f} s, "
           f"{eval_info['eval']['mean']:.2f} inner steps per user ({cfg.eval_stop_rule} rule)"
           + (f"; reference / fused on {ref_eval_users} users: {r['eval']['ratio_same_users']:.2f}x" if ref_eval_users else ""))

@@ -183,3 +183,35 @@ def test_s2meta_fused_backend_native_equals_pytorch_kernels_over_three_meta_step
     finally:
         torch.set_default_dtype(old)
     assert calls, "the native kernel never ran"
+
+
+def test_activation_workspace_is_reused_gives_the_same_gradients_and_guards_a_live_graph(compiled):
+    """Steps that keep their activations in :class:`ActivationWorkspace` buffers give the same
+    outputs and gradients as fresh ones; writing a buffer again while an older graph still needs
+    it makes that graph's backward fail (autograd's version check) instead of reading wrong numbers."""
+    from metarec.learned_optim import ActivationWorkspace
+
+    shape = dict(hidden=8, numels=(30, 7), users=2)
+    layout, wt, theta, h, c, grad, active, loss = _problem(torch.float64, **shape)
+    seg, bias = layout.row_tensor(theta.device), gate_bias(wt, loss)
+    ws = ActivationWorkspace()
+
+    def run(workspace):
+        out = fused_step(theta, h, c, grad, active, bias, wt, layout, seg, native=True,
+                         workspace=None if workspace is None else workspace.get(0, layout.rows, 8, theta.dtype, theta.device))
+        return out, (out[0].square().sum() + out[1].sum() + out[2].sum())
+
+    leaves = [theta, h, c, wt.w, wt.head_w]
+    fresh_out, fresh_loss = run(None)
+    fresh = torch.autograd.grad(fresh_loss, leaves)
+    for _ in range(2):  # the second time the buffer is reused
+        out, loss_ws = run(ws)
+        for a, b in zip(out[:3], fresh_out[:3]):
+            assert torch.equal(a, b)
+        for a, b in zip(torch.autograd.grad(loss_ws, leaves), fresh):
+            assert torch.equal(a, b)
+    assert ws.get(0, layout.rows, 8, theta.dtype, theta.device) is ws.get(0, layout.rows, 8, theta.dtype, theta.device)
+    _, stale = run(ws)
+    run(ws)  # overwrites the buffer ``stale`` saved
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        torch.autograd.grad(stale, leaves)

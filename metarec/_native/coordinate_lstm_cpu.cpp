@@ -306,6 +306,8 @@ void backward_impl(const std::vector<Block>& blocks, const Params& P, const T* t
   constexpr int VS = V::size();
   constexpr int NG = G / VS, NH = H / VS;
   static_assert(H % VS == 0, "the hidden size must be a multiple of the vector width");
+  constexpr int RG = NH >= 8 ? 1 : 8 / NH;  // rows per group of the recurrent gradient
+  static_assert(NB % RG == 0, "row groups tile a block");
   const int64_t K = P.K, B = P.users, nh = P.nh;
   // w_hh transposed per tensor, [K, G, H]: d_h_prev[m] = sum_j d_z[j] w_hh[m, j] without lane reductions
   std::vector<T> wt(K * G * H);
@@ -393,23 +395,33 @@ void backward_impl(const std::vector<Block>& blocks, const Params& P, const T* t
             dz[3 * H + j] = dc * i[j] * (T(1) - tg[j] * tg[j]);
             d_c[row * H + j] = dc * f[j];
           }
-          // recurrent gradient: w_hh dz
-          {
-            V dhp[NH];
-            for (int v = 0; v < NH; ++v) dhp[v] = V(T(0));
-            for (int j = 0; j < G; ++j) {
-              const V dzj(dz[j]);
-              const T* wtj = WT + j * H;
-              for (int v = 0; v < NH; ++v) dhp[v] = at::vec::fmadd(dzj, V::loadu(wtj + v * VS), dhp[v]);
-            }
-            for (int v = 0; v < NH; ++v) dhp[v].store(d_h + row * H + v * VS);
-          }
           XH[r][0] = A.x[0][r];
           XH[r][1] = A.x[1][r];
           XH[r][2] = A.x[2][r];
           XH[r][3] = A.x[3][r];
           const T* hin = h + row * H;
           for (int m = 0; m < H; ++m) XH[r][4 + m] = hin[m];
+        }
+        // recurrent gradient d_h = w_hh dz, RG rows at a time: RG * NH independent accumulators
+        // (one row's NH chains of 4H dependent FMAs would wait on the FMA latency), each
+        // w_hh^T row loaded once for the RG rows
+        for (int r = n; r < NB; ++r)
+          for (int j = 0; j < G; ++j) DZ[r][j] = T(0);
+        for (int r0 = 0; r0 < n; r0 += RG) {
+          V dhp[RG][NH];
+          for (int q = 0; q < RG; ++q)
+            for (int v = 0; v < NH; ++v) dhp[q][v] = V(T(0));
+          for (int j = 0; j < G; ++j) {
+            const T* wtj = WT + j * H;
+            V wv[NH];
+            for (int v = 0; v < NH; ++v) wv[v] = V::loadu(wtj + v * VS);
+            for (int q = 0; q < RG; ++q) {
+              const V dzj(DZ[r0 + q][j]);
+              for (int v = 0; v < NH; ++v) dhp[q][v] = at::vec::fmadd(dzj, wv[v], dhp[q][v]);
+            }
+          }
+          for (int q = 0; q < RG && r0 + q < n; ++q)
+            for (int v = 0; v < NH; ++v) dhp[q][v].store(d_h + (bk.row + r0 + q) * H + v * VS);
         }
         // per block: the weight gradient [x; h]^T dZ, the bias and the small weights' sums
         T* __restrict__ dWk = dW + bk.k * X * G;
@@ -475,7 +487,7 @@ std::vector<at::Tensor> coordinate_lstm_forward(
     const at::Tensor& theta, const at::Tensor& h, const at::Tensor& c, const at::Tensor& grad, const at::Tensor& active,
     const at::Tensor& bias, const at::Tensor& w, const std::optional<at::Tensor>& ln_w_, const std::optional<at::Tensor>& ln_b_,
     const at::Tensor& head_w, const at::Tensor& head_b, at::IntArrayRef numels, double eps, double clamp, double p,
-    bool save) {
+    bool save, const std::optional<at::Tensor>& saved_out) {
   const int64_t H = h.size(1);
   at::Tensor ln_w = opt(ln_w_), ln_b = opt(ln_b_);
   check_inputs(theta, h, c, grad, active, bias, w, ln_w, ln_b, head_w, head_b, H);
@@ -484,7 +496,19 @@ std::vector<at::Tensor> coordinate_lstm_forward(
   auto blocks = make_blocks(nv, P.users);
   at::Tensor theta_new = at::empty_like(theta), h_new = at::empty_like(h), c_new = at::empty_like(c);
   at::Tensor lr = at::empty_like(theta), fg = at::empty_like(theta);
-  at::Tensor saved = save ? at::empty({theta.size(0), 6 * H + 8}, theta.options()) : at::empty({0}, theta.options());
+  // ``saved_out``: a caller's buffer for the activations, reused across calls (a fresh 6H + 8 numbers
+  // per row each step costs the first-touch page faults of several MB)
+  at::Tensor saved;
+  if (!save) {
+    saved = at::empty({0}, theta.options());
+  } else if (saved_out.has_value() && saved_out->defined()) {
+    saved = *saved_out;
+    TORCH_CHECK(saved.is_contiguous() && saved.scalar_type() == theta.scalar_type() && saved.device().is_cpu() &&
+                    saved.dim() == 2 && saved.size(0) == theta.size(0) && saved.size(1) == 6 * H + 8,
+                "coordinate_lstm: saved_out must be a contiguous [rows, 6H + 8] CPU tensor of theta's dtype");
+  } else {
+    saved = at::empty({theta.size(0), 6 * H + 8}, theta.options());
+  }
   AT_DISPATCH_FLOATING_TYPES(theta.scalar_type(), "coordinate_lstm_forward", [&] {
     const scalar_t* lw = P.has_ln ? ln_w.data_ptr<scalar_t>() : nullptr;
     const scalar_t* lb = P.has_ln ? ln_b.data_ptr<scalar_t>() : nullptr;
@@ -557,7 +581,7 @@ std::vector<at::Tensor> coordinate_lstm_backward(
 TORCH_LIBRARY(metarec_native, m) {
   m.def("coordinate_lstm_forward(Tensor theta, Tensor h, Tensor c, Tensor grad, Tensor active, Tensor bias, Tensor w, "
         "Tensor? ln_w, Tensor? ln_b, Tensor head_w, Tensor head_b, int[] numels, float eps, float clamp, float p, "
-        "bool save) -> Tensor[]",
+        "bool save, Tensor? saved_out=None) -> Tensor[]",
         &coordinate_lstm_forward);
   m.def("coordinate_lstm_backward(Tensor theta, Tensor h, Tensor c, Tensor grad, Tensor active, Tensor bias, Tensor w, "
         "Tensor? ln_w, Tensor? ln_b, Tensor head_w, Tensor head_b, int[] numels, float eps, float clamp, float p, "
