@@ -177,6 +177,49 @@ class FastLinear:
             w = w + Outer(self.left, self.right).materialize()
         return w
 
+    def base_weight(self) -> Tensor:
+        """The base weight: ``[out, in]`` when shared, ``[B, out, in]`` when it mixes slots."""
+        if self.slots is None:
+            return self.weight
+        w = torch.einsum("bk,koi->boi", self.slot_coef, self.slots)
+        return w if self.weight is None else w + self.weight
+
+    def dense(self, base_weight: Tensor | None = None) -> Tensor:
+        """Every user's whole weight ``[B, out, in]`` (base and local steps), for scoring many
+        items: one product per user instead of the base's slots and the factors'."""
+        w = self.base_weight() if base_weight is None else base_weight
+        if self.left is not None:
+            w = torch.baddbmm(w.expand(self.left.shape[0], *w.shape[-2:]), self.left.transpose(1, 2), self.right)
+        return w
+
+    def apply_dense(self, x: Tensor, weight: Tensor, batch_size: int) -> Tensor:
+        """``x [B, n, in]`` through :meth:`dense`'s ``weight`` and the users' biases."""
+        bias = self.user_bias(batch_size)
+        y = x @ weight.transpose(-1, -2)
+        return y if bias is None else y + bias.unsqueeze(1)
+
+    def step_forward(self, x: Tensor, base_weight: Tensor, base: Tensor | None = None) -> Tensor:
+        """:meth:`__call__` with the base weight given (:meth:`base_weight`, fixed during local
+        learning) or the base output: the forward of a local step with few dispatches."""
+        if base is None:
+            y = x @ base_weight.transpose(-1, -2)
+            if self.bias is not None:
+                y = y + (self.bias if self.bias.dim() == 1 else self.bias.unsqueeze(1))
+        else:
+            y = base
+        if self.bias_shift is not None:
+            y = y + self.bias_shift.unsqueeze(1)
+        if self.left is not None:
+            y = torch.baddbmm(y, torch.bmm(x, self.right.transpose(1, 2)), self.left)
+        return y
+
+    def input_grad(self, delta: Tensor, base_weight: Tensor) -> Tensor:
+        """``dLoss/dx = delta W_u`` for output gradients ``delta [B, n, out]``: ``[B, n, in]``."""
+        g = delta @ base_weight
+        if self.left is not None:
+            g = torch.baddbmm(g, torch.bmm(delta, self.left.transpose(1, 2)), self.right)
+        return g
+
     def weighted_sum(self, weights: Tensor) -> Tensor:
         """``sum_b weights[b, k] W_b`` for every column of ``weights [B, K]``, ``[K, out, in]``,
         without building any ``W_b`` (a memory write of the adapted weights, MAMO's Eq. 8)."""

@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 from metarec.engine import StepItems, n_step_items, per_user
 from metarec.lowrank import FastLinear, Layer, Tap, output_gradients, run, sgd_step, weight_gradients
+from metarec.nn import item_chunks
 
 LossFn = Callable[[Tensor, Tensor, Tensor], Tensor]
 
@@ -96,6 +97,54 @@ class FactoredRecommender:
         x = torch.cat([e_u.expand(-1, e_i.shape[1], -1), e_i], dim=-1)  # [e_u; e_i], Eq. 2
         out = run(self.head, self.memory_act(run([self.task], x, taps)), taps)
         return out.squeeze(-1) if self.out_dim == 1 else out
+
+
+    def score(self, profile: Tensor, items: Tensor, *, item_base: Tensor | None = None) -> Tensor:
+        """:meth:`__call__` without taps, for many items (the query, the whole catalogue): every
+        layer after the first item layer multiplies by each user's whole weight, built once
+        (:meth:`FastLinear.dense`), and the memory layer splits ``[e_u; e_i]`` into its user and
+        item columns, so the user's part is computed once, not once per item. The first item
+        layer keeps its base output (precomputed for a catalogue) plus the local steps' factors,
+        the same arithmetic whether the base was precomputed or not."""
+        b = profile.shape[0]
+        e_u = run(self.user, profile.unsqueeze(1))  # [B, 1, d]
+        dense = {id(x): x.dense() for x in (*self.item[1:], self.task, *self.head) if isinstance(x, FastLinear)}
+        w = dense[id(self.task)]  # [B, d, 2d] or [d, 2d]
+        d = e_u.shape[-1]
+        user_part = e_u @ w[..., :d].transpose(-1, -2)  # [B, 1, d]
+        bias = self.task.user_bias(b)
+        if bias is not None:
+            user_part = user_part + bias.unsqueeze(1)
+        w_items = w[..., d:].transpose(-1, -2)
+        out = []
+        for rows in item_chunks(items.shape[1], b):  # the items are independent: a few MB at a time
+            e_i = items[:, rows]
+            for i, layer in enumerate(self.item):
+                if not isinstance(layer, FastLinear):
+                    e_i = _act(layer, e_i)
+                elif i == 0:
+                    base = None if item_base is None else item_base[:, rows]
+                    e_i = layer(e_i, base)
+                    if e_i is base:  # no local step on this layer: do not overwrite the cached base
+                        e_i = e_i.clone()
+                else:
+                    e_i = layer.apply_dense(e_i, dense[id(layer)], b)
+            h = _act(self.memory_act, torch.baddbmm(user_part, e_i, w_items) if w_items.dim() == 3 else user_part + e_i @ w_items)
+            for layer in self.head:
+                h = layer.apply_dense(h, dense[id(layer)], b) if isinstance(layer, FastLinear) else _act(layer, h)
+            out.append(h.squeeze(-1) if self.out_dim == 1 else h)
+        return out[0] if len(out) == 1 else torch.cat(out, 1)
+
+
+def _act(module: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
+    """``module(x)``, in place for the piecewise-linear activations (``x`` is a fresh
+    intermediate of :meth:`FactoredRecommender.score`, never needed again)."""
+    kind = type(module)
+    if kind is nn.LeakyReLU:
+        return torch.nn.functional.leaky_relu_(x, module.negative_slope)
+    if kind is nn.ReLU:
+        return x.relu_()
+    return module(x)
 
 
 def _linears(layers: Sequence[Layer]) -> list[FastLinear]:
@@ -193,6 +242,10 @@ def adapt(
         profile, support = profile.detach(), support.detach()
     else:
         point = net
+    if first_order and by_hand_possible(point, loss_fn):
+        with torch.no_grad():
+            _adapt_by_hand(point, profile, support, support_y, support_mask, step_items=step_items, lr=lr)
+        return net.with_steps_of(point)
     with torch.enable_grad():  # the profile and the support items are the same at every step
         user_base, item_base = point.user_base(profile), point.item_base(support)
     if first_order:  # leaves: the taps then have a graph to differentiate, nothing reaches the outer loop
@@ -213,6 +266,105 @@ def adapt(
         else:
             point = point.replace_linears(sgd_step(point.linears(), taps, deltas, lr, first_order=False))
     return net.with_steps_of(point) if first_order else point
+
+
+def _activation_grad(module: Callable[[Tensor], Tensor], z: Tensor, y: Tensor, g: Tensor) -> Tensor:
+    """``dLoss/dz`` of ``y = module(z)`` from ``g = dLoss/dy``, as autograd computes it."""
+    kind = type(module)
+    if kind is nn.LeakyReLU:
+        return torch.where(z > 0, g, g * module.negative_slope)
+    if kind is nn.ReLU:
+        return g * (z > 0)
+    if kind is nn.Tanh:
+        return g * (1 - y * y)
+    if kind is nn.Sigmoid:
+        return g * (y * (1 - y))
+    if kind is nn.Identity:
+        return g
+    raise TypeError(f"no hand-written derivative for {kind.__name__}")
+
+
+_BY_HAND_ACTIVATIONS = (nn.LeakyReLU, nn.ReLU, nn.Tanh, nn.Sigmoid, nn.Identity)
+
+
+def by_hand_possible(net: FactoredRecommender, loss_fn: LossFn) -> bool:
+    """Whether :func:`adapt` can take its first-order steps with gradients written out: a
+    regression output under the masked MSE and activations whose derivative it knows."""
+    from metarec.engine import masked_mse
+
+    acts = [x for x in (*net.user, *net.item, *net.head, net.memory_act) if not isinstance(x, FastLinear)]
+    return loss_fn is masked_mse and net.out_dim == 1 and all(type(a) in _BY_HAND_ACTIVATIONS for a in acts)
+
+
+def _forward_traced(layers: Sequence[Layer], x: Tensor, weights: dict[int, Tensor], first_base: Tensor | None = None):
+    """``run`` for a local step, recording every layer's ``(layer, input, output)``."""
+    trace = []
+    for i, layer in enumerate(layers):
+        if isinstance(layer, FastLinear):
+            y = layer.step_forward(x, weights[id(layer)], first_base if i == 0 else None)
+        else:
+            y = layer(x)
+        trace.append((layer, x, y))
+        x = y
+    return x, trace
+
+
+def _backward_traced(
+    trace, g: Tensor, weights: dict[int, Tensor], deltas: dict[int, Tensor], *, input_grad: bool = True
+) -> Tensor | None:
+    """Back through a trace of :func:`_forward_traced`: each linear layer's output gradient goes
+    to ``deltas``; returns the gradient of the trace's input (None without ``input_grad``)."""
+    for n in range(len(trace) - 1, -1, -1):
+        layer, x, y = trace[n]
+        if isinstance(layer, FastLinear):
+            deltas[id(layer)] = g
+            if n == 0 and not input_grad:
+                return None
+            g = layer.input_grad(g, weights[id(layer)])
+        else:
+            g = _activation_grad(layer, x, y, g)
+    return g
+
+
+def _adapt_by_hand(
+    point: FactoredRecommender, profile: Tensor, support: Tensor, support_y: Tensor, support_mask: Tensor, *,
+    step_items: Sequence[StepItems], lr: float,
+) -> None:
+    """:func:`adapt`'s first-order steps on ``point`` (reserved factors, filled in place), with
+    the backward pass written out instead of :func:`torch.autograd.grad`: the same gradients
+    (the masked MSE's, through the same layers) in about a third of the dispatched operators,
+    none of them recording a graph. Each layer's base weight is built once for all steps."""
+    linears = point.linears()
+    weights = {id(layer): layer.base_weight() for layer in linears}
+    user_base, item_base = point.user_base(profile), point.item_base(support)
+    u_in = profile.unsqueeze(1)
+    at = 0
+    for idx in step_items:
+        x, ib = (support, item_base) if idx is None else (support[:, idx], item_base[:, idx])
+        y = support_y if idx is None else support_y[:, idx]
+        m = (support_mask if idx is None else support_mask[:, idx]).to(x.dtype)
+        e_u, t_user = _forward_traced(point.user, u_in, weights, user_base)  # [B, 1, d]
+        e_i, t_item = _forward_traced(point.item, x, weights, ib)  # [B, n, d]
+        d = e_u.shape[-1]
+        task_in = torch.cat([e_u.expand(-1, e_i.shape[1], -1), e_i], dim=-1)
+        z = point.task.step_forward(task_in, weights[id(point.task)])
+        h = point.memory_act(z)
+        out, t_head = _forward_traced(point.head, h, weights)
+        pred = out.squeeze(-1)
+        # masked MSE per user: d/dpred of sum(m (pred - y)^2) / max(sum(m), 1)
+        g = (2.0 * (pred - y) * m / m.sum(-1, keepdim=True).clamp_min(1.0)).unsqueeze(-1)
+        deltas: dict[int, Tensor] = {}
+        g = _backward_traced(t_head, g, weights, deltas)
+        g = _activation_grad(point.memory_act, z, h, g)
+        deltas[id(point.task)] = g
+        g = point.task.input_grad(g, weights[id(point.task)])
+        _backward_traced(t_user, g[..., :d].sum(1, keepdim=True), weights, deltas, input_grad=False)
+        _backward_traced(t_item, g[..., d:], weights, deltas, input_grad=False)
+        inputs = {id(layer): x_in for layer, x_in, _ in (*t_user, *t_item, *t_head) if isinstance(layer, FastLinear)}
+        inputs[id(point.task)] = task_in
+        for layer in linears:
+            layer.sgd_(inputs[id(layer)], deltas[id(layer)], lr, at)
+        at += x.shape[1]
 
 
 def _grad_leaf(x: Tensor) -> Tensor:
