@@ -202,9 +202,13 @@ class FastLinear:
         """:meth:`__call__` with the base weight given (:meth:`base_weight`, fixed during local
         learning) or the base output: the forward of a local step with few dispatches."""
         if base is None:
-            y = x @ base_weight.transpose(-1, -2)
-            if self.bias is not None:
-                y = y + (self.bias if self.bias.dim() == 1 else self.bias.unsqueeze(1))
+            if base_weight.dim() == 2 and (self.bias is None or self.bias.dim() == 1):
+                y = torch.nn.functional.linear(x, base_weight, self.bias)
+            elif self.bias is None:
+                y = torch.bmm(x, base_weight.transpose(1, 2))
+            else:
+                b = self.bias if self.bias.dim() == 1 else self.bias.unsqueeze(1)
+                y = torch.baddbmm(b.expand(x.shape[0], x.shape[1], -1), x, base_weight.expand(x.shape[0], -1, -1).transpose(1, 2))
         else:
             y = base
         if self.bias_shift is not None:
@@ -215,7 +219,7 @@ class FastLinear:
 
     def input_grad(self, delta: Tensor, base_weight: Tensor) -> Tensor:
         """``dLoss/dx = delta W_u`` for output gradients ``delta [B, n, out]``: ``[B, n, in]``."""
-        g = delta @ base_weight
+        g = torch.bmm(delta, base_weight) if base_weight.dim() == 3 else delta @ base_weight
         if self.left is not None:
             g = torch.baddbmm(g, torch.bmm(delta, self.left.transpose(1, 2)), self.right)
         return g

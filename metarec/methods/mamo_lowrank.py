@@ -269,16 +269,16 @@ def adapt(
 
 
 def _activation_grad(module: Callable[[Tensor], Tensor], z: Tensor, y: Tensor, g: Tensor) -> Tensor:
-    """``dLoss/dz`` of ``y = module(z)`` from ``g = dLoss/dy``, as autograd computes it."""
+    """``dLoss/dz`` of ``y = module(z)`` from ``g = dLoss/dy``: the backward kernels autograd runs."""
     kind = type(module)
     if kind is nn.LeakyReLU:
-        return torch.where(z > 0, g, g * module.negative_slope)
+        return torch.ops.aten.leaky_relu_backward(g, z, module.negative_slope, False)
     if kind is nn.ReLU:
-        return g * (z > 0)
+        return torch.ops.aten.threshold_backward(g, y, 0)
     if kind is nn.Tanh:
-        return g * (1 - y * y)
+        return torch.ops.aten.tanh_backward(g, y)
     if kind is nn.Sigmoid:
-        return g * (y * (1 - y))
+        return torch.ops.aten.sigmoid_backward(g, y)
     if kind is nn.Identity:
         return g
     raise TypeError(f"no hand-written derivative for {kind.__name__}")
@@ -296,21 +296,69 @@ def by_hand_possible(net: FactoredRecommender, loss_fn: LossFn) -> bool:
     return loss_fn is masked_mse and net.out_dim == 1 and all(type(a) in _BY_HAND_ACTIVATIONS for a in acts)
 
 
-def _forward_traced(layers: Sequence[Layer], x: Tensor, weights: dict[int, Tensor], first_base: Tensor | None = None):
+class _Stepper:
+    """A :meth:`FastLinear.reserve`-d layer during hand-written first-order steps: its base
+    weight and every view of its factors that the steps use, made once (a step then dispatches
+    only the products and the writes)."""
+
+    def __init__(self, layer: FastLinear, sizes: Sequence[int], lr: float) -> None:
+        self.layer, self.neg_lr = layer, -lr
+        w = layer.base_weight()
+        self.shared = w.dim() == 2
+        self.bias = layer.bias
+        if self.shared:
+            self.w, self.w_for_grad = w, w.t().contiguous()  # x W^T and g W as linear maps
+        else:
+            self.w, self.wt = w, w.transpose(1, 2)
+        self.bias3 = None if layer.bias is None else (layer.bias if layer.bias.dim() == 1 else layer.bias.unsqueeze(1))
+        self.rt, self.lt = layer.right.transpose(1, 2), layer.left.transpose(1, 2)
+        self.shift = None if layer.bias_shift is None else layer.bias_shift.unsqueeze(1)
+        self.left_rows, self.right_rows = layer.left.split(list(sizes), 1), layer.right.split(list(sizes), 1)
+
+    def forward(self, x: Tensor, base: Tensor | None = None) -> Tensor:
+        """The layer's output for ``x [B, n, in]`` with the steps so far (``base``: its base output)."""
+        if base is None:
+            if self.shared:
+                y = torch.nn.functional.linear(x, self.w, self.bias if self.bias is None or self.bias.dim() == 1 else None)
+                if self.bias is not None and self.bias.dim() == 2:
+                    y = y + self.bias3
+            else:
+                y = torch.bmm(x, self.wt) if self.bias3 is None else torch.baddbmm(self.bias3, x, self.wt)
+        else:
+            y = base
+        if self.shift is not None:
+            y = y + self.shift
+        return torch.baddbmm(y, torch.bmm(x, self.rt), self.layer.left)
+
+    def input_grad(self, g: Tensor) -> Tensor:
+        """``dLoss/dx`` from the output gradient ``g``."""
+        base = torch.nn.functional.linear(g, self.w_for_grad) if self.shared else torch.bmm(g, self.w)
+        return torch.baddbmm(base, torch.bmm(g, self.lt), self.layer.right)
+
+    def update(self, step: int, x: Tensor, delta: Tensor) -> None:
+        """:meth:`FastLinear.sgd_` of step ``step`` (its rows of the factors; a layer that sees one
+        row for all the step's items -- the user MLP -- fills the first)."""
+        left, right = self.left_rows[step], self.right_rows[step]
+        if x.shape[1] != left.shape[1]:
+            left, right = left[:, : x.shape[1]], right[:, : x.shape[1]]
+        left.copy_(delta)
+        torch.mul(x, self.neg_lr, out=right)
+        if self.layer.bias_shift is not None:
+            self.layer.bias_shift.add_(delta.sum(1), alpha=self.neg_lr)
+
+
+def _forward_traced(layers: Sequence[Layer], x: Tensor, steppers: dict[int, _Stepper], first_base: Tensor | None = None):
     """``run`` for a local step, recording every layer's ``(layer, input, output)``."""
     trace = []
     for i, layer in enumerate(layers):
-        if isinstance(layer, FastLinear):
-            y = layer.step_forward(x, weights[id(layer)], first_base if i == 0 else None)
-        else:
-            y = layer(x)
+        y = steppers[id(layer)].forward(x, first_base if i == 0 else None) if isinstance(layer, FastLinear) else layer(x)
         trace.append((layer, x, y))
         x = y
     return x, trace
 
 
 def _backward_traced(
-    trace, g: Tensor, weights: dict[int, Tensor], deltas: dict[int, Tensor], *, input_grad: bool = True
+    trace, g: Tensor, steppers: dict[int, _Stepper], deltas: dict[int, Tensor], *, input_grad: bool = True
 ) -> Tensor | None:
     """Back through a trace of :func:`_forward_traced`: each linear layer's output gradient goes
     to ``deltas``; returns the gradient of the trace's input (None without ``input_grad``)."""
@@ -320,7 +368,7 @@ def _backward_traced(
             deltas[id(layer)] = g
             if n == 0 and not input_grad:
                 return None
-            g = layer.input_grad(g, weights[id(layer)])
+            g = steppers[id(layer)].input_grad(g)
         else:
             g = _activation_grad(layer, x, y, g)
     return g
@@ -332,39 +380,42 @@ def _adapt_by_hand(
 ) -> None:
     """:func:`adapt`'s first-order steps on ``point`` (reserved factors, filled in place), with
     the backward pass written out instead of :func:`torch.autograd.grad`: the same gradients
-    (the masked MSE's, through the same layers) in about a third of the dispatched operators,
+    (the masked MSE's, through the same layers) in a fraction of the dispatched operators,
     none of them recording a graph. Each layer's base weight is built once for all steps."""
     linears = point.linears()
-    weights = {id(layer): layer.base_weight() for layer in linears}
+    n_support = support.shape[1]
+    sizes = [n_step_items(idx, n_support) for idx in step_items]
+    steppers = {id(layer): _Stepper(layer, sizes, lr) for layer in linears}
+    task = steppers[id(point.task)]
     user_base, item_base = point.user_base(profile), point.item_base(support)
     u_in = profile.unsqueeze(1)
-    at = 0
-    for idx in step_items:
+    # the masked MSE's d/dpred is (pred - y) * 2 m / max(sum(m), 1): the factor is known up front
+    m_all = support_mask.to(item_base.dtype)
+    y_all = support_y.to(item_base.dtype).unsqueeze(-1)
+    for t, idx in enumerate(step_items):
         x, ib = (support, item_base) if idx is None else (support[:, idx], item_base[:, idx])
-        y = support_y if idx is None else support_y[:, idx]
-        m = (support_mask if idx is None else support_mask[:, idx]).to(x.dtype)
-        e_u, t_user = _forward_traced(point.user, u_in, weights, user_base)  # [B, 1, d]
-        e_i, t_item = _forward_traced(point.item, x, weights, ib)  # [B, n, d]
+        m = m_all if idx is None else m_all[:, idx]
+        y = y_all if idx is None else y_all[:, idx]
+        scale = (2.0 * m / m.sum(-1, keepdim=True).clamp_min(1.0)).unsqueeze(-1)
+        e_u, t_user = _forward_traced(point.user, u_in, steppers, user_base)  # [B, 1, d]
+        e_i, t_item = _forward_traced(point.item, x, steppers, ib)  # [B, n, d]
         d = e_u.shape[-1]
         task_in = torch.cat([e_u.expand(-1, e_i.shape[1], -1), e_i], dim=-1)
-        z = point.task.step_forward(task_in, weights[id(point.task)])
+        z = task.forward(task_in)
         h = point.memory_act(z)
-        out, t_head = _forward_traced(point.head, h, weights)
-        pred = out.squeeze(-1)
-        # masked MSE per user: d/dpred of sum(m (pred - y)^2) / max(sum(m), 1)
-        g = (2.0 * (pred - y) * m / m.sum(-1, keepdim=True).clamp_min(1.0)).unsqueeze(-1)
+        out, t_head = _forward_traced(point.head, h, steppers)
+        g = (out - y) * scale  # [B, n, 1]
         deltas: dict[int, Tensor] = {}
-        g = _backward_traced(t_head, g, weights, deltas)
+        g = _backward_traced(t_head, g, steppers, deltas)
         g = _activation_grad(point.memory_act, z, h, g)
         deltas[id(point.task)] = g
-        g = point.task.input_grad(g, weights[id(point.task)])
-        _backward_traced(t_user, g[..., :d].sum(1, keepdim=True), weights, deltas, input_grad=False)
-        _backward_traced(t_item, g[..., d:], weights, deltas, input_grad=False)
+        g = task.input_grad(g)
+        _backward_traced(t_user, g[..., :d].sum(1, keepdim=True), steppers, deltas, input_grad=False)
+        _backward_traced(t_item, g[..., d:], steppers, deltas, input_grad=False)
         inputs = {id(layer): x_in for layer, x_in, _ in (*t_user, *t_item, *t_head) if isinstance(layer, FastLinear)}
         inputs[id(point.task)] = task_in
         for layer in linears:
-            layer.sgd_(inputs[id(layer)], deltas[id(layer)], lr, at)
-        at += x.shape[1]
+            steppers[id(layer)].update(t, inputs[id(layer)], deltas[id(layer)])
 
 
 def _grad_leaf(x: Tensor) -> Tensor:
