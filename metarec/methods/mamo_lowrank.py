@@ -312,7 +312,10 @@ class _Stepper:
             self.w, self.wt = w, w.transpose(1, 2)
         self.bias3 = None if layer.bias is None else (layer.bias if layer.bias.dim() == 1 else layer.bias.unsqueeze(1))
         self.rt, self.lt = layer.right.transpose(1, 2), layer.left.transpose(1, 2)
-        self.shift = None if layer.bias_shift is None else layer.bias_shift.unsqueeze(1)
+        # A bias step moves the bias by -lr * delta: with the output gradients kept as the left
+        # factor, the shift so far is ``(-lr * 1) @ left`` -- one more term in the factors'
+        # product (unwritten rows are zero), and the shift itself is summed once at the end.
+        self.has_shift = layer.bias_shift is not None
         self.left_rows, self.right_rows = layer.left.split(list(sizes), 1), layer.right.split(list(sizes), 1)
 
     def forward(self, x: Tensor, base: Tensor | None = None) -> Tensor:
@@ -326,9 +329,10 @@ class _Stepper:
                 y = torch.bmm(x, self.wt) if self.bias3 is None else torch.baddbmm(self.bias3, x, self.wt)
         else:
             y = base
-        if self.shift is not None:
-            y = y + self.shift
-        return torch.baddbmm(y, torch.bmm(x, self.rt), self.layer.left)
+        coef = torch.bmm(x, self.rt)
+        if self.has_shift:
+            coef = coef.add_(self.neg_lr)
+        return torch.baddbmm(y, coef, self.layer.left)
 
     def input_grad(self, g: Tensor) -> Tensor:
         """``dLoss/dx`` from the output gradient ``g``."""
@@ -343,8 +347,11 @@ class _Stepper:
             left, right = left[:, : x.shape[1]], right[:, : x.shape[1]]
         left.copy_(delta)
         torch.mul(x, self.neg_lr, out=right)
-        if self.layer.bias_shift is not None:
-            self.layer.bias_shift.add_(delta.sum(1), alpha=self.neg_lr)
+
+    def finish(self) -> None:
+        """Write the bias shift the steps took (``-lr`` times the sum of the output gradients)."""
+        if self.has_shift:
+            torch.mul(self.layer.left.sum(1), self.neg_lr, out=self.layer.bias_shift)
 
 
 def _forward_traced(layers: Sequence[Layer], x: Tensor, steppers: dict[int, _Stepper], first_base: Tensor | None = None):
@@ -389,14 +396,22 @@ def _adapt_by_hand(
     task = steppers[id(point.task)]
     user_base, item_base = point.user_base(profile), point.item_base(support)
     u_in = profile.unsqueeze(1)
-    # the masked MSE's d/dpred is (pred - y) * 2 m / max(sum(m), 1): the factor is known up front
+    # the masked MSE's d/dpred is (pred - y) * 2 m / max(sum(m), 1)
     m_all = support_mask.to(item_base.dtype)
     y_all = support_y.to(item_base.dtype).unsqueeze(-1)
-    for t, idx in enumerate(step_items):
-        x, ib = (support, item_base) if idx is None else (support[:, idx], item_base[:, idx])
-        m = m_all if idx is None else m_all[:, idx]
-        y = y_all if idx is None else y_all[:, idx]
-        scale = (2.0 * m / m.sum(-1, keepdim=True).clamp_min(1.0)).unsqueeze(-1)
+    if all(isinstance(idx, slice) and idx.stop - idx.start == 1 for idx in step_items):
+        # item by item (Algorithm 1): every step's inputs are views cut in one go, and its
+        # factor is 2 m (one item: max(m, 1) = 1)
+        pieces = [t.split(1, 1) for t in (support, item_base, y_all, (2.0 * m_all).unsqueeze(-1))]
+        steps = [tuple(p[idx.start] for p in pieces) for idx in step_items]
+    else:
+        steps = []
+        for idx in step_items:
+            m = m_all if idx is None else m_all[:, idx]
+            scale = (2.0 * m / m.sum(-1, keepdim=True).clamp_min(1.0)).unsqueeze(-1)
+            steps.append((support, item_base, y_all, scale) if idx is None else
+                         (support[:, idx], item_base[:, idx], y_all[:, idx], scale))
+    for t, (x, ib, y, scale) in enumerate(steps):
         e_u, t_user = _forward_traced(point.user, u_in, steppers, user_base)  # [B, 1, d]
         e_i, t_item = _forward_traced(point.item, x, steppers, ib)  # [B, n, d]
         d = e_u.shape[-1]
@@ -416,6 +431,8 @@ def _adapt_by_hand(
         inputs[id(point.task)] = task_in
         for layer in linears:
             steppers[id(layer)].update(t, inputs[id(layer)], deltas[id(layer)])
+    for stepper in steppers.values():
+        stepper.finish()
 
 
 def _grad_leaf(x: Tensor) -> Tensor:
@@ -449,4 +466,5 @@ def user_mlp_gradients(net: FactoredRecommender, loss: Tensor, taps: Sequence[Ta
     return out
 
 
-__all__ = ["FactoredRecommender", "adapt", "factored_recommender", "item_base", "point_gradients", "user_losses", "user_mlp_gradients"]
+__all__ = ["FactoredRecommender", "adapt", "by_hand_possible", "factored_recommender", "item_base", "point_gradients", "user_losses",
+           "user_mlp_gradients"]
