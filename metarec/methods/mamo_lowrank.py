@@ -316,6 +316,7 @@ class _Stepper:
         # factor, the shift so far is ``(-lr * 1) @ left`` -- one more term in the factors'
         # product (unwritten rows are zero), and the shift itself is summed once at the end.
         self.has_shift = layer.bias_shift is not None
+        self.shift_coef = torch.full((1, 1, 1), -lr, dtype=layer.left.dtype, device=layer.left.device)
         self.left_rows, self.right_rows = layer.left.split(list(sizes), 1), layer.right.split(list(sizes), 1)
 
     def forward(self, x: Tensor, base: Tensor | None = None) -> Tensor:
@@ -329,9 +330,7 @@ class _Stepper:
                 y = torch.bmm(x, self.wt) if self.bias3 is None else torch.baddbmm(self.bias3, x, self.wt)
         else:
             y = base
-        coef = torch.bmm(x, self.rt)
-        if self.has_shift:
-            coef = coef.add_(self.neg_lr)
+        coef = torch.baddbmm(self.shift_coef, x, self.rt) if self.has_shift else torch.bmm(x, self.rt)
         return torch.baddbmm(y, coef, self.layer.left)
 
     def input_grad(self, g: Tensor) -> Tensor:
