@@ -184,10 +184,11 @@ class FastLinear:
         w = torch.einsum("bk,koi->boi", self.slot_coef, self.slots)
         return w if self.weight is None else w + self.weight
 
-    def dense(self, base_weight: Tensor | None = None) -> Tensor:
-        """Every user's whole weight ``[B, out, in]`` (base and local steps), for scoring many
-        items: one product per user instead of the base's slots and the factors'."""
-        w = self.base_weight() if base_weight is None else base_weight
+    def dense(self) -> Tensor:
+        """Every user's whole weight ``[B, out, in]`` (base and local steps; ``[out, in]`` with
+        neither slots nor steps), for scoring many items: one product per user instead of the
+        base's slots and the factors'."""
+        w = self.base_weight()
         if self.left is not None:
             w = torch.baddbmm(w.expand(self.left.shape[0], *w.shape[-2:]), self.left.transpose(1, 2), self.right)
         return w
@@ -197,32 +198,6 @@ class FastLinear:
         bias = self.user_bias(batch_size)
         y = x @ weight.transpose(-1, -2)
         return y if bias is None else y + bias.unsqueeze(1)
-
-    def step_forward(self, x: Tensor, base_weight: Tensor, base: Tensor | None = None) -> Tensor:
-        """:meth:`__call__` with the base weight given (:meth:`base_weight`, fixed during local
-        learning) or the base output: the forward of a local step with few dispatches."""
-        if base is None:
-            if base_weight.dim() == 2 and (self.bias is None or self.bias.dim() == 1):
-                y = torch.nn.functional.linear(x, base_weight, self.bias)
-            elif self.bias is None:
-                y = torch.bmm(x, base_weight.transpose(1, 2))
-            else:
-                b = self.bias if self.bias.dim() == 1 else self.bias.unsqueeze(1)
-                y = torch.baddbmm(b.expand(x.shape[0], x.shape[1], -1), x, base_weight.expand(x.shape[0], -1, -1).transpose(1, 2))
-        else:
-            y = base
-        if self.bias_shift is not None:
-            y = y + self.bias_shift.unsqueeze(1)
-        if self.left is not None:
-            y = torch.baddbmm(y, torch.bmm(x, self.right.transpose(1, 2)), self.left)
-        return y
-
-    def input_grad(self, delta: Tensor, base_weight: Tensor) -> Tensor:
-        """``dLoss/dx = delta W_u`` for output gradients ``delta [B, n, out]``: ``[B, n, in]``."""
-        g = torch.bmm(delta, base_weight) if base_weight.dim() == 3 else delta @ base_weight
-        if self.left is not None:
-            g = torch.baddbmm(g, torch.bmm(delta, self.left.transpose(1, 2)), self.right)
-        return g
 
     def weighted_sum(self, weights: Tensor) -> Tensor:
         """``sum_b weights[b, k] W_b`` for every column of ``weights [B, K]``, ``[K, out, in]``,

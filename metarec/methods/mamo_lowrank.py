@@ -6,7 +6,10 @@ bound by memory bandwidth. Here no per-user weight exists: every linear layer is
 :class:`~metarec.lowrank.FastLinear` whose personal part is MAMO's memory mixture (``phi_u - tau
 a_u^T M_U`` for the user MLP, ``a_u^T M_{U,I}`` for the task layer) plus the rank-one updates of the
 local steps. Same equations, same numbers (float64 tests against the other two backends), a
-fraction of the memory traffic.
+fraction of the memory traffic. First-order local steps (every evaluation, and training by
+default) backpropagate through the factored layers by hand, and a catalogue is scored with each
+user's whole weights (:meth:`FactoredRecommender.score`): what serving a new user costs is
+mostly the number of operators dispatched and the multiply-adds of the scoring.
 """
 
 from __future__ import annotations
@@ -97,7 +100,6 @@ class FactoredRecommender:
         x = torch.cat([e_u.expand(-1, e_i.shape[1], -1), e_i], dim=-1)  # [e_u; e_i], Eq. 2
         out = run(self.head, self.memory_act(run([self.task], x, taps)), taps)
         return out.squeeze(-1) if self.out_dim == 1 else out
-
 
     def score(self, profile: Tensor, items: Tensor, *, item_base: Tensor | None = None) -> Tensor:
         """:meth:`__call__` without taps, for many items (the query, the whole catalogue): every
@@ -234,6 +236,8 @@ def adapt(
     outer loop (evaluated on the detached network and inputs, as the engine does), so the steps
     are taken on a detached copy, written in place into reserved factors, and handed to ``net``
     at the end. The first layers' base outputs (user profile, support items) are computed once.
+    First-order steps of a regression output take :func:`_adapt_by_hand` (the same gradients,
+    written out, no autograd); the others differentiate the taps with :func:`torch.autograd.grad`.
     """
     if first_order:
         rank = sum(n_step_items(idx, support.shape[1]) for idx in step_items)
