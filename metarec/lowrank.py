@@ -194,10 +194,13 @@ class FastLinear:
         return w
 
     def apply_dense(self, x: Tensor, weight: Tensor, batch_size: int) -> Tensor:
-        """``x [B, n, in]`` through :meth:`dense`'s ``weight`` and the users' biases."""
+        """``x [B, n, in]`` through :meth:`dense`'s ``weight`` and the users' biases, in one
+        fused product (no pass of its own for the bias)."""
         bias = self.user_bias(batch_size)
-        y = x @ weight.transpose(-1, -2)
-        return y if bias is None else y + bias.unsqueeze(1)
+        w = weight if weight.dim() == 3 else weight.expand(batch_size, *weight.shape)
+        if bias is None:
+            return torch.bmm(x, w.transpose(1, 2))
+        return torch.baddbmm(bias.unsqueeze(1), x, w.transpose(1, 2))
 
     def weighted_sum(self, weights: Tensor) -> Tensor:
         """``sum_b weights[b, k] W_b`` for every column of ``weights [B, K]``, ``[K, out, in]``,

@@ -125,10 +125,7 @@ class FactoredRecommender:
                 if not isinstance(layer, FastLinear):
                     e_i = _act(layer, e_i)
                 elif i == 0:
-                    base = None if item_base is None else item_base[:, rows]
-                    e_i = layer(e_i, base)
-                    if e_i is base:  # no local step on this layer: do not overwrite the cached base
-                        e_i = e_i.clone()
+                    e_i = _first_layer(layer, e_i, None if item_base is None else item_base[:, rows])
                 else:
                     e_i = layer.apply_dense(e_i, dense[id(layer)], b)
             h = _act(self.memory_act, torch.baddbmm(user_part, e_i, w_items) if w_items.dim() == 3 else user_part + e_i @ w_items)
@@ -136,6 +133,20 @@ class FactoredRecommender:
                 h = layer.apply_dense(h, dense[id(layer)], b) if isinstance(layer, FastLinear) else _act(layer, h)
             out.append(h.squeeze(-1) if self.out_dim == 1 else h)
         return out[0] if len(out) == 1 else torch.cat(out, 1)
+
+
+def _first_layer(layer: FastLinear, x: Tensor, base: Tensor | None) -> Tensor:
+    """``layer(x, base)`` as a fresh tensor, with the local steps' factors added to the base in
+    one fused product and the bias shift added in place (no extra pass allocating a copy)."""
+    if base is None:
+        base = layer.base(x)
+    if layer.left is None:
+        y = base.clone()
+    else:
+        y = torch.baddbmm(base, torch.bmm(x, layer.right.transpose(1, 2)), layer.left)
+    if layer.bias_shift is not None:
+        y.add_(layer.bias_shift.unsqueeze(1))
+    return y
 
 
 def _act(module: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
