@@ -8,10 +8,12 @@ For each model folder (written by ``metarec fit``):
    p50/p90/p99 of the wall time per call;
 2. **over HTTP**: ``metarec serve`` started as a subprocess on a loopback port (``--workers``
    inference threads, default 1, ``--threads`` torch threads, concurrent requests micro-batched
-   up to ``--max-batch``) and ``--clients`` concurrent clients (an asyncio/httpx load generator
-   with exactly that many requests in flight) for ``--duration`` seconds, each request a
+   up to ``--max-batch``) and ``--clients`` concurrent clients (a load generator on bare asyncio
+   HTTP/1.1 keep-alive connections, :func:`load_raw`, or httpx with ``--load-client httpx``, with
+   exactly that many requests in flight) for ``--duration`` seconds, each request a
    ``POST /recommend`` of the same kind of user with ``k = 10``; latency percentiles, errors (any
-   status other than 200 or a transport error), throughput and the server's batch sizes.
+   status other than 200, an answer that is not a recommendation, or a transport error),
+   throughput and the server's batch sizes.
 
 Latency does not depend on how long a model was trained (the same network is evaluated), so
 the models may be fitted with few epochs. The load generator runs on the same machine as the
