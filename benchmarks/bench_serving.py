@@ -8,10 +8,12 @@ For each model folder (written by ``metarec fit``):
    p50/p90/p99 of the wall time per call;
 2. **over HTTP**: ``metarec serve`` started as a subprocess on a loopback port (``--workers``
    inference threads, default 1, ``--threads`` torch threads, concurrent requests micro-batched
-   up to ``--max-batch``) and ``--clients`` concurrent clients (an asyncio/httpx load generator
-   with exactly that many requests in flight) for ``--duration`` seconds, each request a
+   up to ``--max-batch``) and ``--clients`` concurrent clients (a load generator on bare asyncio
+   HTTP/1.1 keep-alive connections, :func:`load_raw`, or httpx with ``--load-client httpx``, with
+   exactly that many requests in flight) for ``--duration`` seconds, each request a
    ``POST /recommend`` of the same kind of user with ``k = 10``; latency percentiles, errors (any
-   status other than 200 or a transport error), throughput and the server's batch sizes.
+   status other than 200, an answer that is not a recommendation, or a transport error),
+   throughput and the server's batch sizes.
 
 Latency does not depend on how long a model was trained (the same network is evaluated), so
 the models may be fitted with few epochs. The load generator runs on the same machine as the
@@ -214,13 +216,106 @@ def free_port() -> int:
     return port
 
 
-async def load(url: str, users: list[dict], clients: int, duration: float) -> dict:
-    """``clients`` loops posting /recommend back to back for ``duration`` s (bounded: one request each in flight)."""
+async def load(url: str, users: list[dict], clients: int, duration: float, client: str = "raw") -> dict:
+    """``clients`` loops posting /recommend back to back for ``duration`` s (bounded: one request
+    each in flight): :func:`load_raw` (default) or :func:`load_httpx`."""
+    fn = load_raw if client == "raw" else load_httpx
+    return await fn(url, users, clients, duration)
+
+
+def _bodies(users: list[dict]) -> list[bytes]:
+    return [json.dumps({**u, "k": 10, "exclude_rated": False}).encode() for u in users]
+
+
+async def load_raw(url: str, users: list[dict], clients: int, duration: float) -> dict:
+    """The load generator on bare asyncio streams: one HTTP/1.1 keep-alive connection per client,
+    request bodies encoded once, each response read in full (status line, headers, the body by
+    its ``Content-Length`` or chunks) and checked (status 200, a JSON object with ``items``).
+
+    Each request is timed from before its first byte is written to after its last byte is read.
+    It does what httpx does on the wire at a fraction of the CPU, which matters when the load
+    generator shares the server's cores (both CPU times are in the record).
+    """
+    host, port = url.split("://", 1)[1].rsplit(":", 1)
+    bodies = _bodies(users)
+    heads = [(f"POST /recommend HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
+              f"Content-Length: {len(b)}\r\n\r\n").encode() + b for b in bodies]
+    latencies: list[float] = []
+    errors: dict[str, int] = {}
+    start = time.perf_counter()
+    deadline = start + duration
+
+    def error(key: str) -> None:
+        errors[key] = errors.get(key, 0) + 1
+
+    async def client(n: int) -> None:
+        reader = writer = None
+        k = n
+        try:
+            while time.perf_counter() < deadline:
+                request = heads[k % len(heads)]
+                k += clients
+                t0 = time.perf_counter()
+                try:
+                    if writer is None:
+                        reader, writer = await asyncio.open_connection(host, int(port))
+                    writer.write(request)
+                    status, body, close = await asyncio.wait_for(_read_response(reader), 30)
+                    ok = status == 200 and body[:1] == b"{" and b'"items"' in body
+                    key = f"http_{status}" if status != 200 else "bad_body"
+                except (OSError, asyncio.IncompleteReadError, asyncio.TimeoutError, ValueError) as exc:
+                    ok, key, close = False, type(exc).__name__, True
+                latencies.append(time.perf_counter() - t0)
+                if not ok:
+                    error(key)
+                if close and writer is not None:
+                    writer.close()
+                    reader = writer = None
+        finally:
+            if writer is not None:
+                writer.close()
+
+    await asyncio.gather(*(client(n) for n in range(clients)))
+    wall = time.perf_counter() - start
+    return {**percentiles(latencies), "requests": len(latencies), "errors": sum(errors.values()),
+            "error_kinds": errors, "wall_s": wall, "throughput_rps": len(latencies) / wall, "clients": clients,
+            "load_generator": "raw asyncio HTTP/1.1, keep-alive"}
+
+
+async def _read_response(reader: asyncio.StreamReader) -> tuple[int, bytes, bool]:
+    """``(status, body, connection closes)`` of one HTTP/1.1 response."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split(" ", 2)[1])
+    headers = {}
+    for line in lines[1:]:
+        if ":" in line:
+            name, value = line.split(":", 1)
+            headers[name.strip().lower()] = value.strip()
+    if "content-length" in headers:
+        body = await reader.readexactly(int(headers["content-length"]))
+    elif headers.get("transfer-encoding", "").lower() == "chunked":
+        parts = []
+        while True:
+            size = int((await reader.readuntil(b"\r\n")).split(b";")[0], 16)
+            parts.append(await reader.readexactly(size + 2))
+            if size == 0:
+                break
+        body = b"".join(p[:-2] for p in parts)
+    else:
+        raise ValueError("response without Content-Length or chunked encoding")
+    return status, body, headers.get("connection", "").lower() == "close"
+
+
+async def load_httpx(url: str, users: list[dict], clients: int, duration: float) -> dict:
+    """The same loops through ``httpx.AsyncClient`` (the load generator of earlier records)."""
     import httpx
 
     latencies: list[float] = []
     errors: dict[str, int] = {}
+    bodies = _bodies(users)
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    headers = {"content-type": "application/json"}
     async with httpx.AsyncClient(base_url=url, timeout=30, limits=limits) as c:
         start = time.perf_counter()
         deadline = start + duration
@@ -228,11 +323,11 @@ async def load(url: str, users: list[dict], clients: int, duration: float) -> di
         async def client(n: int) -> None:
             k = n
             while time.perf_counter() < deadline:
-                body = {**users[k % len(users)], "k": 10, "exclude_rated": False}
+                body = bodies[k % len(bodies)]
                 k += clients
                 t0 = time.perf_counter()
                 try:
-                    r = await c.post("/recommend", json=body)
+                    r = await c.post("/recommend", content=body, headers=headers)
                     ok = r.status_code == 200
                     key = f"http_{r.status_code}"
                 except httpx.HTTPError as exc:
@@ -244,7 +339,8 @@ async def load(url: str, users: list[dict], clients: int, duration: float) -> di
         await asyncio.gather(*(client(n) for n in range(clients)))
         wall = time.perf_counter() - start
     return {**percentiles(latencies), "requests": len(latencies), "errors": sum(errors.values()),
-            "error_kinds": errors, "wall_s": wall, "throughput_rps": len(latencies) / wall, "clients": clients}
+            "error_kinds": errors, "wall_s": wall, "throughput_rps": len(latencies) / wall, "clients": clients,
+            "load_generator": "httpx.AsyncClient"}
 
 
 def over_http(model_dir: str, users: list[dict], args) -> dict:
@@ -274,7 +370,7 @@ def over_http(model_dir: str, users: list[dict], args) -> dict:
             httpx.post(f"{url}/recommend", json={**u, "k": 10, "exclude_rated": False}, timeout=30).raise_for_status()
         before = httpx.get(f"{url}/health", timeout=10).json()
         server0, client0 = process_cpu_s(proc.pid), time.process_time()
-        result = asyncio.run(load(url, users, args.clients, args.duration))
+        result = asyncio.run(load(url, users, args.clients, args.duration, args.load_client))
         server1, client1 = process_cpu_s(proc.pid), time.process_time()
         after = httpx.get(f"{url}/health", timeout=10).json()
         # CPU per request, server (HTTP + model) and load generator: what 2 shared cores must
@@ -308,6 +404,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=1, help="inference threads of the server")
     p.add_argument("--max-batch", type=int, default=16, help="the server's micro-batch limit (1 = one request per model call)")
     p.add_argument("--duration", type=float, default=30.0, help="seconds of HTTP load per model")
+    p.add_argument("--load-client", choices=("raw", "httpx"), default="raw",
+                   help="the load generator: bare asyncio HTTP/1.1 (default, least CPU) or httpx.AsyncClient")
     p.add_argument("--skip-http", action="store_true")
     p.add_argument("--floor-only", action="store_true",
                    help="measure only where a call's time goes (the floor: CPU times and operator counts); implies --skip-http")

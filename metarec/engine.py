@@ -457,6 +457,43 @@ def adapt_and_predict_batch(
         return predict_batch(forward, detached, batch, user_params={**u_params, **fast})
 
 
+def adapt_and_predict_head(
+    model: nn.Module,
+    forward: Forward,
+    params: Mapping[str, Tensor],
+    adapt: Sequence[str],
+    batch: TaskBatch,
+    *,
+    lr: LearningRate,
+    steps: int,
+    chunk_size: int | None = None,
+) -> Tensor:
+    """:func:`adapt_and_predict_batch` (masked MSE, full-support steps) for a model that may
+    adapt its head by hand: a :class:`~metarec.nn.RatingMLP` whose adapted parameters are exactly
+    its ReLU head, with one step size, takes :meth:`~metarec.nn.RatingMLP.adapt_head_and_predict`
+    (the same update with the gradients written out, a fraction of the dispatch cost); anything
+    else goes through :func:`adapt_and_predict_batch`. Benchmark evaluation and serving both call
+    this, so they share one path.
+    """
+    if has_plain_relu_head(model, adapt) and isinstance(lr, (int, float)) and not isinstance(lr, bool):
+        return model.adapt_head_and_predict(batch, lr=float(lr), steps=steps)
+    return adapt_and_predict_batch(forward, params, adapt, batch, lr=lr, steps=steps, chunk_size=chunk_size)
+
+
+def has_plain_relu_head(model: nn.Module, adapt: Sequence[str]) -> bool:
+    """Whether ``model`` can adapt by hand: it has ``adapt_head_and_predict`` and a ReLU head
+    (``relu_head()``), and ``adapt`` names exactly that head's weights and biases."""
+    relu_head = getattr(model, "relu_head", None)
+    if not callable(relu_head) or not callable(getattr(model, "adapt_head_and_predict", None)):
+        return False
+    linears = relu_head()
+    if linears is None:
+        return False
+    ids = {id(t) for lin in linears for t in (lin.weight, lin.bias)}
+    named = dict(model.named_parameters())
+    return len(set(adapt)) == len(ids) and all(n in named and id(named[n]) in ids for n in adapt)
+
+
 # --------------------------------------------------------------------------- per-user gradients
 
 

@@ -177,6 +177,31 @@ class FastLinear:
             w = w + Outer(self.left, self.right).materialize()
         return w
 
+    def base_weight(self) -> Tensor:
+        """The base weight: ``[out, in]`` when shared, ``[B, out, in]`` when it mixes slots."""
+        if self.slots is None:
+            return self.weight
+        w = torch.einsum("bk,koi->boi", self.slot_coef, self.slots)
+        return w if self.weight is None else w + self.weight
+
+    def dense(self) -> Tensor:
+        """Every user's whole weight ``[B, out, in]`` (base and local steps; ``[out, in]`` with
+        neither slots nor steps), for scoring many items: one product per user instead of the
+        base's slots and the factors'."""
+        w = self.base_weight()
+        if self.left is not None:
+            w = torch.baddbmm(w.expand(self.left.shape[0], *w.shape[-2:]), self.left.transpose(1, 2), self.right)
+        return w
+
+    def apply_dense(self, x: Tensor, weight: Tensor, batch_size: int) -> Tensor:
+        """``x [B, n, in]`` through :meth:`dense`'s ``weight`` and the users' biases, in one
+        fused product (no pass of its own for the bias)."""
+        bias = self.user_bias(batch_size)
+        w = weight if weight.dim() == 3 else weight.expand(batch_size, *weight.shape)
+        if bias is None:
+            return torch.bmm(x, w.transpose(1, 2))
+        return torch.baddbmm(bias.unsqueeze(1), x, w.transpose(1, 2))
+
     def weighted_sum(self, weights: Tensor) -> Tensor:
         """``sum_b weights[b, k] W_b`` for every column of ``weights [B, K]``, ``[K, out, in]``,
         without building any ``W_b`` (a memory write of the adapted weights, MAMO's Eq. 8)."""

@@ -8,12 +8,15 @@ inputs (one user) and on batched ones, and under :func:`torch.func.vmap`.
 from __future__ import annotations
 
 import math
-from typing import Literal, Mapping, Protocol, Sequence, runtime_checkable
+from typing import TYPE_CHECKING, Literal, Mapping, Protocol, Sequence, runtime_checkable
 
 import torch
 from torch import Tensor, nn
 
 from metarec.schema import Feature, FeatureSchema
+
+if TYPE_CHECKING:  # pragma: no cover
+    from metarec.tasks import TaskBatch
 
 MultiPooling = Literal["mean", "sum", "sigmoid"]
 #: Names :func:`make_activation` knows (config fields use this type, so a typo fails at construction).
@@ -259,6 +262,53 @@ class RatingMLP(nn.Module):
         user = broadcast_user(self.user_embedder(user_x), items)
         return self.head(torch.cat([items, user], dim=-1)).squeeze(-1)
 
+    def relu_head(self) -> list[nn.Linear] | None:
+        """The head's linear layers when it is a plain ReLU MLP with biases and one output
+        (what :func:`per_user_relu_mlp` computes), else None."""
+        return relu_mlp_linears(self.head)
+
+    def adapt_head_and_predict(
+        self, batch: "TaskBatch", *, lr: float, steps: int
+    ) -> Tensor:
+        """Each user's head after ``steps`` plain SGD steps of rate ``lr`` on the masked MSE of
+        their support set, scored on their query items: ``[B, Q]``. Needs :meth:`relu_head`.
+
+        The same first-order local update as :func:`metarec.engine.adapt_and_predict_batch`
+        (which gets there with :func:`torch.func.grad` under vmap), with the gradients written
+        out (:func:`per_user_relu_mlp_mse_grads`) and the users' weights as ``[B, out, in]``
+        stacks: a step is a dozen batched products whatever the batch size. The query is scored
+        with the first layer split into its item and user columns (``[items; user] W^T = items
+        W_i^T + user W_u^T``), so the user's part is computed once, not once per item.
+        """
+        linears = self.relu_head()
+        if linears is None:
+            raise ValueError("adapt_head_and_predict needs a ReLU head with biases and one output")
+        with torch.no_grad():
+            user = self.user_embedder(batch.user_features)  # [B, Du]
+            support = embed_items(self.item_embedder, batch.support_features)  # [B, S, Di]
+            b = user.shape[0]
+            params: list[Tensor] = []
+            for lin in linears:
+                params += [lin.weight.expand(b, *lin.weight.shape), lin.bias.expand(b, -1)]
+            if steps > 0:
+                x = torch.cat([support, broadcast_user(user, support)], dim=-1)
+                y, mask = batch.support_ratings.to(x.dtype), batch.support_mask
+                for _ in range(steps):
+                    _, grads = per_user_relu_mlp_mse_grads(params, x, y, mask)
+                    params = [torch.add(p, g, alpha=-lr) for p, g in zip(params, grads)]
+            query = embed_items(self.item_embedder, batch.query_features)  # [B, Q, Di]
+            di = query.shape[-1]
+            w1, b1 = params[0], params[1]
+            user_part = torch.baddbmm(b1.unsqueeze(1), user.unsqueeze(1), w1[:, :, di:].transpose(1, 2))  # [B, 1, H]
+            w1_items = w1[:, :, :di].transpose(1, 2)
+            out = []
+            for rows in item_chunks(query.shape[1], b):
+                z = torch.baddbmm(user_part, query[:, rows], w1_items)
+                for layer in range(1, len(params) // 2):
+                    z = torch.baddbmm(params[2 * layer + 1].unsqueeze(1), z.relu_(), params[2 * layer].transpose(1, 2))
+                out.append(z.squeeze(-1))
+            return out[0] if len(out) == 1 else torch.cat(out, 1)
+
 
 # --------------------------------------------------------------------------- attentive memories
 
@@ -461,6 +511,32 @@ class InteractionEmbedder(nn.Module):
         items = self.item_tower(self.item_embedder(items_x))
         user = self.user_tower(self.user_embedder(user_x))
         return torch.cat([items, broadcast_user(user, items)], dim=-1)
+
+
+#: Rows (users x items) a scoring pass over many items works on at once: intermediates of a few
+#: MB stay in the allocator's reuse range and near the cache, where one pass over a batch of
+#: users x the whole catalogue would allocate (and page-fault) tens of MB per layer.
+SCORE_ROWS = 4096
+
+
+def item_chunks(n_items: int, batch_size: int, rows: int | None = None) -> list[slice]:
+    """Slices of the item axis that keep ``batch_size x chunk`` at about ``rows`` (:data:`SCORE_ROWS`)."""
+    step = max(1, (rows or SCORE_ROWS) // max(batch_size, 1))
+    return [slice(s, min(s + step, n_items)) for s in range(0, max(n_items, 1), step)]
+
+
+def relu_mlp_linears(seq: nn.Module) -> list[nn.Linear] | None:
+    """The linear layers of ``seq`` when it is ``Linear -> ReLU -> ... -> Linear`` with biases and
+    one output (the layout :func:`per_user_relu_mlp` computes), else None."""
+    if not isinstance(seq, nn.Sequential) or len(seq) % 2 == 0:
+        return None
+    mods = list(seq)
+    linears = mods[0::2]
+    if not all(isinstance(m, nn.Linear) and m.bias is not None for m in linears):
+        return None
+    if not all(type(m) is nn.ReLU for m in mods[1::2]) or linears[-1].out_features != 1:
+        return None
+    return linears
 
 
 def per_user_relu_mlp(params: Sequence[Tensor], x: Tensor) -> tuple[Tensor, list[Tensor]]:

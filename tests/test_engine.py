@@ -341,3 +341,39 @@ def test_methods_declare_local_parameters_and_the_engine_does_the_rest(synthetic
         assert any(n.startswith("item_embedder.") for n in moved)  # meta-updated
         pred = learner.predict(synthetic_split.test.subset(range(8)))
         assert pred.shape == (8, synthetic_split.test.n_query) and torch.isfinite(pred).all()
+
+
+def test_relu_head_by_hand_equals_the_vmapped_adaptation(setup):
+    """RatingMLP.adapt_head_and_predict (gradients written out, the first layer split into item
+    and user columns, the query scored in chunks) is the vmapped torch.func adaptation: ragged
+    support, a user with no ratings at all, and a catalogue-sized query in several chunks."""
+    model, batch = setup
+    batch = dataclasses.replace(batch, support_mask=batch.support_mask.clone())
+    batch.support_mask[4] = False  # no ratings: the head stays the global one
+    adapt = _head(model)
+    assert engine.has_plain_relu_head(model, adapt)
+    fast = engine.adapt_and_predict_head(model, engine.module_forward(model), _params(model), adapt, batch, lr=0.3, steps=3)
+    ref = engine.adapt_and_predict_batch(engine.module_forward(model), _params(model), adapt, batch, lr=0.3, steps=3)
+    assert fast.shape == ref.shape
+    assert torch.allclose(fast, ref, atol=1e-10, rtol=0)
+    # the adaptation did something, and only where there were ratings
+    plain = engine.adapt_and_predict_batch(engine.module_forward(model), _params(model), adapt, batch, lr=0.3, steps=0)
+    assert torch.allclose(fast[4], plain[4], atol=1e-12) and not torch.allclose(fast[0], plain[0])
+    # scoring in chunks: the same numbers
+    import metarec.nn as nn_module
+
+    old = nn_module.SCORE_ROWS
+    nn_module.SCORE_ROWS = 3
+    try:
+        chunked = model.adapt_head_and_predict(batch, lr=0.3, steps=3)
+    finally:
+        nn_module.SCORE_ROWS = old
+    assert torch.allclose(chunked, fast, atol=1e-12)
+
+
+def test_relu_head_fast_path_only_where_it_applies(setup, synthetic_split):
+    model, _ = setup
+    head = _head(model)
+    assert not engine.has_plain_relu_head(model, head[:-1])  # part of the head: the generic path
+    assert not engine.has_plain_relu_head(smooth_model(synthetic_split.train.schema), head)  # tanh
+    assert not engine.has_plain_relu_head(torch.nn.Linear(2, 1), [])

@@ -434,3 +434,39 @@ def test_learns_planted_user_types():
     paper.meta_fit(split.train)
     a = paper.attention(test.batch(list(range(len(test)))))
     assert float(a.max()) <= math.e / (math.e + 3 / math.e) + 1e-6
+
+
+@pytest.mark.parametrize("case", ["paper", "minibatch-steps", "no-task-memory", "maml"])
+def test_hand_written_local_steps_equal_autograd(synthetic_split, monkeypatch, case):
+    """The lowrank backend's first-order local steps with the backward pass written out, and its
+    catalogue scoring with whole per-user weights, give autograd's and __call__'s numbers."""
+    from metarec.methods import mamo_lowrank
+
+    schema = synthetic_split.train.schema
+    m = _double_learner(schema, local_lr=0.05, **BACKEND_CASES[case])
+    m.meta_fit(synthetic_split.train.subset(range(16)))
+    batch = synthetic_split.test.batch(list(range(6)))
+    batch.support_mask[2] = False  # a user with no ratings
+    calls = []
+    by_hand = mamo_lowrank._adapt_by_hand
+    monkeypatch.setattr(mamo_lowrank, "_adapt_by_hand", lambda *a, **k: calls.append(1) or by_hand(*a, **k))
+    fast = m.adapt_and_predict(batch)
+    assert calls, "the hand-written steps were not taken"
+    with monkeypatch.context() as p:
+        p.setattr(mamo_lowrank, "by_hand_possible", lambda *a: False)
+        p.setattr(mamo_lowrank.FactoredRecommender, "score",
+                  lambda self, profile, items, item_base=None: self(profile, items, item_base=item_base))
+        with torch.no_grad():
+            ref = m.adapt_and_predict(batch)
+    assert torch.allclose(fast, ref, atol=1e-10, rtol=0)
+    with torch.inference_mode():  # no autograd needed any more
+        assert torch.allclose(m.adapt_and_predict(batch), fast, atol=1e-12)
+
+
+def test_classification_output_keeps_autograd_steps(synthetic_split):
+    from metarec.methods import mamo_lowrank
+
+    m = small(synthetic_split.train.schema, output="classification", feature_memory=False, task_memory=False)
+    assert not mamo_lowrank.by_hand_possible(m.factored(None), m.loss_fn)
+    assert mamo_lowrank.by_hand_possible(small(synthetic_split.train.schema, feature_memory=False, task_memory=False)
+                                         .factored(None), engine.masked_mse)

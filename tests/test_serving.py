@@ -309,3 +309,15 @@ def test_weights_of_another_method_are_refused(fitted, folder):
 
 def test_load_model_is_exported_at_the_top():
     assert metarec.load_model.__module__ == "metarec"
+
+
+def test_top_k_is_the_head_of_a_full_sort_ties_included():
+    import numpy as np
+
+    from metarec.serving.model import top_k
+
+    rng = np.random.default_rng(0)
+    for n, k in ((50, 10), (50, 50), (50, 80), (7, 1), (1, 3)):
+        z = rng.integers(0, 4, size=n).astype(float)  # many ties
+        full = np.lexsort((np.arange(n), -z))
+        assert top_k(z, k).tolist() == full[:k].tolist()

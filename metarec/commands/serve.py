@@ -53,6 +53,12 @@ def serve(model: str, host: str, port: int, workers: int, threads: int, max_body
     except (ModelFolderError, ValueError, RuntimeError) as exc:
         raise click.ClickException(str(exc)) from None
     app = create_app(m, limits)
+    # What is loaded now lives as long as the server: keep it out of the collector's full passes,
+    # which would otherwise walk the model's and the frameworks' objects while requests wait
+    import gc
+
+    gc.collect()
+    gc.freeze()
     click.echo(f"serving {m.method} ({len(m.catalogue)} items, {m.grad_mode}, batches of up to {max_batch}) on http://{host}:{port} "
                f"-- docs at /docs", err=True)
     uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=log_level == "debug")

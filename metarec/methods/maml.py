@@ -154,8 +154,8 @@ class MAMLLearner(EpisodicLearner):
         steps = c.inner_steps if c.eval_inner_steps is None else c.eval_inner_steps
         if c.backend == "learn2learn":
             return self._l2l.adapt_and_predict(self.forward, self.params(), batch, steps=steps)
-        return engine.adapt_and_predict_batch(
-            self.forward, self.params(), self.local_names, batch,
+        return engine.adapt_and_predict_head(
+            self.model, self.forward, self.params(), self.local_names, batch,
             lr=self.inner_lr(detach=True), steps=steps, chunk_size=c.chunk_size,
         )
 

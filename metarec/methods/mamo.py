@@ -604,7 +604,7 @@ class MAMO(EpisodicLearner):
                 a = self.memory.attention(profile, c.attention_temperature) if self.uses_attention else None
             net = self._adapt_lowrank(eb, self.factored(a, detach=True), training=False)
             with torch.no_grad():
-                return self.to_rating(net(profile, eb.query_features["profile"], item_base=eb.query_features.get(ITEM_BASE)))
+                return self.to_rating(net.score(profile, eb.query_features["profile"], item_base=eb.query_features.get(ITEM_BASE)))
         with torch.no_grad():
             eb = self.embed(batch)
             _, user_params = self.read(eb.user_features["profile"])

@@ -333,7 +333,8 @@ class ProfileMLPFineTune(ProfileMLP):
         self.model.eval()
         if c.finetune_steps == 0:
             return super().adapt_and_predict(batch)
-        return engine.adapt_and_predict_batch(
+        return engine.adapt_and_predict_head(
+            self.model,
             self.forward,
             dict(self.model.named_parameters()),
             self.local_names,

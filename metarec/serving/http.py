@@ -266,7 +266,8 @@ def create_app(model: RecommenderModel, limits: Limits | None = None) -> Any:
             unknown_items=req.unknown_items))
         if isinstance(out, JSONResponse):
             return out
-        return {"model": model.method, "user_id": req.user_id, **out.to_dict()}
+        # plain JSON types already: rendered as they are, without FastAPI's jsonable_encoder pass
+        return JSONResponse({"model": model.method, "user_id": req.user_id, **out.to_dict()})
 
     @app.post("/predict", summary="Predicted ratings of given items for a user")
     async def predict(req: PredictRequest) -> Any:
@@ -275,7 +276,7 @@ def create_app(model: RecommenderModel, limits: Limits | None = None) -> Any:
                                               user_id=req.user_id))
         if isinstance(out, JSONResponse):
             return out
-        return {"model": model.method, "user_id": req.user_id, **out.to_dict()}
+        return JSONResponse({"model": model.method, "user_id": req.user_id, **out.to_dict()})
 
     @app.get("/health", summary="Liveness and load")
     async def health() -> dict[str, Any]:

@@ -263,7 +263,7 @@ class RecommenderModel:
                 r.query_rows, s, z = r.query_rows[mask], s[mask], z[mask]
             # rank by the model's own output: clipping to the rating range (as the benchmark
             # does for its predictions) would tie every item the model puts above the top
-            order = np.lexsort((np.arange(len(z)), -z))[: int(k)]
+            order = top_k(z, int(k))
             rows = r.query_rows[order]
             out.append(Recommendation(
                 item_ids=[str(self.catalogue.ids[j]) for j in rows],
@@ -457,6 +457,18 @@ class RecommenderModel:
             return "no_grad"
 
 
+def top_k(scores: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the ``k`` highest ``scores``, best first, ties by index: the first ``k`` of a
+    full ``lexsort`` (same order, ties included), sorting only the items that can be among them."""
+    n = len(scores)
+    neg = -np.asarray(scores)
+    if k >= n:
+        return np.lexsort((np.arange(n), neg))
+    kth = np.partition(neg, k - 1)[k - 1]
+    cand = np.flatnonzero(neg <= kth)  # everything that can rank in the first k, ties at the k-th included
+    return cand[np.lexsort((cand, neg[cand]))][:k]
+
+
 def _pair(entry: Any, loc: str) -> tuple[Any, Any]:
     if isinstance(entry, Mapping):
         if "item" not in entry or "rating" not in entry:
@@ -467,4 +479,5 @@ def _pair(entry: Any, loc: str) -> tuple[Any, Any]:
     raise RecommendError(f"{loc}: a rating is an (item_id, rating) pair, got {entry!r}", loc)
 
 
-__all__ = ["Prediction", "RatingRangeError", "Recommendation", "RecommendError", "RecommenderModel", "UnknownItemError", "user_index_of"]
+__all__ = ["Prediction", "RatingRangeError", "Recommendation", "RecommendError", "RecommenderModel", "UnknownItemError", "top_k",
+           "user_index_of"]
