@@ -19,7 +19,8 @@ from metarec.registry import get_learner, learners_for_protocol
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "benchmarks" / "configs"
 TUNE = REPO / "benchmarks" / "results" / "tune-ml1m-20trials-2026-12-02"
-FAIR = {"ml1m": ("ml-1m", [TUNE]), "yelp": ("yelp", [])}
+TUNE_TANP = REPO / "benchmarks" / "results" / "tune-ml1m-tanp-2026-12-02"
+FAIR = {"ml1m": ("ml-1m", [TUNE, TUNE_TANP]), "yelp": ("yelp", [])}
 
 
 def _generator():
@@ -69,7 +70,7 @@ def test_committed_fair_config_is_what_the_generator_writes(name):
     assert rc == 0, err
     assert text == (CONFIGS / f"fair-{name}.toml").read_text()
     if tunes:
-        assert "NOT YET TUNED (8 of 13)" in text and "# mamo " in text
+        assert "NOT YET TUNED (6 of 13)" in text and "# mamo " in text and "# tanp " in text
 
 
 def test_generator_refuses_studies_that_are_not_comparable(tmp_path):
