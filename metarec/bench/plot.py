@@ -91,12 +91,21 @@ def _plot(views: Sequence[ResultsView], stem: str | Path, formats: Sequence[str]
     fig.suptitle(f"metarec bench · {datasets} · error bars: 95 % bootstrap CI over test users "
                  "(else ± std over seeds)", fontsize="small")
     fig.tight_layout()
+    return save_figure(fig, stem, formats)
+
+
+def save_figure(fig: Any, stem: str | Path, formats: Sequence[str], *, dated: bool = True) -> list[Path]:
+    """Write ``fig`` as ``stem.<fmt>`` for each format, each through a temporary file (a reader
+    never sees half a file), then close it. ``dated=False`` leaves the SVG's date out, so that
+    re-rendering the same figure gives the same bytes (the committed forest and CD plots)."""
+    import matplotlib.pyplot as plt
+
     stem = Path(stem)
     written = []
     for fmt in formats:
         path = stem.with_suffix(f".{fmt}")
         tmp = path.with_name(f".{path.name}.tmp")
-        fig.savefig(tmp, format=fmt, dpi=150)
+        fig.savefig(tmp, format=fmt, dpi=150, metadata=None if dated or fmt != "svg" else {"Date": None})
         tmp.replace(path)
         written.append(path)
     plt.close(fig)
@@ -175,16 +184,7 @@ def forest_plot(view: ResultsView, baseline_tests: Mapping[str, Any] | None, ste
                      f"bootstrap CI; band: {base}'s CI; filled: Holm p < {FOREST_ALPHA:g} vs {base} ({how})",
                      fontsize="x-small")
         fig.tight_layout()
-        stem = Path(stem)
-        written = []
-        for fmt in formats:
-            path = stem.with_suffix(f".{fmt}")
-            tmp = path.with_name(f".{path.name}.tmp")
-            fig.savefig(tmp, format=fmt, dpi=150, metadata={"Date": None} if fmt == "svg" else None)
-            tmp.replace(path)
-            written.append(path)
-        plt.close(fig)
-    return written
+        return save_figure(fig, stem, formats, dated=False)
 
 
-__all__ = ["forest_plot", "plot_views"]
+__all__ = ["forest_plot", "plot_views", "save_figure"]

@@ -253,16 +253,9 @@ def cd_diagram(cmp: RankComparison, stem: str | Path, formats: Sequence[str] = (
                      f"({', '.join(sorted({b.rsplit(' ', 1)[0] for b in cmp.blocks}))}); "
                      f"Nemenyi alpha = {cmp.alpha:g}", fontsize="small")
         fig.tight_layout()
-        stem = Path(stem)
-        written = []
-        for fmt in formats:
-            path = stem.with_suffix(f".{fmt}")
-            tmp = path.with_name(f".{path.name}.tmp")
-            fig.savefig(tmp, format=fmt, dpi=150, metadata={"Date": None} if fmt == "svg" else None)
-            tmp.replace(path)
-            written.append(path)
-        plt.close(fig)
-    return written
+        from metarec.bench.plot import save_figure
+
+        return save_figure(fig, stem, formats, dated=False)
 
 
 __all__ = ["RankComparison", "cd_diagram", "cliques", "compare_views", "critical_difference", "friedman",
