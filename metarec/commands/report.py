@@ -106,28 +106,19 @@ def report(paths: tuple[str, ...], reference: str | None, out: str | None, label
         raise click.ClickException("--against needs --rebuild or --retest (the tests are recomputed from the predictions)")
     if rebuild and retest:
         raise click.ClickException("--rebuild already recomputes the tests: give --rebuild or --retest, not both")
-    if retest:
-        from metarec.bench.results import retest_results
+    if rebuild or retest:
+        from metarec.bench.results import rebuild_results, retest_results
 
+        # the two differ only in what they recompute: everything, or only the paired tests
+        option, redo, done = ("--retest", retest_results, "retested") if retest else ("--rebuild", rebuild_results, "rebuilt")
         for p in paths:
             if not Path(p).is_dir():
-                raise click.ClickException(f"--retest: {p} is not a run folder (a folder with results.json)")
+                raise click.ClickException(f"{option}: {p} is not a run folder (a folder with results.json)")
             try:
-                retest_results(p, baseline=against)
+                redo(p, baseline=against)
             except (ValueError, FileNotFoundError) as exc:
                 raise click.ClickException(str(exc)) from None
-            console.print(f"retested {Path(p) / 'results.json'} from its predictions")
-    if rebuild:
-        from metarec.bench.results import rebuild_results
-
-        for p in paths:
-            if not Path(p).is_dir():
-                raise click.ClickException(f"--rebuild: {p} is not a run folder (a folder with results.json)")
-            try:
-                rebuild_results(p, baseline=against)
-            except (ValueError, FileNotFoundError) as exc:
-                raise click.ClickException(str(exc)) from None
-            console.print(f"rebuilt {Path(p) / 'results.json'} from its predictions")
+            console.print(f"{done} {Path(p) / 'results.json'} from its predictions")
     try:
         views = []
         for i, p in enumerate(paths):
