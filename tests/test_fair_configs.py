@@ -20,7 +20,8 @@ REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "benchmarks" / "configs"
 TUNE = REPO / "benchmarks" / "results" / "tune-ml1m-20trials-2026-12-02"
 TUNE_TANP = REPO / "benchmarks" / "results" / "tune-ml1m-tanp-2026-12-02"
-FAIR = {"ml1m": ("ml-1m", [TUNE, TUNE_TANP]), "yelp": ("yelp", [])}
+TUNE_YELP_SIMPLE = REPO / "benchmarks" / "results" / "tune-yelp-simple-2026-12-02"
+FAIR = {"ml1m": ("ml-1m", [TUNE, TUNE_TANP]), "yelp": ("yelp", [TUNE_YELP_SIMPLE])}
 
 
 def _generator():
@@ -69,8 +70,13 @@ def test_committed_fair_config_is_what_the_generator_writes(name):
     rc, text, err = _generate("--dataset", dataset, "--budget", "20", "--name", name, *map(str, tunes))
     assert rc == 0, err
     assert text == (CONFIGS / f"fair-{name}.toml").read_text()
-    if tunes:
-        assert "NOT YET TUNED (6 of 13)" in text and "# mamo " in text and "# tanp " in text
+    from metarec.config import load_toml
+
+    tuned = {m for t in tunes for m in load_toml(t / "best.toml")["methods"]}
+    for m in tuned:  # each study's line in the header
+        assert f"\n# {m} " in text, m
+    left = len(learners_for_protocol("user-cold")) - len(tuned)
+    assert (f"NOT YET TUNED ({left} of 13)" in text) == (left > 0)
 
 
 def test_generator_refuses_studies_that_are_not_comparable(tmp_path):
