@@ -13,7 +13,7 @@ import pytest
 from click.testing import CliRunner
 
 from metarec.bench.config import check_provenance, layer_from_file, resolve_config
-from metarec.config import ConfigError
+from metarec.config import ConfigError, load_toml
 from metarec.registry import get_learner, learners_for_protocol
 
 REPO = Path(__file__).resolve().parents[1]
@@ -70,8 +70,6 @@ def test_committed_fair_config_is_what_the_generator_writes(name):
     rc, text, err = _generate("--dataset", dataset, "--budget", "20", "--name", name, *map(str, tunes))
     assert rc == 0, err
     assert text == (CONFIGS / f"fair-{name}.toml").read_text()
-    from metarec.config import load_toml
-
     tuned = {m for t in tunes for m in load_toml(t / "best.toml")["methods"]}
     for m in tuned:  # each study's line in the header
         assert f"\n# {m} " in text, m
