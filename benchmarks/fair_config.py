@@ -34,6 +34,8 @@ sys.path.insert(0, str(REPO))
 ORDER = ("mamo", "melu", "metacs-dnn", "s2meta", "rum-item", "rum-feature", "tanp", "metahin", "coldnas",
          "global-mean", "baseline-predictor", "profile-mlp", "profile-mlp-finetune")
 POOL_KEYS = ("tuning_fraction", "tuning_seed", "split_seed", "metric")
+#: Pool metric -> whether lower is better (``metarec.tuning.study.METRICS``' directions).
+LOWER_IS_BETTER = {"pool mae": True, "pool ndcg": False}
 
 
 class FairConfigError(ValueError):
@@ -66,11 +68,79 @@ def collect(tune_dirs: list[Path], dataset: str) -> dict[str, dict[str, Any]]:
             if m in out:
                 raise FairConfigError(f"{m} is tuned in two folders ({out[m]['study_path']}, {_rel(d)}): keep one study")
             out[m] = {"settings": dict(layer["methods"].get(m, {})), "provenance": dict(p), "study_path": _rel(d)}
+        if d.is_dir() and (d / "pool-presets.json").exists():
+            _choose_presets(d / "pool-presets.json", {m: out[m] for m in prov})
     pools = {tuple(e["provenance"].get(k) for k in POOL_KEYS) for e in out.values()}
     if len(pools) > 1:
         detail = "; ".join(f"{m}: " + ", ".join(f"{k}={e['provenance'].get(k)}" for k in POOL_KEYS) for m, e in out.items())
         raise FairConfigError(f"the studies were scored on different pools, so their settings are not comparable: {detail}")
     return out
+
+
+def _choose_presets(path: Path, studies: dict[str, dict[str, Any]]) -> None:
+    """Apply the pool-scored presets of ``path`` to this folder's ``studies`` (in place): a
+    preset that beats its method's tuned best on the same pool replaces the tuned settings;
+    either way the entry records the comparison under ``"chosen"``."""
+    import json
+
+    try:
+        record = json.loads(path.read_text())
+        rows = record["rows"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise FairConfigError(f"{path}: not a pool_score_presets.py record ({exc}); rewrite it with that script")
+    for row in rows:
+        m = row.get("method")
+        if m not in studies:
+            continue
+        prov = studies[m]["provenance"]
+        for key, want in (("metric", prov.get("metric")), ("pool_users", prov.get("pool_users")),
+                          ("split_seed", prov.get("split_seed")), ("seed", prov.get("seed"))):
+            got = row.get(key, record.get(key))
+            if got != want:
+                raise FairConfigError(f"{path}: {m}'s preset {row.get('preset')!r} was scored with {key} = {got!r}, "
+                                      f"its study with {want!r}; score it again on the study's pool")
+        _check_preset_unchanged(path, m, row)
+        lower = LOWER_IS_BETTER.get(prov.get("metric"))
+        if lower is None:
+            raise FairConfigError(f"{path}: unknown pool metric {prov.get('metric')!r}")
+        best = prov.get("best_value")
+        value = float(row["value"])
+        prior = studies[m].get("chosen")
+        if prior is not None and prior["kind"] == "preset":  # two presets of one method: keep the better
+            if (value < prior["value"]) != lower or value == prior["value"]:
+                continue
+        wins = best is None or (value < best if lower else value > best)
+        entry = {"preset": row.get("preset"), "overrides": dict(row.get("overrides") or {}), "value": value,
+                 "tuned_best": best, "presets_json": _rel(path)}
+        if wins:
+            studies[m]["chosen"] = {"kind": "preset", **entry}
+            studies[m]["settings"] = {"preset": entry["preset"], **entry["overrides"]}
+        elif prior is None:
+            studies[m]["chosen"] = {"kind": "tuned", **entry}
+
+
+def _check_preset_unchanged(path: Path, method: str, row: dict[str, Any]) -> None:
+    """The scored preset must still resolve to the settings that were scored (presets get
+    renamed and retuned; a score of an older preset says nothing about today's)."""
+    import dataclasses
+
+    from metarec.config import ConfigError, build_config, jsonable
+    from metarec.registry import get_learner
+
+    preset, scored = row.get("preset"), row.get("settings")
+    if scored is None:
+        raise FairConfigError(f"{path}: {method}'s preset {preset!r} was scored without its resolved settings; "
+                              "score it again with benchmarks/pool_score_presets.py")
+    cls = get_learner(method)
+    try:
+        base = cls.presets[preset] if preset is not None else {}
+        now = jsonable(dataclasses.asdict(build_config(cls.Config, base, row.get("overrides") or {})))
+    except (KeyError, ConfigError) as exc:
+        raise FairConfigError(f"{path}: {method}'s scored preset {preset!r} no longer resolves ({exc}); score it again")
+    changed = sorted(k for k in set(now) | set(scored) if now.get(k) != scored.get(k))
+    if changed:
+        raise FairConfigError(f"{path}: {method}'s preset {preset!r} has changed since it was scored "
+                              f"({', '.join(changed)}); score it again with benchmarks/pool_score_presets.py")
 
 
 def _parse_pairs(items: list[str], what: str) -> dict[str, str]:
@@ -130,6 +200,14 @@ def render(dataset: str, name: str, budget: int, studies: dict[str, dict[str, An
                 best = p.get("best_value")
                 head.append(f"# {m:<22} {path:<44} {p.get('trials')!s:>6}  {p.get('complete')!s:>8}  {p.get('pruned')!s:>6}  "
                             f"{p.get('failed')!s:>6}  {'-' if best is None else f'{best:.4f}'}  {p.get('wall_time_s')}")
+    chosen = {m: studies[m]["chosen"] for m in methods if "chosen" in studies.get(m, {})}
+    if chosen:
+        head += ["#", "# Tuned best or hand preset, whichever scores better on the pool (pool_score_presets.py):"]
+        for m, c in chosen.items():
+            extra = ", ".join(f"{k} = {v!r}" for k, v in sorted(c["overrides"].items()))
+            verdict = "runs the preset" if c["kind"] == "preset" else "runs the tuned best"
+            head.append(f"#   {m}: preset {c['preset']!r}{f' ({extra})' if extra else ''}: pool {c['value']:.4f} "
+                        f"vs tuned best {c['tuned_best']:.4f} -> {verdict}")
     if missing:
         head += [
             "#",
@@ -160,7 +238,12 @@ def render(dataset: str, name: str, budget: int, studies: dict[str, dict[str, An
         if m not in studies:
             continue
         lines += toml_table(f"methods.{m}", {**studies[m]["settings"], **sets.get(m, {})})
-        lines += toml_table(f"provenance.{m}", {**studies[m]["provenance"], "study_path": studies[m]["study_path"]})
+        prov = {**studies[m]["provenance"], "study_path": studies[m]["study_path"]}
+        if "chosen" in studies[m]:
+            c = studies[m]["chosen"]
+            prov |= {"chosen": c["kind"], "preset_scored": c["preset"], "preset_value": c["value"],
+                     "presets_json": c["presets_json"]}
+        lines += toml_table(f"provenance.{m}", prov)
     return "\n".join(lines)
 
 

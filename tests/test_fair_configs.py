@@ -128,3 +128,65 @@ def test_bench_refuses_a_tuned_config_on_another_pool_before_running(tmp_path):
     res = CliRunner().invoke(main, ["bench", "-c", str(CONFIGS / "fair-ml1m.toml"), "--set", "protocol.tuning_fraction=0.2",
                                     "--data-dir", str(tmp_path), "--out", str(out)])
     assert res.exit_code != 0 and "tuning-pool users" in res.output and not out.exists()
+
+
+def _scored(method: str, preset: str, value: float, overrides: dict | None = None, **changed) -> dict:
+    """A pool_score_presets.py row for ``method``'s ``preset`` as it resolves today (``changed``:
+    settings that differ from today's, as if the preset had been edited since)."""
+    import dataclasses
+
+    from metarec.config import build_config, jsonable
+
+    cls = get_learner(method)
+    settings = jsonable(dataclasses.asdict(build_config(cls.Config, cls.presets[preset], overrides or {})))
+    return {"method": method, "preset": preset, "overrides": overrides or {}, "settings": {**settings, **changed},
+            "metric": "pool mae", "value": value}
+
+
+def _study_with_presets(tmp_path: Path, rows: list[dict], pool_users: int = 604) -> Path:
+    import json
+
+    d = tmp_path / "tune-mamo"
+    d.mkdir()
+    (d / "best.toml").write_text((TUNE / "mamo" / "best.toml").read_text())
+    (d / "pool-presets.json").write_text(json.dumps({"format": "metarec-pool-presets-1", "pool_users": pool_users,
+                                                     "split_seed": 0, "seed": 0, "rows": rows}))
+    return d
+
+
+def test_a_preset_that_beats_the_tuned_best_on_the_pool_is_what_the_fair_config_runs(tmp_path):
+    tuned_best = load_toml(TUNE / "mamo" / "best.toml")["provenance"]["mamo"]["best_value"]
+    d = _study_with_presets(tmp_path, [_scored("mamo", "paper", tuned_best + 0.01),
+                                       _scored("mamo", "tuned", tuned_best - 0.02, {"epochs": 15})])
+    rc, text, err = _generate("--dataset", "ml-1m", "--budget", "20", "--name", "x", str(d))
+    assert rc == 0, err
+    assert "mamo: preset 'tuned' (epochs = 15): pool " in text and "-> runs the preset" in text
+    cfg = resolve_config(layer_from_file(_write(tmp_path / "c.toml", text)))
+    s = cfg.settings_for("mamo")
+    assert s.preset == "tuned" and s.overrides == {"epochs": 15}  # none of the tuned values
+    assert cfg.provenance["mamo"]["chosen"] == "preset" and cfg.provenance["mamo"]["preset_value"] < tuned_best
+    assert cfg.settings_source("mamo")["kind"] == "tuned"  # still chosen by the study's pool, not by hand
+
+
+def test_a_preset_that_loses_on_the_pool_leaves_the_tuned_settings(tmp_path):
+    tuned_best = load_toml(TUNE / "mamo" / "best.toml")["provenance"]["mamo"]["best_value"]
+    d = _study_with_presets(tmp_path, [_scored("mamo", "paper", tuned_best + 0.01)])
+    rc, text, err = _generate("--dataset", "ml-1m", "--budget", "20", "--name", "x", str(d))
+    assert rc == 0, err
+    assert "-> runs the tuned best" in text
+    cfg = resolve_config(layer_from_file(_write(tmp_path / "c.toml", text)))
+    assert cfg.settings_for("mamo").preset is None
+    assert cfg.settings_for("mamo").overrides == load_toml(TUNE / "mamo" / "best.toml")["methods"]["mamo"]
+    assert cfg.provenance["mamo"]["chosen"] == "tuned"
+
+
+@pytest.mark.parametrize("case", ["changed", "unrecorded", "other-pool"])
+def test_a_preset_score_that_no_longer_describes_the_preset_is_refused(tmp_path, case):
+    row = _scored("mamo", "tuned", 0.5, {"epochs": 15}, **({"memory_slots": 999} if case == "changed" else {}))
+    if case == "unrecorded":
+        del row["settings"]
+    d = _study_with_presets(tmp_path, [row], pool_users=100 if case == "other-pool" else 604)
+    rc, _, err = _generate("--dataset", "ml-1m", "--budget", "20", "--name", "x", str(d))
+    assert rc == 2
+    assert {"changed": "has changed since it was scored (memory_slots)", "unrecorded": "without its resolved settings",
+            "other-pool": "pool_users = 100"}[case] in err

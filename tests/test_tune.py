@@ -299,6 +299,11 @@ def test_pool_score_presets_scores_a_preset_exactly_as_a_trial(tmp_path, capsys)
     assert script.main([str(out), "baseline-predictor=koren", "baseline-predictor=default"]) == 0
     koren, default = read_json(out / "pool-presets.json")["rows"]
     assert (koren["preset"], default["preset"]) == ("koren", "default") and koren["value"] != default["value"]
+    # each row keeps the settings its preset resolved to, so that a later change of the preset is caught
+    from metarec.registry import get_learner
+
+    for k, v in get_learner("baseline-predictor").presets["koren"].items():
+        assert koren["settings"][k] == v, k
     # a --set for a method that is not scored is a one-line error, not a silent no-op
     assert script.main([str(out), "baseline-predictor=koren", "--set", "melu.inner_lr=0.1"]) == 2
     assert "melu" in capsys.readouterr().err
