@@ -190,3 +190,17 @@ def test_a_preset_score_that_no_longer_describes_the_preset_is_refused(tmp_path,
     assert rc == 2
     assert {"changed": "has changed since it was scored (memory_slots)", "unrecorded": "without its resolved settings",
             "other-pool": "pool_users = 100"}[case] in err
+
+
+def test_reports_say_when_a_preset_won_over_the_tuned_best():
+    from metarec.bench.report import settings_details
+    from metarec.serving.fit import settings_line
+
+    cfg = resolve_config(layer_from_file(CONFIGS / "fair-ml1m.toml"))
+    mamo, melu = cfg.settings_source("mamo"), cfg.settings_source("melu")
+    assert mamo["chosen"] == "preset" and melu["chosen"] == "tuned"
+    line = settings_details(mamo)
+    assert line.startswith("preset `tuned` (epochs=15), chosen over the tuned best") and "study `mamo`" in line
+    assert settings_details(melu).startswith("study `melu`")
+    assert settings_line(mamo).startswith("preset tuned, chosen on the tuning pool over")
+    assert settings_line(melu).startswith("tuned: ")

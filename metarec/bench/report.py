@@ -345,12 +345,17 @@ def settings_details(src: Mapping[str, Any]) -> str:
     """One line on a method's settings source: the study behind tuned settings, else preset and overrides."""
     if src.get("kind") == "tuned":
         v = src.get("best_value")
-        return (
+        study = (
             f"study `{src.get('study')}` in `{src.get('tune_dir')}`: {src.get('trials')} of {src.get('budget')} trials "
             f"({src.get('pruned', 0)} pruned, {src.get('failed', 0)} failed), best #{src.get('best_trial')} "
             f"{src.get('metric')} {'–' if v is None else f'{v:.4f}'}; pool {src.get('pool_users')} users "
             f"(tuning_fraction {src.get('tuning_fraction')}, seed {src.get('tuning_seed')})"
         )
+        if src.get("chosen") == "preset":  # benchmarks/fair_config.py: the preset won on the same pool
+            over = ", ".join(f"{k}={val}" for k, val in (src.get("overrides") or {}).items())
+            return (f"preset `{src.get('preset')}`{f' ({over})' if over else ''}, chosen over the tuned best because "
+                    f"it scores {src.get('metric')} {src.get('preset_value', float('nan')):.4f} on the same pool; {study}")
+        return study
     parts = [f"preset `{src['preset']}`" if src.get("preset") else "the learner's Config defaults"]
     if src.get("overrides"):
         parts.append("overrides " + ", ".join(f"{k}={v}" for k, v in src["overrides"].items()))

@@ -264,8 +264,11 @@ def settings_line(source: Mapping[str, Any] | None) -> str:
         return str(source.get("kind"))
     value = source.get("best_value")
     best = f", {source.get('metric')} {value:.4f}" if isinstance(value, (int, float)) else ""
-    return (f"tuned: `metarec tune` study {source.get('study')} in {source.get('tune_dir')}, "
-            f"best trial {source.get('best_trial')} of {source.get('trials')}{best}")
+    tuned = (f"`metarec tune` study {source.get('study')} in {source.get('tune_dir')}, "
+             f"best trial {source.get('best_trial')} of {source.get('trials')}{best}")
+    if source.get("chosen") == "preset":  # the preset beat the study's best on the same pool
+        return f"preset {source.get('preset')}, chosen on the tuning pool over the {tuned}"
+    return f"tuned: {tuned}"
 
 
 def _json(value: Any) -> str:
