@@ -34,8 +34,6 @@ sys.path.insert(0, str(REPO))
 ORDER = ("mamo", "melu", "metacs-dnn", "s2meta", "rum-item", "rum-feature", "tanp", "metahin", "coldnas",
          "global-mean", "baseline-predictor", "profile-mlp", "profile-mlp-finetune")
 POOL_KEYS = ("tuning_fraction", "tuning_seed", "split_seed", "metric")
-#: Pool metric -> whether lower is better (``metarec.tuning.study.METRICS``' directions).
-LOWER_IS_BETTER = {"pool mae": True, "pool ndcg": False}
 
 
 class FairConfigError(ValueError):
@@ -78,16 +76,19 @@ def collect(tune_dirs: list[Path], dataset: str) -> dict[str, dict[str, Any]]:
 
 
 def _choose_presets(path: Path, studies: dict[str, dict[str, Any]]) -> None:
-    """Apply the pool-scored presets of ``path`` to this folder's ``studies`` (in place): a
-    preset that beats its method's tuned best on the same pool replaces the tuned settings;
-    either way the entry records the comparison under ``"chosen"``."""
+    """Apply the pool-scored presets of ``path`` to this folder's ``studies`` (in place): the
+    best-scoring preset of a method replaces its tuned settings if it beats the tuned best on
+    the same pool; either way the entry records the comparison under ``"chosen"``."""
     import json
+
+    from metarec.tuning.study import METRICS
 
     try:
         record = json.loads(path.read_text())
         rows = record["rows"]
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise FairConfigError(f"{path}: not a pool_score_presets.py record ({exc}); rewrite it with that script")
+    scored: dict[str, list[dict[str, Any]]] = {}
     for row in rows:
         m = row.get("method")
         if m not in studies:
@@ -100,42 +101,37 @@ def _choose_presets(path: Path, studies: dict[str, dict[str, Any]]) -> None:
                 raise FairConfigError(f"{path}: {m}'s preset {row.get('preset')!r} was scored with {key} = {got!r}, "
                                       f"its study with {want!r}; score it again on the study's pool")
         _check_preset_unchanged(path, m, row)
-        lower = LOWER_IS_BETTER.get(prov.get("metric"))
-        if lower is None:
+        scored.setdefault(m, []).append(row)
+    for m, candidates in scored.items():
+        prov = studies[m]["provenance"]
+        direction = METRICS.get(str(prov.get("metric")).removeprefix("pool "))
+        if direction is None:
             raise FairConfigError(f"{path}: unknown pool metric {prov.get('metric')!r}")
-        best = prov.get("best_value")
-        value = float(row["value"])
-        prior = studies[m].get("chosen")
-        if prior is not None and prior["kind"] == "preset":  # two presets of one method: keep the better
-            if (value < prior["value"]) != lower or value == prior["value"]:
-                continue
-        wins = best is None or (value < best if lower else value > best)
-        entry = {"preset": row.get("preset"), "overrides": dict(row.get("overrides") or {}), "value": value,
-                 "tuned_best": best, "presets_json": _rel(path)}
+        sign = 1.0 if direction == "minimize" else -1.0  # sign * value: lower is better
+        row = min(candidates, key=lambda r: sign * float(r["value"]))  # the first of equals
+        best, value = prov.get("best_value"), float(row["value"])
+        wins = best is None or sign * value < sign * best
+        entry = {"kind": "preset" if wins else "tuned", "preset": row.get("preset"),
+                 "overrides": dict(row.get("overrides") or {}), "value": value, "tuned_best": best,
+                 "presets_json": _rel(path)}
+        studies[m]["chosen"] = entry
         if wins:
-            studies[m]["chosen"] = {"kind": "preset", **entry}
             studies[m]["settings"] = {"preset": entry["preset"], **entry["overrides"]}
-        elif prior is None:
-            studies[m]["chosen"] = {"kind": "tuned", **entry}
 
 
 def _check_preset_unchanged(path: Path, method: str, row: dict[str, Any]) -> None:
     """The scored preset must still resolve to the settings that were scored (presets get
     renamed and retuned; a score of an older preset says nothing about today's)."""
-    import dataclasses
-
-    from metarec.config import ConfigError, build_config, jsonable
+    from metarec.config import ConfigError, config_to_dict, preset_config
     from metarec.registry import get_learner
 
     preset, scored = row.get("preset"), row.get("settings")
     if scored is None:
         raise FairConfigError(f"{path}: {method}'s preset {preset!r} was scored without its resolved settings; "
                               "score it again with benchmarks/pool_score_presets.py")
-    cls = get_learner(method)
     try:
-        base = cls.presets[preset] if preset is not None else {}
-        now = jsonable(dataclasses.asdict(build_config(cls.Config, base, row.get("overrides") or {})))
-    except (KeyError, ConfigError) as exc:
+        now = config_to_dict(preset_config(get_learner(method), preset, row.get("overrides") or {}))
+    except ConfigError as exc:
         raise FairConfigError(f"{path}: {method}'s scored preset {preset!r} no longer resolves ({exc}); score it again")
     changed = sorted(k for k in set(now) | set(scored) if now.get(k) != scored.get(k))
     if changed:

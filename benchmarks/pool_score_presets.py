@@ -22,7 +22,7 @@ from pathlib import Path
 from metarec.bench.config import BenchConfig, MethodSettings, layer_from_overrides, parse_presets
 from metarec.bench.environment import environment_info
 from metarec.bench.results import read_json, write_json
-from metarec.config import jsonable
+from metarec.config import config_to_dict
 from metarec.registry import get_learner
 from metarec.tuning.study import TuneConfig, fixed_values, load_tuning_split, pool_score
 
@@ -79,7 +79,7 @@ def main(argv: list[str]) -> int:
         # the resolved settings, so that a later rename or change of the preset is caught
         # (benchmarks/fair_config.py compares them with what the preset resolves to then)
         row = {"method": method, "preset": settings.preset, "overrides": settings.overrides,
-               "settings": jsonable(dataclasses.asdict(learner.config)),
+               "settings": config_to_dict(learner.config),
                "metric": f"pool {cfg.metric}", "value": value, "train_s": time.perf_counter() - t0,
                "tuned_best": best.get(method, {}).get("best_value")}
         rows.append(row)

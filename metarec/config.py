@@ -111,6 +111,18 @@ def build_config(cls: type[T], *layers: Mapping[str, Any] | None, where: str = "
         raise ConfigError(f"{where}: {exc}") from None
 
 
+def preset_config(owner: Any, preset: str | None = None, overrides: Mapping[str, Any] | None = None) -> Any:
+    """``owner.Config`` from its layers -- Config defaults < ``owner.presets[preset]`` <
+    ``overrides`` -- validated: how every learner's settings resolve (``owner`` is a learner
+    class; an unknown preset is a :class:`ConfigError` that lists the known ones)."""
+    base: Mapping[str, Any] = {}
+    if preset is not None:
+        if preset not in owner.presets:
+            raise ConfigError(f"{owner.name}: unknown preset {preset!r}; known presets: {', '.join(owner.presets) or '(none)'}")
+        base = owner.presets[preset]
+    return build_config(owner.Config, base, overrides, where=f"{owner.name or owner.__name__} config")
+
+
 def config_to_dict(config: Any) -> dict[str, Any]:
     """A JSON-friendly dict of a config dataclass (tuples become lists)."""
     return jsonable(dataclasses.asdict(config))

@@ -19,7 +19,7 @@ from typing import Any, ClassVar, Iterable, Literal, Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
-from metarec.config import ConfigError, ValidatedConfig, build_config, setting
+from metarec.config import ValidatedConfig, preset_config, setting
 from metarec.nn import Activation, MultiPooling
 from metarec.runtime import resolve_device, torch_generator
 from metarec.schema import FeatureSchema
@@ -140,14 +140,7 @@ class Learner(abc.ABC):
         seed: int = 0,
     ) -> "Learner":
         """Build from layered settings: Config defaults < ``preset`` < ``overrides``."""
-        base: Mapping[str, Any] = {}
-        if preset is not None:
-            if preset not in cls.presets:
-                known = ", ".join(cls.presets) or "(none)"
-                raise ConfigError(f"{cls.name}: unknown preset {preset!r}; known presets: {known}")
-            base = cls.presets[preset]
-        config = build_config(cls.Config, base, overrides, where=f"{cls.name or cls.__name__} config")
-        return cls(schema, config, device=device, seed=seed)
+        return cls(schema, preset_config(cls, preset, overrides), device=device, seed=seed)
 
     def build(self) -> None:
         """Create models and other state; called by ``__init__`` under the run's seed."""

@@ -133,12 +133,9 @@ def test_bench_refuses_a_tuned_config_on_another_pool_before_running(tmp_path):
 def _scored(method: str, preset: str, value: float, overrides: dict | None = None, **changed) -> dict:
     """A pool_score_presets.py row for ``method``'s ``preset`` as it resolves today (``changed``:
     settings that differ from today's, as if the preset had been edited since)."""
-    import dataclasses
+    from metarec.config import config_to_dict, preset_config
 
-    from metarec.config import build_config, jsonable
-
-    cls = get_learner(method)
-    settings = jsonable(dataclasses.asdict(build_config(cls.Config, cls.presets[preset], overrides or {})))
+    settings = config_to_dict(preset_config(get_learner(method), preset, overrides))
     return {"method": method, "preset": preset, "overrides": overrides or {}, "settings": {**settings, **changed},
             "metric": "pool mae", "value": value}
 

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from metarec.config import ConfigError, ValidatedConfig, build_config, setting
+from metarec.config import ConfigError, ValidatedConfig, preset_config, setting
 from metarec.runtime import resolve_device, torch_generator
 from metarec.schema import FeatureSchema
 from metarec.tasks import FeatureTable
@@ -113,13 +113,8 @@ class ItemWarmupLearner(abc.ABC):
                       overrides: Mapping[str, Any] | None = None, device: str | torch.device = "cpu",
                       seed: int = 0) -> "ItemWarmupLearner":
         """Config defaults < ``preset`` < ``overrides``, as for user-task learners."""
-        base: Mapping[str, Any] = {}
-        if preset is not None:
-            if preset not in cls.presets:
-                raise ConfigError(f"{cls.name}: unknown preset {preset!r}; known presets: {', '.join(cls.presets) or '(none)'}")
-            base = cls.presets[preset]
-        config = build_config(cls.Config, base, overrides, where=f"{cls.name or cls.__name__} config")
-        return cls(schema, config, n_users=n_users, n_items=n_items, device=device, seed=seed)
+        return cls(schema, preset_config(cls, preset, overrides), n_users=n_users, n_items=n_items, device=device,
+                   seed=seed)
 
     # ----------------------------------------------------------------- construction
     def build(self) -> None:
