@@ -56,16 +56,16 @@ $(L2L_VENV)/.metarec-installed: pyproject.toml
 	@touch $@
 
 # The suite runs in TEST_JOBS pytest-xdist workers (one per core on CI's 2 cores; TEST_JOBS=0 runs
-# it in one process). The Ray tests run after it in one plain process: they share one local Ray
-# cluster (one per xdist worker otherwise) and their fault checks (kill -9, Ctrl-C, a node
-# removed) wait on that cluster, not on the other tests.
+# it in one process) while the learn2learn env builds beside it; then the learn2learn parity test
+# runs with that env, and the Ray tests in one plain process: they share one local Ray cluster
+# (one per xdist worker otherwise) and their fault checks (kill -9, Ctrl-C, a node removed) wait
+# on that cluster, not on the other tests. scripts/run_tests.sh says why in that order.
 TEST_JOBS   ?= 2
 RAY_TESTS   := tests/test_ray_executor.py tests/test_ray_tune.py
 XDIST_ARGS  := $(if $(filter 0,$(TEST_JOBS)),,-n $(TEST_JOBS))
 
-test: venv l2l
-	METAREC_L2L_PYTHON=$(abspath $(L2L_VENV))/bin/python $(BIN)/python -m pytest -q $(XDIST_ARGS) $(addprefix --ignore=,$(RAY_TESTS))
-	$(BIN)/python -m pytest -q $(RAY_TESTS)
+test: venv
+	MAKE="$(MAKE)" bash scripts/run_tests.sh $(BIN) $(L2L_VENV) "$(XDIST_ARGS)" $(RAY_TESTS)
 
 test-fast: venv
 	$(BIN)/python -m pytest -q $(XDIST_ARGS) -m "not slow"
