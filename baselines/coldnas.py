@@ -55,7 +55,7 @@ from torch import Tensor, nn
 
 from metarec import engine
 from metarec.learner import EpisodicConfig, EpisodicLearner
-from metarec.nn import FeatureEmbedder, SetEncoder, broadcast_user, masked_mean
+from metarec.nn import FeatureEmbedder, SetEncoder, broadcast_user
 from metarec.tasks import TaskBatch, TaskSet
 
 #: The four modulation operations, in the order a position applies them.

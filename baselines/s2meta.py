@@ -100,7 +100,6 @@ epoch times of both backends: ``benchmarks/bench_s2meta_speed.py``; where a meta
 from __future__ import annotations
 
 import dataclasses
-import math
 import warnings
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal, Mapping, Sequence

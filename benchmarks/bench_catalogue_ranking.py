@@ -23,8 +23,6 @@ import os
 import sys
 import time
 
-import torch
-
 from metarec.bench.timing import add_machine_options, load_timing_split, machine_from_options, timed, write_record
 
 TARGET_S = 60.0

@@ -32,7 +32,6 @@ from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 
@@ -152,7 +151,6 @@ def stack_lstm_weights(
     ``heads[k]`` = ``(weight [heads, H], bias [heads])``; ``initial[k]`` = ``(h0 [H], c0 [H])``.
     """
     hidden = cells[0].hidden_size
-    n_in = cells[0].input_size
     # the K cells stacked first, then permuted and transposed once (not once per cell): the same
     # numbers with a few operators, forward and backward, instead of ~12 per cell
     w_ih = _gate_blocks(torch.stack([c.weight_ih for c in cells]), hidden)  # [K, 4H, n_in], (i, f, o, g)

@@ -9,7 +9,7 @@ what lets a learner adapt every user of the batch at once with :func:`torch.func
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields, replace
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch

@@ -23,7 +23,6 @@ A method's own settings resolve as: its Config defaults < its preset < file over
 from __future__ import annotations
 
 import copy
-import math
 import dataclasses
 import math
 import os

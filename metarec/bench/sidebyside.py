@@ -13,7 +13,7 @@ tuned - hand). A run's MAE is marked where its baseline family (``baseline_tests
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping, Sequence
+from typing import Sequence
 
 from metarec.bench.report import group_views
 from metarec.bench.results import CELLS, ResultsView, reported_holm_p

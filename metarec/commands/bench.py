@@ -198,10 +198,6 @@ def bench(
     )
     from metarec.bench.report import rich_tables, table_console, views_from_paths
     from metarec.bench.runner import BenchError, default_out_dir, run_bench
-    from metarec.config import ConfigError
-    from metarec.data.protocol import ProtocolError
-    from metarec.data.readers import DataFormatError
-
     console = table_console()
     err = Console(stderr=True, soft_wrap=True)  # one line per message, also in a log file
     out_dir: Path | None = None

@@ -322,7 +322,7 @@ def download(ctx: click.Context, name: str, data_dir: str | None, force: bool, u
              allow_unverified: bool) -> None:
     """Fetch NAME's official files, verify their checksums and extract them safely."""
     from metarec.data.catalog import dataset_dir, get_entry
-    from metarec.data.download import DownloadError, download_dataset
+    from metarec.data.download import download_dataset
 
     data_dir = data_dir or (ctx.obj or {}).get("data_dir")
     try:

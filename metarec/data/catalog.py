@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from metarec.config import ConfigError
 from metarec.data.custom import combined_checksum, file_digest
 
 ENV_DATA_DIR = "METAREC_DATA_DIR"

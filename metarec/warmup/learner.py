@@ -26,11 +26,11 @@ from __future__ import annotations
 import abc
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal, Mapping
+from typing import Any, ClassVar, Mapping
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from metarec.config import ConfigError, ValidatedConfig, preset_config, setting
 from metarec.runtime import resolve_device, torch_generator
