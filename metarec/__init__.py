@@ -16,7 +16,20 @@ except _metadata.PackageNotFoundError:  # running from a source tree that is not
     __version__ = "0.0.0+unknown"
 
 from metarec.schema import Feature, FeatureSchema, SCENARIOS
-from metarec.tasks import FeatureTable, Task, TaskBatch, TaskSet
+
+# The task containers need torch (about a second to import): they load on first access, so that
+# `metarec --help` and the CLI's one-line refusals do not wait for it (PEP 562).
+_LAZY = {"FeatureTable": "metarec.tasks", "Task": "metarec.tasks", "TaskBatch": "metarec.tasks", "TaskSet": "metarec.tasks"}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'metarec' has no attribute {name!r}")
 
 
 

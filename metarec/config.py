@@ -206,6 +206,10 @@ def _type_name(hint: Any) -> str:
 
 # ---------------------------------------------------------------------------- declarative validation
 
+#: The device names every ``--device`` option and :func:`metarec.runtime.resolve_device` accept
+#: (here, not in the torch-importing runtime module, so that the CLI can build its options cheaply).
+DEVICE_CHOICES = ("auto", "cpu", "cuda")
+
 #: Key of a field's ``metadata`` under which :func:`setting` stores its bounds.
 META_KEY = "metarec"
 

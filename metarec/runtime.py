@@ -14,7 +14,7 @@ import random
 import numpy as np
 import torch
 
-DEVICE_CHOICES = ("auto", "cpu", "cuda")
+from metarec.config import DEVICE_CHOICES  # noqa: F401  (re-exported: the names resolve_device accepts)
 
 
 def seed_everything(seed: int, *, deterministic: bool = True) -> None:

@@ -140,3 +140,36 @@ def test_runtime_seeds_and_devices():
     if not torch.cuda.is_available():
         with pytest.raises(RuntimeError, match="no CUDA device"):
             resolve_device("cuda")
+
+
+def test_importing_metarec_and_cli_help_stay_light():
+    """`import metarec`, the config modules and `metarec --help` do not import torch, the metrics
+    or SciPy; the lazily exported names still resolve to the real classes."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "import metarec, metarec.bench, metarec.bench.config, metarec.config, metarec.cli\n"
+        "from metarec.cli import main\n"
+        "try:\n"
+        "    main(['--help'], standalone_mode=False)\n"
+        "    main(['bench', '--help'], standalone_mode=False)\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "heavy = sorted(m for m in ('torch', 'scipy', 'metarec.metrics', 'metarec.tasks') if m in sys.modules)\n"
+        "print('HEAVY', heavy)\n"
+        "from metarec import Task, TaskSet\n"
+        "from metarec.bench import BenchConfig, run_bench\n"
+        "import metarec.tasks, metarec.bench.runner\n"
+        "assert Task is metarec.tasks.Task and TaskSet is metarec.tasks.TaskSet\n"
+        "assert run_bench is metarec.bench.runner.run_bench\n"
+        "print('LAZY OK')\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "HEAVY []" in res.stdout and "LAZY OK" in res.stdout, res.stdout
+    with pytest.raises(AttributeError, match="no attribute 'Taks'"):
+        import metarec
+
+        metarec.Taks  # noqa: B018

@@ -13,7 +13,20 @@ Programmatic use::
                                     seeds=(0, 1)), out="runs/demo")
 """
 
-from metarec.bench.config import BenchConfig, MethodSettings, resolve_config
-from metarec.bench.runner import BenchError, run_bench
+# Loaded on first access (PEP 562): importing a submodule such as metarec.bench.config must not pull
+# in the runner, the metrics and SciPy with it.
+_LAZY = {"BenchConfig": "metarec.bench.config", "MethodSettings": "metarec.bench.config",
+         "resolve_config": "metarec.bench.config", "BenchError": "metarec.bench.runner",
+         "run_bench": "metarec.bench.runner"}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'metarec.bench' has no attribute {name!r}")
 
 __all__ = ["BenchConfig", "BenchError", "MethodSettings", "resolve_config", "run_bench"]

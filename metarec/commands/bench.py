@@ -8,8 +8,7 @@ from typing import Any
 
 import click
 
-from metarec.commands.options import executor_layer, executor_options
-from metarec.runtime import DEVICE_CHOICES
+from metarec.commands.options import device_option, executor_layer, executor_options
 
 
 def _latest_run_dir(root: Path = Path("runs")) -> Path | None:
@@ -120,7 +119,7 @@ def _check_dataset(cfg: Any, *, explicit: bool, err: Any) -> None:
               help="Loader TOML: a custom dataset's schema (implies -d custom when -d is not given), "
                    "or [loader] options of a built-in one.")
 @click.option("--seeds", "-s", help="Run seeds: 0,1,2 or 0-4 (each decides the user split and the initialisation). [default: 0,1,2]")
-@click.option("--device", type=click.Choice(DEVICE_CHOICES), help="auto = CUDA when available. [default: auto]")
+@device_option
 @click.option("--out", "-o", type=click.Path(file_okay=False), help="Output folder. [default: runs/<timestamp>]")
 @click.option("--config", "-c", "config_files", multiple=True, type=click.Path(dir_okay=False),
               help="TOML config file(s), e.g. benchmarks/configs/default.toml; later files win.")

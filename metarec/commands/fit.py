@@ -8,7 +8,8 @@ from typing import Any
 
 import click
 
-from metarec.runtime import DEVICE_CHOICES
+from metarec.commands.options import device_option
+
 
 
 @click.command("fit")
@@ -33,7 +34,7 @@ from metarec.runtime import DEVICE_CHOICES
               help="Items to recommend from: those rated in the data (warm/cold known), or every item of the item table.")
 @click.option("--titles", type=click.Path(dir_okay=False, exists=True),
               help="CSV (or .tsv) with a header, item id then title (ML-1M's titles are read from movies.dat).")
-@click.option("--device", type=click.Choice(DEVICE_CHOICES), help="auto = CUDA when available. [default: auto]")
+@device_option
 @click.option("--threads", type=click.IntRange(min=1), help="torch threads.")
 @click.option("--offline/--online", default=None, help="Forbid / allow network access when loading data. [default: offline]")
 @click.option("--force", is_flag=True, help="Replace an existing model folder at --out.")

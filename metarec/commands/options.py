@@ -12,6 +12,8 @@ from typing import Any, Callable
 
 import click
 
+from metarec.config import DEVICE_CHOICES
+
 #: Option name -> BenchConfig field.
 EXECUTOR_FIELDS = {"executor": "executor", "ray_address": "ray_address", "cpus_per_run": "cpus_per_run",
                    "gpus_per_run": "gpus_per_run", "retries": "retries"}
@@ -49,3 +51,7 @@ def executor_layer(values: dict[str, Any]) -> dict[str, Any]:
 
 
 __all__ = ["EXECUTOR_FIELDS", "executor_layer", "executor_options"]
+
+
+#: ``--device``, the same for every command that trains or predicts.
+device_option = click.option("--device", type=click.Choice(DEVICE_CHOICES), help="auto = CUDA when available. [default: auto]")

@@ -8,8 +8,7 @@ from typing import Any
 
 import click
 
-from metarec.commands.options import executor_layer, executor_options
-from metarec.runtime import DEVICE_CHOICES
+from metarec.commands.options import device_option, executor_layer, executor_options
 
 
 def _saved_layers(out: Path) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -52,7 +51,7 @@ def _saved_layers(out: Path) -> tuple[dict[str, Any], dict[str, Any]]:
 @click.option("--epochs", type=click.IntRange(min=0), help="Fix epochs of every method that has the setting (not searched then).")
 @click.option("--tuning-fraction", type=click.FloatRange(0, 1, min_open=True, max_open=True),
               help="Share of the users in the tuning pool (protocol.tuning_fraction). [default: 0.1]")
-@click.option("--device", type=click.Choice(DEVICE_CHOICES), help="auto = CUDA when available. [default: auto]")
+@device_option
 @click.option("--out", "-o", type=click.Path(file_okay=False), help="Output folder. [default: runs/tune-<timestamp>]")
 @click.option("--config", "-c", "config_files", multiple=True, type=click.Path(dir_okay=False),
               help="Bench TOML config file(s) (dataset, protocol, presets and fixed values); later files win.")
