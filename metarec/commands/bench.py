@@ -195,9 +195,8 @@ def bench(
         check_provenance, check_tuned, layer_from_file, layer_from_overrides, parse_methods, parse_seeds, resolve_config, tuned_layers,
         parse_presets,
     )
-    from metarec.bench.report import rich_tables, table_console, views_from_paths
-    from metarec.bench.runner import BenchError, default_out_dir, run_bench
-    console = table_console()
+    # The runner and the report (torch, the metrics, SciPy) load only once the settings hold, so a
+    # refused setting costs a fraction of a second, not the import of everything.
     err = Console(stderr=True, soft_wrap=True)  # one line per message, also in a log file
     out_dir: Path | None = None
     try:
@@ -205,6 +204,8 @@ def bench(
         if resume:
             out_path = Path(out) if out else _latest_run_dir()
             if out_path is None:
+                from metarec.bench.runner import BenchError
+
                 raise BenchError("--resume: no earlier benchmark under runs/; name it with --out")
             out = str(out_path)
             layers.append(_saved_layer(out_path))
@@ -243,6 +244,8 @@ def bench(
         if tuned is not None:
             check_tuned(cfg, tuned)
         check_provenance(cfg)
+        from metarec.bench.runner import default_out_dir, run_bench
+
         out_dir = Path(cfg.out) if cfg.out else default_out_dir()
         cfg.out = str(out_dir)
         results = run_bench(cfg, out=out_dir, resume=resume, drop_failed_runs=drop_failed, console=err,
@@ -254,6 +257,9 @@ def bench(
         )
         sys.exit(130)
 
+    from metarec.bench.report import rich_tables, table_console, views_from_paths
+
+    console = table_console()
     out_dir = Path(results["config"]["out"])
     if any(e.get("cells") for e in results["methods"].values()):
         for table in rich_tables(views_from_paths([out_dir]), width=console.width):
