@@ -25,9 +25,10 @@ TUNE_COLDNAS = REPO / "benchmarks" / "results" / "tune-ml1m-coldnas-2026-12-02"
 TUNE_YELP_SIMPLE = REPO / "benchmarks" / "results" / "tune-yelp-simple-2026-12-02"
 TUNE_YELP_MLP = REPO / "benchmarks" / "results" / "tune-yelp-mlp-2026-12-02"
 TUNE_YELP_RUM = REPO / "benchmarks" / "results" / "tune-yelp-rum-2026-12-02"
+TUNE_YELP_MELU = REPO / "benchmarks" / "results" / "tune-yelp-melu-2026-12-02"
 FAIR = {
     "ml1m": ("ml-1m", [TUNE, TUNE_TANP, TUNE_RUM, TUNE_COLDNAS]),
-    "yelp": ("yelp", [TUNE_YELP_SIMPLE, TUNE_YELP_MLP, TUNE_YELP_RUM]),
+    "yelp": ("yelp", [TUNE_YELP_SIMPLE, TUNE_YELP_MLP, TUNE_YELP_RUM, TUNE_YELP_MELU]),
 }
 
 
