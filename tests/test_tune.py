@@ -328,3 +328,19 @@ def test_a_trial_whose_local_worker_dies_is_interrupted_and_runs_again(tmp_path,
     (retry,) = [t for t in trials if t["retry_of"] == lost["number"]]
     assert retry["params"] == lost["params"] and retry["state"] == "COMPLETE"
     assert row["trials"] == 4 and row["interrupted"] == 1 and len(trials) == 5
+
+
+def test_a_tune_folder_in_use_refuses_a_second_driver(tmp_path):
+    """Two drivers on one study corrupt it (the second's --resume finishes the first's running
+    trials): the folder is locked for the lifetime of a driver, and released after it."""
+    from metarec.bench.rundir import OutDirLock, OutDirLocked
+
+    out = tmp_path / "t"
+    cfg = _cfg(("global-mean",), trials=2)
+    run_tune(cfg, out=out, console=_quiet())
+    with OutDirLock(out, what="metarec tune"):  # another driver holds the folder
+        with pytest.raises(OutDirLocked, match=r"t is in use by another metarec tune \(pid \d+ on host"):
+            run_tune(_cfg(("global-mean",), trials=3), out=out, resume=True, console=_quiet())
+    assert len(_trials(out, "global-mean")) == 2  # nothing ran under the holder
+    run_tune(_cfg(("global-mean",), trials=3), out=out, resume=True, console=_quiet())  # free again: raises the budget
+    assert len(_trials(out, "global-mean")) == 3

@@ -44,10 +44,11 @@ class OutDirLocked(BenchError):
 
 
 class OutDirLock:
-    """Exclusive, non-blocking lock on a benchmark folder for the lifetime of the driver."""
+    """Exclusive, non-blocking lock on a benchmark or tune folder for the lifetime of the driver."""
 
-    def __init__(self, out: str | Path) -> None:
+    def __init__(self, out: str | Path, what: str = "metarec bench") -> None:
         self.path = Path(out) / LOCK_NAME
+        self.what = what  # the command named in the refusal
         self._fh: Any = None
 
     def acquire(self) -> "OutDirLock":
@@ -68,7 +69,7 @@ class OutDirLock:
             except ValueError:
                 who = "a process that has not written its name yet"
             raise OutDirLocked(
-                f"{self.path.parent} is in use by another metarec bench ({who}); wait for it to finish, "
+                f"{self.path.parent} is in use by another {self.what} ({who}); wait for it to finish, "
                 "or choose another --out"
             ) from None
         fh.seek(0)

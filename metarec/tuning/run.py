@@ -184,51 +184,58 @@ def run_tune(cfg: TuneConfig, *, out: str | Path, resume: bool = False, console:
     pool["split_seed"] = cfg.split_seed
     jobs = max(1, cfg.bench.jobs)
     threads = cfg.bench.threads or max(1, (os.cpu_count() or 1) // jobs)
-    out.mkdir(parents=True, exist_ok=True)
-    from metarec.bench.environment import environment_info
+    # One driver per folder: a second `--resume` while this one runs would mark its running trials
+    # interrupted and finish them under it (Optuna then refuses the first driver's updates).
+    from metarec.bench.rundir import OutDirLock
 
-    invocations = list(saved.get("invocations", [])) if resume else []
-    tune = {
-        "format": TUNE_FORMAT,
-        "out": str(out),
-        "command": list(command) if command else None,
-        "config": cfg.to_dict(),
-        "pool": pool,
-        "dataset": {k: info.get(k) for k in ("dataset", "checksum", "canonical")},
-        "threads_per_trial": threads,
-        "environment": environment_info(cfg.bench.device),
-        "invocations": invocations,
-    }
-    write_json(tune_json, tune)
+    lock = OutDirLock(out, what="metarec tune").acquire()  # creates the folder
+    try:
+        from metarec.bench.environment import environment_info
 
-    budgets, done = {}, {}
-    for m in cfg.bench.methods:
-        study = create_study(cfg, m, out, spaces[m])
+        invocations = list(saved.get("invocations", [])) if resume else []
+        tune = {
+            "format": TUNE_FORMAT,
+            "out": str(out),
+            "command": list(command) if command else None,
+            "config": cfg.to_dict(),
+            "pool": pool,
+            "dataset": {k: info.get(k) for k in ("dataset", "checksum", "canonical")},
+            "threads_per_trial": threads,
+            "environment": environment_info(cfg.bench.device),
+            "invocations": invocations,
+        }
+        write_json(tune_json, tune)
+
+        budgets, done = {}, {}
+        for m in cfg.bench.methods:
+            study = create_study(cfg, m, out, spaces[m])
+            if resume:
+                lost = recover_interrupted(study)
+                if lost:
+                    console.print(f"{m}: trial(s) {', '.join(f'#{n}' for n in lost)} were interrupted; their settings run again")
+            budgets[m] = cfg.budget(m)
+            done[m] = counted(study.get_trials(deepcopy=False))
+        todo = [m for m in cfg.bench.methods if done[m] < budgets[m]]
         if resume:
-            lost = recover_interrupted(study)
+            console.print(f"resuming {out}: {sum(min(done[m], budgets[m]) for m in budgets)} trial(s) kept, "
+                          f"{sum(budgets[m] - done[m] for m in todo)} to run")
+
+        with TuneProgress(budgets, done, console=console, enabled=cfg.bench.progress) as progress:
+            _run_trials(cfg, out, todo, budgets, spaces, targets, jobs, threads, progress, console)
+        for m in todo:  # every worker has stopped: a trial still marked running lost its worker
+            lost = recover_interrupted(create_study(cfg, m, out, spaces[m]))
             if lost:
-                console.print(f"{m}: trial(s) {', '.join(f'#{n}' for n in lost)} were interrupted; their settings run again")
-        budgets[m] = cfg.budget(m)
-        done[m] = counted(study.get_trials(deepcopy=False))
-    todo = [m for m in cfg.bench.methods if done[m] < budgets[m]]
-    if resume:
-        console.print(f"resuming {out}: {sum(min(done[m], budgets[m]) for m in budgets)} trial(s) kept, "
-                      f"{sum(budgets[m] - done[m] for m in todo)} to run")
+                console.print(f"[red]{m}: trial(s) {', '.join(f'#{n}' for n in lost)} lost their worker[/]; "
+                              f"metarec tune --resume --out {out} runs them again")
 
-    with TuneProgress(budgets, done, console=console, enabled=cfg.bench.progress) as progress:
-        _run_trials(cfg, out, todo, budgets, spaces, targets, jobs, threads, progress, console)
-    for m in todo:  # every worker has stopped: a trial still marked running lost its worker
-        lost = recover_interrupted(create_study(cfg, m, out, spaces[m]))
-        if lost:
-            console.print(f"[red]{m}: trial(s) {', '.join(f'#{n}' for n in lost)} lost their worker[/]; "
-                          f"metarec tune --resume --out {out} runs them again")
-
-    invocations.append({"wall_time_s": round(time.perf_counter() - t_start, 1), "resumed": resume, "jobs": jobs,
-                        "threads_per_trial": threads, "executor": executor_kind(cfg), "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
-    tune["invocations"] = invocations
-    tune["wall_time_s"] = round(sum(i["wall_time_s"] for i in invocations), 1)
-    write_json(tune_json, tune)
-    return rebuild_outputs(out, console)
+        invocations.append({"wall_time_s": round(time.perf_counter() - t_start, 1), "resumed": resume, "jobs": jobs,
+                            "threads_per_trial": threads, "executor": executor_kind(cfg), "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+        tune["invocations"] = invocations
+        tune["wall_time_s"] = round(sum(i["wall_time_s"] for i in invocations), 1)
+        write_json(tune_json, tune)
+        return rebuild_outputs(out, console)
+    finally:
+        lock.release()
 
 
 def executor_kind(cfg: TuneConfig) -> str:
