@@ -22,12 +22,13 @@ TUNE = REPO / "benchmarks" / "results" / "tune-ml1m-20trials-2026-12-02"
 TUNE_TANP = REPO / "benchmarks" / "results" / "tune-ml1m-tanp-2026-12-02"
 TUNE_RUM = REPO / "benchmarks" / "results" / "tune-ml1m-rum-2026-12-02"
 TUNE_COLDNAS = REPO / "benchmarks" / "results" / "tune-ml1m-coldnas-2026-12-02"
+TUNE_METACS = REPO / "benchmarks" / "results" / "tune-ml1m-metacs-2026-12-02"
 TUNE_YELP_SIMPLE = REPO / "benchmarks" / "results" / "tune-yelp-simple-2026-12-02"
 TUNE_YELP_MLP = REPO / "benchmarks" / "results" / "tune-yelp-mlp-2026-12-02"
 TUNE_YELP_RUM = REPO / "benchmarks" / "results" / "tune-yelp-rum-2026-12-02"
 TUNE_YELP_MELU = REPO / "benchmarks" / "results" / "tune-yelp-melu-2026-12-02"
 FAIR = {
-    "ml1m": ("ml-1m", [TUNE, TUNE_TANP, TUNE_RUM, TUNE_COLDNAS]),
+    "ml1m": ("ml-1m", [TUNE, TUNE_TANP, TUNE_RUM, TUNE_COLDNAS, TUNE_METACS]),
     "yelp": ("yelp", [TUNE_YELP_SIMPLE, TUNE_YELP_MLP, TUNE_YELP_RUM, TUNE_YELP_MELU]),
 }
 
