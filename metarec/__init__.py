@@ -15,21 +15,12 @@ try:
 except _metadata.PackageNotFoundError:  # running from a source tree that is not installed
     __version__ = "0.0.0+unknown"
 
+from metarec.lazy import lazy_exports
 from metarec.schema import Feature, FeatureSchema, SCENARIOS
 
 # The task containers need torch (about a second to import): they load on first access, so that
-# `metarec --help` and the CLI's one-line refusals do not wait for it (PEP 562).
-_LAZY = {"FeatureTable": "metarec.tasks", "Task": "metarec.tasks", "TaskBatch": "metarec.tasks", "TaskSet": "metarec.tasks"}
-
-
-def __getattr__(name: str):
-    if name in _LAZY:
-        import importlib
-
-        value = getattr(importlib.import_module(_LAZY[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'metarec' has no attribute {name!r}")
+# `metarec --help` and the CLI's one-line refusals do not wait for it.
+__getattr__ = lazy_exports(__name__, {"metarec.tasks": ("FeatureTable", "Task", "TaskBatch", "TaskSet")})
 
 
 

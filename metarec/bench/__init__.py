@@ -13,20 +13,11 @@ Programmatic use::
                                     seeds=(0, 1)), out="runs/demo")
 """
 
-# Loaded on first access (PEP 562): importing a submodule such as metarec.bench.config must not pull
-# in the runner, the metrics and SciPy with it.
-_LAZY = {"BenchConfig": "metarec.bench.config", "MethodSettings": "metarec.bench.config",
-         "resolve_config": "metarec.bench.config", "BenchError": "metarec.bench.runner",
-         "run_bench": "metarec.bench.runner"}
+from metarec.lazy import lazy_exports
 
-
-def __getattr__(name: str):
-    if name in _LAZY:
-        import importlib
-
-        value = getattr(importlib.import_module(_LAZY[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'metarec.bench' has no attribute {name!r}")
+# Loaded on first access: importing a submodule such as metarec.bench.config must not pull in the
+# runner, the metrics and SciPy with it.
+__getattr__ = lazy_exports(__name__, {"metarec.bench.config": ("BenchConfig", "MethodSettings", "resolve_config"),
+                                      "metarec.bench.runner": ("BenchError", "run_bench")})
 
 __all__ = ["BenchConfig", "BenchError", "MethodSettings", "resolve_config", "run_bench"]

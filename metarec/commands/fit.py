@@ -11,7 +11,6 @@ import click
 from metarec.commands.options import device_option
 
 
-
 @click.command("fit")
 @click.option("--method", "-m", required=True, help="Learner name (see `metarec methods`).")
 @click.option("--out", "-o", required=True, type=click.Path(file_okay=False), help="Model folder to write.")

@@ -50,8 +50,8 @@ def executor_layer(values: dict[str, Any]) -> dict[str, Any]:
     return {EXECUTOR_FIELDS[k]: v for k, v in values.items() if k in EXECUTOR_FIELDS and v is not None}
 
 
-__all__ = ["EXECUTOR_FIELDS", "executor_layer", "executor_options"]
-
-
 #: ``--device``, the same for every command that trains or predicts.
 device_option = click.option("--device", type=click.Choice(DEVICE_CHOICES), help="auto = CUDA when available. [default: auto]")
+
+
+__all__ = ["EXECUTOR_FIELDS", "device_option", "executor_layer", "executor_options"]

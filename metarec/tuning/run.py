@@ -188,8 +188,7 @@ def run_tune(cfg: TuneConfig, *, out: str | Path, resume: bool = False, console:
     # interrupted and finish them under it (Optuna then refuses the first driver's updates).
     from metarec.bench.rundir import OutDirLock
 
-    lock = OutDirLock(out, what="metarec tune").acquire()  # creates the folder
-    try:
+    with OutDirLock(out, what="metarec tune"):  # creates the folder
         from metarec.bench.environment import environment_info
 
         invocations = list(saved.get("invocations", [])) if resume else []
@@ -234,8 +233,6 @@ def run_tune(cfg: TuneConfig, *, out: str | Path, resume: bool = False, console:
         tune["wall_time_s"] = round(sum(i["wall_time_s"] for i in invocations), 1)
         write_json(tune_json, tune)
         return rebuild_outputs(out, console)
-    finally:
-        lock.release()
 
 
 def executor_kind(cfg: TuneConfig) -> str:
