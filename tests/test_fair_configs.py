@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import io
+import shlex
 from pathlib import Path
 
 import pytest
@@ -22,15 +23,21 @@ TUNE = REPO / "benchmarks" / "results" / "tune-ml1m-20trials-2026-12-02"
 TUNE_TANP = REPO / "benchmarks" / "results" / "tune-ml1m-tanp-2026-12-02"
 TUNE_RUM = REPO / "benchmarks" / "results" / "tune-ml1m-rum-2026-12-02"
 TUNE_COLDNAS = REPO / "benchmarks" / "results" / "tune-ml1m-coldnas-2026-12-02"
-TUNE_METACS = REPO / "benchmarks" / "results" / "tune-ml1m-metacs-2026-12-02"
-TUNE_YELP_SIMPLE = REPO / "benchmarks" / "results" / "tune-yelp-simple-2026-12-02"
-TUNE_YELP_MLP = REPO / "benchmarks" / "results" / "tune-yelp-mlp-2026-12-02"
-TUNE_YELP_RUM = REPO / "benchmarks" / "results" / "tune-yelp-rum-2026-12-02"
-TUNE_YELP_MELU = REPO / "benchmarks" / "results" / "tune-yelp-melu-2026-12-02"
-FAIR = {
-    "ml1m": ("ml-1m", [TUNE, TUNE_TANP, TUNE_RUM, TUNE_COLDNAS, TUNE_METACS]),
-    "yelp": ("yelp", [TUNE_YELP_SIMPLE, TUNE_YELP_MLP, TUNE_YELP_RUM, TUNE_YELP_MELU]),
-}
+FAIR = {"ml1m": "ml-1m", "yelp": "yelp"}  # config name -> dataset
+
+
+def _header_args(name: str) -> list[str]:
+    """The generator arguments in the committed config's own regenerate line."""
+    for line in (CONFIGS / f"fair-{name}.toml").read_text().splitlines():
+        if line.startswith("#   python benchmarks/fair_config.py "):
+            words = shlex.split(line.lstrip("# ").split(">")[0])
+            return words[words.index("benchmarks/fair_config.py") + 1:]
+    raise AssertionError(f"fair-{name}.toml has no regenerate line")
+
+
+def _committed_studies(name: str) -> set[Path]:
+    """Every study committed for the config's dataset: none may be left out of the config."""
+    return {p.parent.relative_to(REPO) for p in (REPO / "benchmarks" / "results").glob(f"tune-{name}-*/best.toml")}
 
 
 def _generator():
@@ -55,7 +62,7 @@ def _schema():
 
 @pytest.mark.parametrize("name", sorted(FAIR))
 def test_fair_config_validates_with_every_method_five_seeds_and_the_studies_pool(name):
-    dataset, tunes = FAIR[name]
+    dataset = FAIR[name]
     cfg = resolve_config(layer_from_file(CONFIGS / f"fair-{name}.toml"))
     assert cfg.dataset == dataset
     assert set(cfg.methods) == set(learners_for_protocol("user-cold"))
@@ -74,12 +81,16 @@ def test_fair_config_validates_with_every_method_five_seeds_and_the_studies_pool
 
 
 @pytest.mark.parametrize("name", sorted(FAIR))
-def test_committed_fair_config_is_what_the_generator_writes(name):
-    dataset, tunes = FAIR[name]
-    rc, text, err = _generate("--dataset", dataset, "--budget", "20", "--name", name, *map(str, tunes))
+def test_committed_fair_config_is_what_the_generator_writes(name, monkeypatch):
+    args = _header_args(name)
+    assert args[:6] == ["--dataset", FAIR[name], "--budget", "20", "--name", name], args
+    tunes = [Path(a) for a in args[6:] if a.startswith("benchmarks/results/")]
+    assert set(tunes) == _committed_studies(name), "the config names every committed study, no other"
+    monkeypatch.chdir(REPO)  # the header names the studies relative to the repository
+    rc, text, err = _generate(*args)
     assert rc == 0, err
     assert text == (CONFIGS / f"fair-{name}.toml").read_text()
-    tuned = {m for t in tunes for m in load_toml(t / "best.toml")["methods"]}
+    tuned = {m for t in tunes for m in load_toml(REPO / t / "best.toml")["methods"]}
     for m in tuned:  # each study's line in the header
         assert f"\n# {m} " in text, m
     left = len(learners_for_protocol("user-cold")) - len(tuned)
