@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -101,8 +100,13 @@ def mistakes(tmp: Path) -> dict[str, list[str]]:
     return cases
 
 
-def test_every_listed_mistake_is_one_line_exit_2(tmp_path):
-    cases = mistakes(tmp_path)
+PARTS = 4  # the ~45 subprocesses in four tests, so that parallel test workers share them
+
+
+@pytest.mark.parametrize("part", range(PARTS))
+def test_every_listed_mistake_is_one_line_exit_2(tmp_path, part):
+    every = mistakes(tmp_path)
+    cases = {name: every[name] for name in sorted(every)[part::PARTS]}
     env = {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "100", "METAREC_CACHE_DIR": str(tmp_path / "cache"),
            "METAREC_DATA_DIR": str(tmp_path / "no-data-here")}
 
@@ -110,8 +114,7 @@ def test_every_listed_mistake_is_one_line_exit_2(tmp_path):
         return subprocess.run([sys.executable, "-m", "metarec.cli", *argv], capture_output=True, text=True,
                               env=env, timeout=300, cwd=tmp_path)
 
-    with ThreadPoolExecutor(2) as pool:
-        results = dict(zip(cases, pool.map(run, cases.values())))
+    results = {name: run(argv) for name, argv in cases.items()}
     bad = {}
     for name, res in results.items():
         lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
