@@ -344,3 +344,23 @@ def test_a_tune_folder_in_use_refuses_a_second_driver(tmp_path):
     assert len(_trials(out, "global-mean")) == 2  # nothing ran under the holder
     run_tune(_cfg(("global-mean",), trials=3), out=out, resume=True, console=_quiet())  # free again: raises the budget
     assert len(_trials(out, "global-mean")) == 3
+
+
+def test_wall_time_leaves_out_the_time_a_resumed_study_lay_stopped():
+    from datetime import datetime, timedelta
+
+    from metarec.tuning.outputs import active_seconds
+
+    t0 = datetime(2026, 12, 2, 22, 0, 0)
+
+    def at(s: float) -> datetime:
+        return t0 + timedelta(seconds=s)
+
+    assert active_seconds([]) is None
+    # one go, trials back to back (Optuna's work between them counts): first start to last end
+    assert active_seconds([(at(0), at(100)), (at(100.5), at(250))]) == 250
+    # parallel workers: overlapping trials are counted once
+    assert active_seconds([(at(0), at(100)), (at(10), at(150)), (at(150.2), at(200))]) == 200
+    # stopped overnight, resumed: the ten hours between the sessions are not study time
+    assert active_seconds([(at(0), at(100)), (at(36_100), at(36_150))]) == 150
+    assert active_seconds([(at(0), at(100)), (at(130), at(150))], idle_gap_s=10) == 120

@@ -234,6 +234,34 @@ def plot_study(study: Any, records: Sequence[Mapping[str, Any]], stem: Path, tit
 # ---------------------------------------------------------------------------- per method and summary
 
 
+#: A gap longer than this with no trial running is time the study was stopped (between the
+#: sessions of a resumed tune), not Optuna's work between trials, and is left out of its wall time.
+IDLE_GAP_S = 60.0
+
+
+def active_seconds(intervals: Sequence[tuple[Any, Any]], idle_gap_s: float = IDLE_GAP_S) -> float | None:
+    """Wall time of a study from its trials' ``(start, end)`` datetimes: the span of each stretch
+    of activity, stretches split at gaps over ``idle_gap_s`` with no trial running.
+
+    A study run in one go gets its first start to its last end; a resumed one does not count the
+    time it lay stopped. Interrupted trials are left out by the caller: their end is the moment
+    ``--resume`` marked them failed, not the moment they stopped.
+    """
+    if not intervals:
+        return None
+    total = 0.0
+    lo = hi = None
+    for start, end in sorted(intervals):
+        if hi is not None and (start - hi).total_seconds() > idle_gap_s:
+            total += (hi - lo).total_seconds()
+            lo = hi = None
+        if lo is None:
+            lo, hi = start, end
+        else:
+            hi = max(hi, end)
+    return total + (hi - lo).total_seconds()
+
+
 def method_summary(study: Any, tune: Mapping[str, Any], method: str, space: Mapping[str, Any],
                    fixed: Mapping[str, Any], preset: str | None, out: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """One summary row for ``method`` and its trial records."""
@@ -247,9 +275,10 @@ def method_summary(study: Any, tune: Mapping[str, Any], method: str, space: Mapp
     comp = [r for r in records if r["state"] == "COMPLETE"]
     sign = 1 if cfg["metric"] == "mae" else -1
     best = min(comp, key=lambda r: (sign * r["value"], r["number"])) if comp else None
-    starts = [datetime.fromisoformat(r["datetime_start"]) for r in records if r["datetime_start"]]
-    ends = [datetime.fromisoformat(r["datetime_complete"]) for r in records if r["datetime_complete"]]
-    span = (max(ends) - min(starts)).total_seconds() if starts and ends else None
+    span = active_seconds([
+        (datetime.fromisoformat(r["datetime_start"]), datetime.fromisoformat(r["datetime_complete"]))
+        for r in records if r["datetime_start"] and r["datetime_complete"] and not r["interrupted"]
+    ])
     pool = tune.get("pool", {})
     budget = int(cfg.get("trials_per_method", {}).get(method, cfg["trials"]))
     protocol = cfg["bench"].get("protocol") or {}
@@ -409,6 +438,7 @@ def is_tune_dir(path: str | Path) -> bool:
 
 
 __all__ = [
+    "active_seconds",
     "best_toml",
     "toml_table",
     "is_tune_dir",
