@@ -209,6 +209,39 @@ def test_resume_refuses_changed_settings_and_raises_the_budget(tmp_path):
     assert row["trials"] == 3 and len(_trials(out, "baseline-predictor")) == 3
 
 
+def test_a_resumed_study_draws_new_settings_not_copies_of_its_first_trials(tmp_path):
+    """A resumed driver used to restart the sampler's seeded stream: its random start-up draws
+    repeated trials 0, 1, ... setting for setting, and spent the budget on copies."""
+    out = tmp_path / "t"
+    cfg = lambda n: TuneConfig(bench=_cfg(("profile-mlp",)).bench, trials=n, startup_trials=6)  # noqa: E731
+    run_tune(cfg(2), out=out, console=_quiet())
+    run_tune(cfg(4), out=out, resume=True, console=_quiet())
+    keys = [json.dumps(t["params"], sort_keys=True) for t in _trials(out, "profile-mlp")]
+    assert len(keys) == 4 and len(set(keys)) == 4
+    # a fresh study keeps its stream: its first two trials are the ones the resumed study began with
+    run_tune(cfg(2), out=tmp_path / "fresh", console=_quiet())
+    assert [json.dumps(t["params"], sort_keys=True) for t in _trials(tmp_path / "fresh", "profile-mlp")] == keys[:2]
+
+
+def test_recovering_interrupted_trials_queues_each_unscored_setting_once():
+    from metarec.tuning.study import recover_interrupted
+
+    study = optuna.create_study()
+    done = study.ask()
+    done.suggest_float("x", 0.0, 1.0)
+    study.tell(done, 0.5)
+    running = []
+    for x in (0.25, 0.25, done.params["x"]):  # two copies of one setting, one already scored
+        study.enqueue_trial({"x": x})
+        t = study.ask()
+        t.suggest_float("x", 0.0, 1.0)
+        running.append(t.number)
+    assert recover_interrupted(study) == running
+    queued = study.get_trials(states=(optuna.trial.TrialState.WAITING,))
+    assert [(t.system_attrs["fixed_params"], t.user_attrs["retry_of"]) for t in queued] == [({"x": 0.25}, running[0])]
+    assert all(study.trials[n].user_attrs["interrupted"] for n in running)
+
+
 def test_parallel_workers_share_one_study(tmp_path):
     cfg = _cfg(("baseline-predictor",), trials=4)
     cfg.bench.jobs = 2

@@ -292,8 +292,11 @@ def _run_trials(cfg: TuneConfig, out: Path, todo: Sequence[str], budgets: Mappin
         return
     kind = executor_kind(cfg)
     storage = study_storage(out)  # one journal instance: the driver's asks and the proxy's calls share it
-    studies = {m: optuna.load_study(study_name=m, storage=storage, sampler=make_sampler(cfg, m, 0),
-                                    pruner=make_pruner(cfg)) for m in todo}
+    studies = {}
+    for m in todo:
+        study = optuna.load_study(study_name=m, storage=storage, pruner=make_pruner(cfg))
+        study.sampler = make_sampler(cfg, m, 0, resumed_at=len(study.get_trials(deepcopy=False)))
+        studies[m] = study
     closed: set[str] = set()
     started: dict[str, float] = {}
     free = list(range(jobs))

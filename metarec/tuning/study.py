@@ -23,6 +23,7 @@ driver alone asks for trials and so counts the budget (:mod:`metarec.tuning.run`
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -251,12 +252,18 @@ def open_storage(out: str | Path) -> Any:
     return JournalStorage(JournalFileBackend(str(Path(out) / JOURNAL)))
 
 
-def make_sampler(cfg: TuneConfig, method: str, worker: int) -> Any:
-    """TPE seeded from the tune's seed, the method and the worker (one stream per worker)."""
+def make_sampler(cfg: TuneConfig, method: str, worker: int, resumed_at: int = 0) -> Any:
+    """TPE seeded from the tune's seed, the method and the worker (one stream per worker).
+
+    ``resumed_at`` is the number of trials the study already holds when a driver loads it. A
+    resumed driver must not restart the stream a fresh one started with: its random start-up
+    draws would repeat the first trials' settings one by one, spending the budget on copies. A
+    fresh study (0 trials) keeps the original seed, so its trials do not depend on this rule.
+    """
     import optuna
 
-    return optuna.samplers.TPESampler(seed=derive_seed(cfg.seed, "tpe", method, worker),
-                                      n_startup_trials=cfg.startup_trials)
+    names: tuple[str | int, ...] = ("tpe", method, worker) + (("resumed-at", resumed_at) if resumed_at else ())
+    return optuna.samplers.TPESampler(seed=derive_seed(cfg.seed, *names), n_startup_trials=cfg.startup_trials)
 
 
 def make_pruner(cfg: TuneConfig) -> Any:
@@ -297,20 +304,33 @@ def counted(trials: Any) -> int:
 def recover_interrupted(study: Any) -> list[int]:
     """Mark trials left running by a killed tune as failed (``interrupted``) and queue their settings again.
 
+    Settings that a finished trial already scored, or that are queued already, are not queued a
+    second time: a trial is seeded, so running the same settings again would only repeat its value.
     Call only when no worker of this study is alive (``--resume`` of a stopped tune).
     """
     from optuna.trial import TrialState
 
     storage = study._storage
+    trials = study.get_trials(deepcopy=False)
+    settled = {_settings_key(t.params) for t in trials if t.params and t.state != TrialState.RUNNING
+               and not (t.state == TrialState.FAIL and t.user_attrs.get("interrupted"))}
     numbers = []
-    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+    for t in trials:
+        if t.state != TrialState.RUNNING:
+            continue
         storage.set_trial_user_attr(t._trial_id, "interrupted", True)
         storage.set_trial_user_attr(t._trial_id, "error", "interrupted: the tune was stopped while this trial ran")
         storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
-        if t.params:
+        if t.params and _settings_key(t.params) not in settled:
             study.enqueue_trial(dict(t.params), user_attrs={"retry_of": t.number})
+            settled.add(_settings_key(t.params))
         numbers.append(t.number)
     return numbers
+
+
+def _settings_key(params: Mapping[str, Any]) -> str:
+    """One trial's drawn settings as a comparable key."""
+    return json.dumps(dict(params), sort_keys=True, default=str)
 
 
 def _run_trial(trial: Any, cls: type, method: str, cfg: TuneConfig, space: Mapping[str, Any], split: Any,
