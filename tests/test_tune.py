@@ -236,10 +236,14 @@ def test_recovering_interrupted_trials_queues_each_unscored_setting_once():
         t = study.ask()
         t.suggest_float("x", 0.0, 1.0)
         running.append(t.number)
-    assert recover_interrupted(study) == running
+    assert recover_interrupted(study) == {running[0]: True, running[1]: False, running[2]: False}
     queued = study.get_trials(states=(optuna.trial.TrialState.WAITING,))
     assert [(t.system_attrs["fixed_params"], t.user_attrs["retry_of"]) for t in queued] == [({"x": 0.25}, running[0])]
     assert all(study.trials[n].user_attrs["interrupted"] for n in running)
+    from metarec.tuning.run import _interrupted_note
+
+    assert _interrupted_note({2: True, 4: False}) == ("trial(s) #2, #4 were interrupted; the settings of #2 run again; "
+                                                      "#4 repeated settings already scored or queued, not run again")
 
 
 def test_parallel_workers_share_one_study(tmp_path):

@@ -211,7 +211,7 @@ def run_tune(cfg: TuneConfig, *, out: str | Path, resume: bool = False, console:
             if resume:
                 lost = recover_interrupted(study)
                 if lost:
-                    console.print(f"{m}: trial(s) {', '.join(f'#{n}' for n in lost)} were interrupted; their settings run again")
+                    console.print(f"{m}: {_interrupted_note(lost)}")
             budgets[m] = cfg.budget(m)
             done[m] = counted(study.get_trials(deepcopy=False))
         todo = [m for m in cfg.bench.methods if done[m] < budgets[m]]
@@ -275,6 +275,20 @@ def learner_targets(cfg: TuneConfig) -> dict[str, str | None]:
         return {m: _spec_target(m, entries[m], kind, work="trials") for m in cfg.bench.methods}
     except BenchError as exc:
         raise TuneError(str(exc)) from None
+
+
+def _interrupted_note(lost: Mapping[int, bool]) -> str:
+    """What ``--resume`` did with the trials a stopped tune left running."""
+    def names(ns: list[int]) -> str:
+        return ", ".join(f"#{n}" for n in ns)
+
+    queued = [n for n, q in lost.items() if q]
+    note = f"trial(s) {names(list(lost))} were interrupted"
+    if queued:
+        note += f"; the settings of {names(queued)} run again"
+    if len(queued) < len(lost):
+        note += f"; {names([n for n, q in lost.items() if not q])} repeated settings already scored or queued, not run again"
+    return note
 
 
 def _run_trials(cfg: TuneConfig, out: Path, todo: Sequence[str], budgets: Mapping[str, int],

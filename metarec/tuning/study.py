@@ -301,12 +301,13 @@ def counted(trials: Any) -> int:
     return n
 
 
-def recover_interrupted(study: Any) -> list[int]:
+def recover_interrupted(study: Any) -> dict[int, bool]:
     """Mark trials left running by a killed tune as failed (``interrupted``) and queue their settings again.
 
     Settings that a finished trial already scored, or that are queued already, are not queued a
     second time: a trial is seeded, so running the same settings again would only repeat its value.
-    Call only when no worker of this study is alive (``--resume`` of a stopped tune).
+    Returns each interrupted trial's number and whether its settings were queued. Call only when
+    no worker of this study is alive (``--resume`` of a stopped tune).
     """
     from optuna.trial import TrialState
 
@@ -314,18 +315,18 @@ def recover_interrupted(study: Any) -> list[int]:
     trials = study.get_trials(deepcopy=False)
     settled = {_settings_key(t.params) for t in trials if t.params and t.state != TrialState.RUNNING
                and not (t.state == TrialState.FAIL and t.user_attrs.get("interrupted"))}
-    numbers = []
+    lost: dict[int, bool] = {}
     for t in trials:
         if t.state != TrialState.RUNNING:
             continue
         storage.set_trial_user_attr(t._trial_id, "interrupted", True)
         storage.set_trial_user_attr(t._trial_id, "error", "interrupted: the tune was stopped while this trial ran")
         storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
-        if t.params and _settings_key(t.params) not in settled:
+        lost[t.number] = bool(t.params) and _settings_key(t.params) not in settled
+        if lost[t.number]:
             study.enqueue_trial(dict(t.params), user_attrs={"retry_of": t.number})
             settled.add(_settings_key(t.params))
-        numbers.append(t.number)
-    return numbers
+    return lost
 
 
 def _settings_key(params: Mapping[str, Any]) -> str:
