@@ -23,6 +23,7 @@ header lists every such change. The output is deterministic: the same studies gi
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from pathlib import Path
 from typing import Any
@@ -174,7 +175,7 @@ def render(dataset: str, name: str, budget: int, studies: dict[str, dict[str, An
         "#",
         f"#   python benchmarks/fair_config.py --dataset {dataset} --budget {budget} --name {name} "
         + "".join(" " + p for p in sorted({e["study_path"] for e in studies.values()})) + "".join(
-            f" --budget-for {m}={n}" for m, n in sorted(budget_for.items())) + "".join(
+            f" --budget-for {m}={n} --why {shlex.quote(f'{m}={why[m]}')}" for m, n in sorted(budget_for.items())) + "".join(
             f" --set {m}.{k}={v}" for m, kv in sorted(sets.items()) for k, v in kv.items())
         + f" > benchmarks/configs/fair-{name}.toml",
         "#",
@@ -185,7 +186,8 @@ def render(dataset: str, name: str, budget: int, studies: dict[str, dict[str, An
         "# user of any seed; the bench below keeps the same pool out of its test sets (checked at start).",
     ]
     for m, n in sorted(budget_for.items()):
-        head.append(f"# Smaller budget: {m} {n} trials -- {why[m]}")
+        kind = "Smaller" if n < budget else "Larger" if n > budget else "Declared"
+        head.append(f"# {kind} budget: {m} {n} trials -- {why[m]}")
     for m, kv in sorted(sets.items()):
         head.append(f"# Changed after the tune: {m} " + ", ".join(f"{k} = {v!r}" for k, v in kv.items()))
     if studies:

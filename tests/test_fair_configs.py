@@ -122,6 +122,15 @@ def test_generator_refuses_studies_that_are_not_comparable(tmp_path):
     assert "# Smaller budget: mamo 20 trials -- CPU time" in text and "# Changed after the tune: mamo epochs = 15" in text
     cfg = resolve_config(layer_from_file(_write(tmp_path / "c.toml", text)))
     assert cfg.settings_for("mamo").overrides["epochs"] == 15
+    # the header's command regenerates the same file, the reason included
+    command = next(line for line in text.splitlines() if "python benchmarks/fair_config.py" in line)
+    argv = shlex.split(command.split("fair_config.py", 1)[1].split(" > ", 1)[0])
+    rc, again, err = _generate(*argv)
+    assert rc == 0 and again == text, err
+    # a budget larger than the others' (e.g. one trial was a duplicate) is declared as larger
+    rc, text, err = _generate("--dataset", "ml-1m", "--budget", "10", "--name", "x", str(TUNE / "mamo"),
+                              "--budget-for", "mamo=20", "--why", "mamo=one trial repeated")
+    assert rc == 0 and "# Larger budget: mamo 20 trials -- one trial repeated" in text, err
 
 
 def _write(path: Path, text: str) -> Path:
