@@ -13,7 +13,6 @@ killed mid-benchmark leaves a folder that ``--resume`` completes.
 
 from __future__ import annotations
 
-import _thread
 import contextlib
 import json
 import os
@@ -166,49 +165,90 @@ def test_dead_workers_are_retried_then_failed_and_a_raising_method_is_isolated(c
     assert always["error"].startswith("WorkerDied: the Ray task failed after 1 retry ("), always["error"]
 
 
-def test_ctrl_c_cancels_running_tasks_and_resume_completes(cluster, tmp_path):
+def _holds_plugin(site: Path) -> Path:
+    """tests/tuneplugins.py's Holds declared by an installed distribution, for a driver in a
+    subprocess. The entry point names ``tuneplugins:Holds`` itself: a Ray task imports its
+    learner from that ``module:attr`` on its node, where tuneplugins is importable."""
+    from faultplugins import write_distribution
     import tuneplugins as tp
 
+    site = write_distribution(site, "metarec-ray-test-plugins", "0.1", "metarec_ray_test_plugins", "", {})
+    (next(site.glob("*.dist-info")) / "entry_points.txt").write_text(
+        f"[metarec.learners]\n{tp.Holds.name} = tuneplugins:Holds\n")
+    return site
+
+
+def test_ctrl_c_cancels_running_tasks_and_resume_completes(cluster, tmp_path):
+    """A real Ctrl-C (SIGINT) to `metarec bench --executor ray` while a run holds its worker: the
+    driver says how to resume and exits 130 without a traceback, the held task is cancelled (the
+    cluster gets its CPU back), no record is written for it, and --resume completes the folder.
+    The driver is a subprocess, as a user's is: this test once interrupted its own process
+    (_thread.interrupt_main), and a CI run lost the whole pytest process during it with nothing
+    reported; a driver that dies here is a failing test that shows the driver's output."""
+    import tuneplugins as tp
+
+    c, _ = cluster
     marks = Path(os.environ["METAREC_TEST_MARKERS"])
     hold, holding = marks / "hold", marks / "holding"
     hold.write_text("")
     holding.unlink(missing_ok=True)
     out = tmp_path / "ray-ctrl-c"
-    cfg = config(executor="ray", methods=["global-mean", tp.Holds.name], seeds=[0, 1])
-
-    def ctrl_c_while_a_run_holds_its_worker() -> None:
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline and not (holding.exists() and (out / "runs" / "global-mean__seed0.json").exists()):
-            time.sleep(0.05)
-        _thread.interrupt_main()  # what Ctrl-C does: KeyboardInterrupt in the driver's main thread
-
-    # interrupt_main() simulates SIGINT, which does nothing where SIGINT is ignored -- as it is for
-    # any process a non-interactive shell starts in the background (`make test &`): give this
-    # test Python's own handler, as an interactive driver has
-    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    site = _holds_plugin(tmp_path / "site")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), str(REPO / "tests"), str(REPO)])}
+    cmd = [
+        sys.executable, "-m", "metarec.cli", "bench", "-d", "synthetic", "-m", f"global-mean,{tp.Holds.name}",
+        "--seeds", "0,1", "--threads", "1", "--jobs", "2", "--no-progress", "--executor", "ray",
+        "--ray-address", c.address, "--out", str(out), "--set", f"synthetic={json.dumps(SYNTH).replace(':', ' =')}",
+        "--set", "n_boot=50",
+    ]
+    # a process a non-interactive shell starts in the background (`make test &`) ignores SIGINT,
+    # and its children inherit that: give the driver the default disposition an interactive one has
+    driver = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
-        with registered(tp.Holds):
-            interrupter = threading.Thread(target=ctrl_c_while_a_run_holds_its_worker, daemon=True)
-            interrupter.start()
-            with pytest.raises(KeyboardInterrupt):
-                run_bench(cfg, out=out, console=quiet())
-                interrupter.join(timeout=300)  # inside: the interrupt lands here if the bench was quicker
-            # the held run would never end on its own (its mark is still there): only a cancelled
-            # task gives the cluster its two CPUs back while this driver lives on
-            deadline = time.monotonic() + 60
-            while time.monotonic() < deadline and ray.available_resources().get("CPU", 0) < 2:
-                time.sleep(0.2)
-            assert ray.available_resources().get("CPU", 0) == 2, ray.available_resources()
-            assert f"{tp.Holds.name}__seed0.json" not in run_files(out) and not (out / "results.json").exists()
-            hold.unlink()
-            results = run_bench(cfg, out=out, resume=True, console=quiet())
+        deadline = time.monotonic() + 300
+        while not (holding.exists() and (out / "runs" / "global-mean__seed0.json").exists()):
+            if driver.poll() is not None or time.monotonic() > deadline:
+                driver.kill()
+                pytest.fail("the driver ended (or never got the held run going):\n" + driver.communicate()[0])
+            time.sleep(0.05)
+        held_pid = int(holding.read_text())
+        driver.send_signal(signal.SIGINT)
+        output = driver.communicate(timeout=120)[0]
     finally:
-        signal.signal(signal.SIGINT, previous)
+        if driver.poll() is None:
+            driver.kill()
+            driver.wait()
         hold.unlink(missing_ok=True)
+    assert driver.returncode == 130, output
+    assert "Traceback" not in output, output
+    assert "interrupted" in output and f"metarec bench --resume --out {out}" in " ".join(output.split()), output
+    # the held run would never end on its own before its 600 s deadline: only a cancelled task
+    # gives the cluster its two CPUs back and ends the worker process that ran it
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and (ray.available_resources().get("CPU", 0) < 2 or _alive(held_pid)):
+        time.sleep(0.2)
+    assert ray.available_resources().get("CPU", 0) == 2, ray.available_resources()
+    assert not _alive(held_pid), f"the worker that ran the held task (pid {held_pid}) still runs"
+    assert f"{tp.Holds.name}__seed0.json" not in run_files(out) and not (out / "results.json").exists()
+
+    resume = subprocess.run(cmd[:4] + ["--resume", "--out", str(out), "--executor", "ray", "--ray-address", c.address,
+                                       "--no-progress"],
+                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert resume.returncode == 0, resume.stdout + resume.stderr
+    results = json.loads((out / "results.json").read_text())
     runs = {(r["method"], r["seed"]): r for r in results["runs"]}
     assert len(runs) == 4 and all(r["status"] == "ok" for r in runs.values())
     for seed in (0, 1):
         assert runs[(tp.Holds.name, seed)]["metrics"] == runs[("global-mean", seed)]["metrics"]
+
+
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` still runs (a zombie counts as ended)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
 
 
 def test_resume_after_driver_killed(cluster, local_run, tmp_path):
