@@ -163,3 +163,48 @@ def test_clip_bootstrap_batches_equal_the_per_replicate_loop():
         slow = M.bootstrap_metric_replicates(pred, true, users, lambda p, t, u: M.clip_ndcg(p, t, k=3, clip_size=clip),
                                              n_boot=80, seed=9)
         np.testing.assert_allclose(fast, slow, rtol=0, atol=1e-12)
+
+
+def _test(a, metric, cell="W-W", t=(0.0, 1.0), user=(0.0, 1.0), unique=(0.0, 1.0)):
+    """One baseline_tests entry: (mean diff, Holm p) per kind of test."""
+    return {"a": a, "b": "base", "cell": cell, "metric": metric,
+            "per_seed": {"mean_diff": t[0], "ttest_p_holm": t[1]},
+            "per_user": {"mean_diff": user[0], "p_holm": user[1]},
+            "per_unique_user": {"mean_diff": unique[0], "p_holm": unique[1]}}
+
+
+def test_verdict_counts_each_kind_by_its_own_sign_and_the_metric_direction():
+    from metarec.bench.verdict import verdict_markdown, verdicts
+
+    family = {"baseline": "base", "tests": [
+        # lower MAE is better: significant by two kinds in m's favour, one not significant
+        _test("m", "mae", t=(-0.01, 0.2), user=(-0.01, 0.001), unique=(-0.02, 0.01)),
+        # higher NDCG is better: a negative difference is a loss, by the t-test only
+        _test("m", "ndcg@3", t=(-0.02, 0.04), user=(-0.02, 0.06), unique=(-0.02, 0.5)),
+        # p exactly at alpha is not significant; a lost RMSE by unique users only
+        _test("m", "rmse", cell="C-C", t=(0.1, 0.05), unique=(0.03, 0.0001)),
+        # kinds that disagree in sign count on both sides
+        _test("n", "clip_ndcg@3", t=(0.01, 0.01), user=(-0.01, 0.02)),
+        _test("n", "mae", cell="overall"),
+    ]}
+    m, n = verdicts(family)
+    assert (m.method, m.comparisons, m.better_any, m.worse_any, m.both) == ("m", 3, 1, 2, 0)
+    assert m.better == {"per seed t": 0, "per user": 1, "unique users": 1}
+    assert m.worse == {"per seed t": 1, "per user": 0, "unique users": 1}
+    assert (n.comparisons, n.better_any, n.worse_any, n.both) == (2, 1, 1, 1)
+    md = "\n".join(verdict_markdown(family))
+    assert "| m | 3 | 0 / 1 / 1 / **1** | 1 / 0 / 1 / **2** |" in md
+    assert "1 comparison(s) have kinds of test significant in opposite directions" in md
+    assert verdicts({"baseline": "base", "tests": []}) == [] and verdict_markdown(None) == []
+
+
+def test_verdict_of_the_committed_fair_yelp_run():
+    """The count the README and the Results page quote: no meta-learner significantly better
+    than the pool-chosen simple baseline in any cell or metric, 69 comparisons against."""
+    from metarec.bench.verdict import verdicts
+
+    results = json.loads((REFERENCE.parents[1] / "results" / "fair-yelp-2026-12-03" / "results.json").read_text())
+    simple = {"global-mean", "baseline-predictor", "profile-mlp", "profile-mlp-finetune"}
+    meta = [v for v in verdicts(results["baseline_tests"]) if v.method not in simple]
+    assert len(meta) == 9 and sum(v.comparisons for v in meta) == 171
+    assert sum(v.better_any for v in meta) == 0 and sum(v.worse_any for v in meta) == 69

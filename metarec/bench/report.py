@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from metarec.bench.results import CELLS, ResultsView, load_views
+from metarec.bench.verdict import verdict_markdown
 
 DECIMALS = 4
 
@@ -442,6 +443,8 @@ def markdown_summary(results: Mapping[str, Any], extra: Sequence[ResultsView] = 
             f"## Against the best simple baseline: {vs['baseline']}",
             "",
             f"a − {vs['baseline']} ({vs.get('rule', '')}); one family, Holm-adjusted within this table.",
+            "",
+            *verdict_markdown(vs),
             "",
             *_tests_table(vs["tests"], k),
         ]
