@@ -178,6 +178,14 @@ def _holds_plugin(site: Path) -> Path:
     return site
 
 
+# `metarec` as an interactive shell starts it. A process that a non-interactive shell starts in
+# the background (`make test &`) ignores SIGINT, its children inherit that, and Python then
+# leaves SIGINT ignored: the driver sets Python's own handler itself before the CLI runs (set in
+# the child, not by a preexec_fn in this multi-threaded test process).
+_INTERACTIVE_CLI = ("import runpy, signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
+                    "runpy.run_module('metarec.cli', run_name='__main__', alter_sys=True)")
+
+
 def test_ctrl_c_cancels_running_tasks_and_resume_completes(cluster, tmp_path):
     """A real Ctrl-C (SIGINT) to `metarec bench --executor ray` while a run holds its worker: the
     driver says how to resume and exits 130 without a traceback, the held task is cancelled (the
@@ -196,21 +204,19 @@ def test_ctrl_c_cancels_running_tasks_and_resume_completes(cluster, tmp_path):
     site = _holds_plugin(tmp_path / "site")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), str(REPO / "tests"), str(REPO)])}
     cmd = [
-        sys.executable, "-m", "metarec.cli", "bench", "-d", "synthetic", "-m", f"global-mean,{tp.Holds.name}",
+        sys.executable, "-c", _INTERACTIVE_CLI, "bench", "-d", "synthetic", "-m", f"global-mean,{tp.Holds.name}",
         "--seeds", "0,1", "--threads", "1", "--jobs", "2", "--no-progress", "--executor", "ray",
         "--ray-address", c.address, "--out", str(out), "--set", f"synthetic={json.dumps(SYNTH).replace(':', ' =')}",
         "--set", "n_boot=50",
     ]
-    # a process a non-interactive shell starts in the background (`make test &`) ignores SIGINT,
-    # and its children inherit that: give the driver the default disposition an interactive one has
-    driver = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                              text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    driver = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.monotonic() + 300
         while not (holding.exists() and (out / "runs" / "global-mean__seed0.json").exists()):
             if driver.poll() is not None or time.monotonic() > deadline:
+                what = f"ended with {driver.returncode}" if driver.poll() is not None else "had no held run after 300 s"
                 driver.kill()
-                pytest.fail("the driver ended (or never got the held run going):\n" + driver.communicate()[0])
+                pytest.fail(f"the driver {what}:\n" + driver.communicate()[0])
             time.sleep(0.05)
         held_pid = int(holding.read_text())
         driver.send_signal(signal.SIGINT)
